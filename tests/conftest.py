@@ -1,0 +1,38 @@
+"""Shared fixtures: small simulated data, and the real data in ../shared/data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SCAML_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real datasets; the test is skipped when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found ({SHARED_DATA.name}); set SCAML_SHARED_DATA to run real-data tests")
+    return SHARED_DATA
+
+
+def shared_file(shared: Path, *parts: str) -> Path:
+    """A file inside the shared data folder, skipping the test when it is missing."""
+    path = shared.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data file {'/'.join(parts)} not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_counts():
+    """A small simulated multi-batch count dataset (600 cells x 500 genes, 3 batches, 4 types)."""
+    from scaml.datasets import simulate
+
+    return simulate(n_cells=600, n_genes=500, n_batches=3, n_cell_types=4, n_markers=15, random_state=0)
