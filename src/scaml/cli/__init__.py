@@ -61,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_quiet(getattr(args, "quiet", False))
     try:
         result = args.func(args)
+        if not result:
+            _write_report(args)
     except ScamlError as exc:
         message = " ".join(str(exc).split())
         console.print(f"[bold red]scaml {args.command}: error:[/bold red] {message}", soft_wrap=True)
@@ -69,6 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print("interrupted")
         return 130
     return int(result or 0)
+
+
+def _write_report(args: argparse.Namespace) -> None:
+    """Build DIR/report.html for commands that name their output directory attribute."""
+    if not getattr(args, "report_dir_attr", None):
+        return
+    from .report import maybe_write_report
+
+    maybe_write_report(args)
 
 
 def command_string() -> str:

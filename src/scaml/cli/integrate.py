@@ -1,0 +1,73 @@
+"""``scaml integrate``: the Harmony integration pipeline."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the ``integrate`` subcommand."""
+    p = subparsers.add_parser(
+        "integrate", parents=[parent],
+        help="QC, normalise, HVG, PCA, Harmony, neighbours/UMAP/Leiden, markers and figures",
+        description=(
+            "Integrate batches with scaml's Harmony inside the scanpy-style pipeline. Reads h5ad, a 10x .h5, "
+            "a 10x matrix folder or a CSV/TSV table (cells x genes); writes DIR/integrated.h5ad, "
+            "DIR/summary.json, DIR/figures/*.png and DIR/report.html."
+        ),
+    )
+    p.add_argument("input", help="h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
+    p.add_argument("--batch-key", action="append", required=True, metavar="KEY",
+                   help="obs column to correct for; repeat for several covariates")
+    p.add_argument("--theta", type=float, nargs="+", default=None,
+                   help="diversity penalty per batch key (default 2 each), e.g. --theta 2 1")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--label-key", default=None, help="cell-type column: adds bio-conservation metrics")
+    p.add_argument("--use-rep", default=None, metavar="OBSM_KEY",
+                   help="correct this existing embedding (e.g. X_pca) and skip QC/normalise/HVG/PCA")
+    p.add_argument("--input", dest="input_kind", choices=["auto", "counts", "normalized"], default="auto",
+                   help="what X holds (default: detect)")
+    qc = p.add_argument_group("QC (raw counts only)")
+    qc.add_argument("--mito-prefix", nargs="+", default=["MT-", "mt-"], help="mitochondrial gene prefixes")
+    qc.add_argument("--min-genes", type=int, default=200, help="minimum genes per cell (default 200)")
+    qc.add_argument("--max-genes", type=int, default=None, help="maximum genes per cell (default none)")
+    qc.add_argument("--max-pct-mito", type=float, default=20.0, help="maximum percent mitochondrial counts (default 20)")
+    qc.add_argument("--min-cells", type=int, default=3, help="minimum cells per gene (default 3)")
+    dims = p.add_argument_group("features and graph")
+    dims.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes, selected per batch (default 2000)")
+    dims.add_argument("--n-pcs", type=int, default=30, help="principal components (default 30)")
+    dims.add_argument("--n-neighbors", type=int, default=15, help="neighbours for UMAP and Leiden (default 15)")
+    dims.add_argument("--resolutions", type=float, nargs="+", default=[0.3, 0.5, 0.8],
+                      help="Leiden resolutions (default 0.3 0.5 0.8)")
+    dims.add_argument("--resolution", type=float, default=None,
+                      help="resolution copied to obs['leiden'] (default: the middle one)")
+    dims.add_argument("--markers", nargs="+", default=None, help="genes for the marker UMAPs (default: top markers)")
+    hg = p.add_argument_group("Harmony")
+    hg.add_argument("--sigma", type=float, default=0.1, help="soft-clustering width (default 0.1)")
+    hg.add_argument("--nclust", type=int, default=None, help="clusters (default min(N/30, 100))")
+    hg.add_argument("--lamb", type=float, default=None, help="ridge penalty (default: automatic, alpha * E)")
+    hg.add_argument("--max-iter-harmony", type=int, default=10, help="maximum Harmony iterations (default 10)")
+    hg.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--no-metrics", action="store_true", help="skip the integration metrics")
+    p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
+    p.set_defaults(func=run, report_dir_attr="out")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run :func:`scaml.pipeline.integrate` with the parsed arguments."""
+    from ..pipeline import integrate
+
+    harmony_params = {"sigma": args.sigma, "nclust": args.nclust, "lamb": args.lamb,
+                      "max_iter_harmony": args.max_iter_harmony, "device": args.device,
+                      "verbose": not args.quiet}
+    integrate(
+        args.input, args.batch_key, args.out, theta=args.theta, label_key=args.label_key,
+        use_rep=args.use_rep, input_kind=args.input_kind, mito_prefix=args.mito_prefix,
+        min_genes=args.min_genes, max_genes=args.max_genes, max_pct_mito=args.max_pct_mito,
+        min_cells=args.min_cells, n_top_genes=args.n_hvg, n_pcs=args.n_pcs, n_neighbors=args.n_neighbors,
+        resolutions=args.resolutions, resolution=args.resolution, markers=args.markers,
+        harmony_params=harmony_params, random_state=args.random_state, overwrite=args.overwrite,
+        evaluate=not args.no_metrics,
+    )
+    return 0

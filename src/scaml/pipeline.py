@@ -1,0 +1,329 @@
+"""The integration pipeline: QC -> normalise -> HVG -> PCA -> Harmony -> neighbours/UMAP/Leiden -> markers.
+
+:func:`integrate` is what ``scaml integrate`` and ``scaml demo`` run; every step is also a
+function of :mod:`scaml.preprocess`, :mod:`scaml.harmony` or scanpy that a notebook can call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from . import preprocess as pp
+from ._utils import info, warn
+from .errors import ScamlError
+from .io import (
+    check_obs_key,
+    check_obsm_key,
+    prepare_outdir,
+    read_input,
+    write_csv,
+    write_h5ad,
+    write_json,
+)
+from .runinfo import RunRecord
+
+DEFAULT_RESOLUTIONS = (0.3, 0.5, 0.8)
+
+
+def integrate(
+    data: str | os.PathLike | ad.AnnData,
+    batch_key: str | Sequence[str],
+    out: str | os.PathLike | None = None,
+    *,
+    theta: float | Sequence[float] | None = None,
+    label_key: str | None = None,
+    use_rep: str | None = None,
+    input_kind: Literal["auto", "counts", "normalized"] = "auto",
+    mito_prefix: Sequence[str] = ("MT-", "mt-"),
+    min_genes: int = 200,
+    max_genes: int | None = None,
+    max_pct_mito: float | None = 20.0,
+    min_cells: int = 3,
+    n_top_genes: int = 2000,
+    n_pcs: int = 30,
+    n_neighbors: int = 15,
+    resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
+    resolution: float | None = None,
+    markers: Sequence[str] | None = None,
+    harmony_params: dict[str, Any] | None = None,
+    random_state: int = 0,
+    overwrite: bool = False,
+    evaluate: bool = True,
+) -> ad.AnnData:
+    """Run the whole integration pipeline and, with ``out``, write every output.
+
+    Parameters
+    ----------
+    data
+        A path (h5ad, 10x .h5, 10x folder, CSV/TSV) or an AnnData object. Neither is modified:
+        an AnnData is copied.
+    batch_key
+        Column(s) of ``obs`` that Harmony corrects for; several give several covariates.
+    out
+        Output directory (``integrated.h5ad``, ``summary.json``, ``run.json``, ``figures/``,
+        ``metrics.csv``). None computes without writing.
+    theta
+        Harmony diversity penalty, one per batch key (default 2 each).
+    label_key
+        Cell-type column; with it, the bio-conservation metrics are computed too.
+    use_rep
+        An existing embedding in ``obsm`` to correct instead of computing a PCA
+        (QC, normalisation, HVG and PCA are then skipped).
+    input_kind
+        ``"auto"`` detects raw counts vs log-normalised X; ``"counts"`` requires counts;
+        ``"normalized"`` takes X as log-normalised (QC and normalisation skipped).
+    mito_prefix, min_genes, max_genes, max_pct_mito, min_cells
+        QC rules (see :func:`scaml.preprocess.qc_filter`).
+    n_top_genes
+        Highly variable genes, selected per batch (first batch key).
+    n_pcs
+        Principal components.
+    n_neighbors
+        Neighbours for the kNN graph (UMAP and Leiden).
+    resolutions, resolution
+        Leiden resolutions to compute (``obs["leiden_<res>"]``) and the one copied to
+        ``obs["leiden"]`` (default: the middle one).
+    markers
+        Genes for the marker UMAPs (default: the top Wilcoxon marker of each cluster).
+    harmony_params
+        Further parameters for :func:`scaml.harmony.run_harmony` (sigma, nclust, lamb, ...).
+    random_state
+        Seed for PCA, Harmony, UMAP and Leiden.
+    overwrite
+        Replace an existing, non-empty ``out``.
+    evaluate
+        Compute batch-mixing (and, with ``label_key``, bio-conservation) metrics on the
+        uncorrected and corrected embeddings.
+
+    Returns
+    -------
+    AnnData
+        The integrated object with ``obsm["X_pca"]``, ``obsm["X_pca_harmony"]``,
+        ``obsm["X_umap"]``, ``obsm["X_umap_uncorrected"]``, ``obs["leiden*"]`` and
+        ``uns["rank_genes_groups"]``, ``uns["harmony"]``.
+    """
+    import scanpy as sc
+
+    batch_keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+    if not batch_keys:
+        raise ScamlError("no batch key given; pass --batch-key with a column of obs.")
+    resolutions = [float(r) for r in resolutions]
+    if not resolutions:
+        raise ScamlError("no Leiden resolution given; pass --resolutions 0.3 0.5 0.8.")
+    chosen = float(resolution) if resolution is not None else resolutions[len(resolutions) // 2]
+    if chosen not in resolutions:
+        resolutions.append(chosen)
+    thetas = _thetas(theta, len(batch_keys))
+    params = {
+        "batch_key": batch_keys, "theta": thetas, "label_key": label_key, "use_rep": use_rep,
+        "input_kind": input_kind, "mito_prefix": list(mito_prefix), "min_genes": min_genes,
+        "max_genes": max_genes, "max_pct_mito": max_pct_mito, "min_cells": min_cells,
+        "n_top_genes": n_top_genes, "n_pcs": n_pcs, "n_neighbors": n_neighbors,
+        "resolutions": resolutions, "resolution": chosen, "markers": list(markers or []),
+        "harmony_params": dict(harmony_params or {}), "random_state": random_state,
+    }
+    record = RunRecord("integrate", parameters=params)
+
+    input_path = None if isinstance(data, ad.AnnData) else Path(data)
+    if input_path is not None:
+        record.inputs["input"] = str(input_path)
+    outdir = None
+    if out is not None:
+        outdir = prepare_outdir(out, overwrite=overwrite, protect=[input_path] if input_path else [])
+
+    with record.timer("read"):
+        adata = data.copy() if isinstance(data, ad.AnnData) else read_input(input_path)
+    for key in batch_keys:
+        check_obs_key(adata, key, flag="--batch-key", min_levels=2)
+        if adata.obs[key].isna().any():
+            raise ScamlError(
+                f"obs[{key!r}] has {int(adata.obs[key].isna().sum())} missing values; fill or drop those cells first."
+            )
+        adata.obs[key] = adata.obs[key].astype(str).astype("category")
+    if label_key is not None:
+        check_obs_key(adata, label_key, flag="--label-key")
+    record.data["before_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    skipped: list[str] = []
+
+    basis = use_rep or "X_pca"
+    kind = pp.detect_input(adata, input_kind)
+    record.data["input_assumed"] = kind.kind
+    info(f"input: {adata.n_obs} cells x {adata.n_vars} genes; {kind.reason}")
+    if use_rep is not None:
+        check_obsm_key(adata, use_rep, flag="--use-rep")
+        skipped += ["qc", "normalize", "hvg", "pca"]
+        info(f"using the existing embedding obsm[{use_rep!r}]: QC, normalisation, HVG selection and PCA are skipped")
+        if kind.kind == "counts":
+            with record.timer("normalize"):
+                pp.normalize_log1p(adata)
+    else:
+        if kind.kind == "counts":
+            with record.timer("qc"):
+                removed = pp.qc_filter(adata, mito_prefix=mito_prefix, min_genes=min_genes,
+                                       max_genes=max_genes, max_pct_mito=max_pct_mito, min_cells=min_cells)
+            record.data["qc_removed"] = removed
+            info(f"QC kept {adata.n_obs} cells and {adata.n_vars} genes ({removed})")
+            with record.timer("normalize"):
+                pp.normalize_log1p(adata)
+        else:
+            skipped += ["qc", "normalize"]
+            info("X is not raw counts: QC filtering and normalisation are skipped (they need counts)")
+        for key in batch_keys:
+            check_obs_key(adata, key, flag="--batch-key", min_levels=2)
+        with record.timer("hvg"):
+            n_hvg = pp.select_hvg(adata, n_top_genes, batch_key=batch_keys[0])
+        record.data["n_hvg"] = n_hvg
+        with record.timer("pca"):
+            pp.run_pca(adata, n_pcs, random_state=random_state)
+    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    record.data["skipped_steps"] = skipped
+
+    embedding = check_obsm_key(adata, basis, flag="--use-rep")
+    adata.obsm[basis] = np.ascontiguousarray(embedding, dtype=np.float32)
+    adjusted = "X_pca_harmony" if basis == "X_pca" else f"{basis}_harmony"
+    from .harmony import harmony_integrate
+
+    hp = dict(harmony_params or {})
+    hp.setdefault("random_state", random_state)
+    with record.timer("harmony"):
+        harmony_integrate(adata, batch_keys if len(batch_keys) > 1 else batch_keys[0], basis=basis,
+                          adjusted_basis=adjusted, theta=thetas if len(thetas) > 1 else thetas[0], **hp)
+
+    with record.timer("neighbors_umap_uncorrected"):
+        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=basis, key_added="uncorrected",
+                        random_state=random_state)
+        sc.tl.umap(adata, neighbors_key="uncorrected", key_added="X_umap_uncorrected", random_state=random_state)
+    with record.timer("neighbors_umap"):
+        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=adjusted, random_state=random_state)
+        sc.tl.umap(adata, random_state=random_state)
+    clusters: dict[str, int] = {}
+    with record.timer("leiden"):
+        for res in resolutions:
+            key = f"leiden_{res:g}"
+            sc.tl.leiden(adata, resolution=res, key_added=key, flavor="igraph", n_iterations=2,
+                         directed=False, random_state=random_state)
+            clusters[f"{res:g}"] = int(adata.obs[key].nunique())
+        adata.obs["leiden"] = adata.obs[f"leiden_{chosen:g}"].copy()
+    record.data["clusters_per_resolution"] = clusters
+    info(f"Leiden clusters per resolution: {clusters}; obs['leiden'] is resolution {chosen:g}")
+
+    marker_genes: list[str] = []
+    with record.timer("markers"):
+        if adata.obs["leiden"].nunique() >= 2:
+            sc.tl.rank_genes_groups(adata, "leiden", method="wilcoxon", use_raw=False)
+            marker_genes = _top_markers(adata)
+        else:
+            warn("only one Leiden cluster: marker genes are not computed; try a higher --resolution")
+    record.data["top_markers"] = marker_genes
+
+    metrics_table = None
+    if evaluate:
+        with record.timer("metrics"):
+            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state)
+
+    if outdir is not None:
+        _write_outputs(adata, outdir, record, batch_keys[0], adjusted, markers, marker_genes, metrics_table)
+    return adata
+
+
+def _thetas(theta: float | Sequence[float] | None, n: int) -> list[float]:
+    if theta is None:
+        return [2.0] * n
+    values = [float(theta)] if np.isscalar(theta) else [float(t) for t in theta]
+    if len(values) == 1 and n > 1:
+        values = values * n
+    if len(values) != n:
+        raise ScamlError(f"got {len(values)} theta values {values} for {n} batch keys; give one theta per --batch-key.")
+    return values
+
+
+def _top_markers(adata: ad.AnnData, per_cluster: int = 1, limit: int = 12) -> list[str]:
+    names = pd.DataFrame(adata.uns["rank_genes_groups"]["names"])
+    genes: list[str] = []
+    for col in names.columns:
+        for gene in names[col].head(per_cluster):
+            if gene not in genes:
+                genes.append(str(gene))
+    return genes[:limit]
+
+
+def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddings: list[str],
+              random_state: int) -> pd.DataFrame | None:
+    try:
+        from .metrics import evaluate_embeddings
+    except ImportError:  # metrics not available in this build
+        warn("integration metrics are not available; skipped")
+        return None
+    table = evaluate_embeddings(adata, batch_key=batch_key, label_key=label_key, embeddings=embeddings,
+                                random_state=random_state)
+    return table
+
+
+def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key: str, adjusted: str,
+                   markers: Sequence[str] | None, marker_genes: list[str], metrics_table: pd.DataFrame | None) -> None:
+    from . import plotting
+
+    figures = outdir / "figures"
+    with record.timer("figures"):
+        plotting.plot_integration_panels(adata, batch_key, figures / "umap_integration_check.png")
+        plotting.plot_objective(adata.uns["harmony"]["objective_harmony"], figures / "harmony_objective.png")
+        genes = list(markers) if markers else marker_genes
+        missing = [g for g in genes if g not in adata.var_names]
+        if missing:
+            warn(f"marker genes not found and not plotted: {missing[:10]}")
+        genes = [g for g in genes if g in adata.var_names]
+        if genes:
+            plotting.plot_gene_umaps(adata, genes[:12], figures / "marker_genes_umap.png")
+        if "rank_genes_groups" in adata.uns:
+            plotting.plot_marker_dotplot(adata, figures / "marker_dotplot.png")
+        if metrics_table is not None:
+            from .metrics import plot_metrics
+
+            write_csv(metrics_table, outdir / "metrics.csv")
+            plot_metrics(metrics_table, figures / "metrics_comparison.png")
+    with record.timer("write"):
+        write_h5ad(_h5ad_safe(adata), outdir / "integrated.h5ad")
+    summary = {
+        "cells_before_qc": record.data["before_qc"]["n_cells"],
+        "genes_before_qc": record.data["before_qc"]["n_genes"],
+        "cells_after_qc": record.data["after_qc"]["n_cells"],
+        "genes_after_qc": record.data["after_qc"]["n_genes"],
+        "input_assumed": record.data.get("input_assumed"),
+        "skipped_steps": record.data.get("skipped_steps", []),
+        "qc_removed": record.data.get("qc_removed", {}),
+        "clusters_per_resolution": record.data["clusters_per_resolution"],
+        "harmony": {k: adata.uns["harmony"].get(k) for k in ("n_iter", "converged", "objective_harmony")},
+        "metrics": None if metrics_table is None else metrics_table.reset_index().to_dict(orient="records"),
+        "parameters": record.parameters,
+        "timings_seconds": record.timer.seconds,
+    }
+    record.data["summary"] = "summary.json"
+    from ._utils import package_versions
+
+    summary["versions"] = package_versions()
+    write_json(summary, outdir / "summary.json")
+    record.save(outdir)
+    info(f"wrote {outdir}/integrated.h5ad, summary.json and figures/")
+
+
+def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
+    """Replace values h5ad cannot store (None) inside uns with strings."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if value is None:
+            return "None"
+        if isinstance(value, (list, tuple)) and any(v is None or isinstance(v, (dict, list)) for v in value):
+            return [str(v) for v in value]
+        return value
+
+    adata.uns = clean(dict(adata.uns))
+    return adata
