@@ -144,8 +144,8 @@ def test_missing_input_and_unknown_format(tmp_path):
 
 
 def test_read_csv_and_10x_dir(tmp_path, small_counts):
-    import scipy.io
     import pandas as pd
+    import scipy.io
 
     sub = small_counts[:20, :30]
     frame = pd.DataFrame(sub.X.toarray(), index=sub.obs_names, columns=sub.var_names)

@@ -44,13 +44,13 @@ def is_quiet() -> bool:
 def info(message: str) -> None:
     """Print an informational message to stderr unless quiet."""
     if not _QUIET:
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     """Print a warning to stderr (even when quiet) and record it for the report."""
     WARNINGS.append(message)
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 #: Warnings raised during the current run, in order; the report shows them.

@@ -21,8 +21,8 @@ def simulate(
     *,
     n_markers: int = 25,
     marker_log_fold: float = 2.0,
-    batch_log_fold_sd: float = 0.4,
-    batch_library_spread: float = 0.5,
+    batch_log_fold_sd: float = 0.2,
+    batch_library_spread: float = 0.4,
     dispersion: float = 0.3,
     mean_library_size: float = 4000.0,
     low_quality_fraction: float = 0.02,
@@ -135,6 +135,9 @@ def simulate(
     X = sp.vstack(blocks, format="csr")
 
     gene_names = list(_MT_GENES) + [f"GENE{i:05d}" for i in range(n_mt, n_genes)]
+    for t in range(n_cell_types):  # marker genes carry their cell type's name, e.g. "type_A_m03"
+        for j, gene in enumerate(np.flatnonzero(marker_of == _type_name(t))):
+            gene_names[gene] = f"{_type_name(t)}_m{j + 1:02d}"
     obs = pd.DataFrame(
         {
             "batch": pd.Categorical([f"batch{b + 1}" for b in batch_idx]),

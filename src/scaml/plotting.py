@@ -135,7 +135,7 @@ def plot_gene_umaps(
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
     coords = adata.obsm[basis]
     matrix = adata.layers[layer] if layer else adata.X
-    for ax, gene in zip(axes.ravel(), genes):
+    for ax, gene in zip(axes.ravel(), genes, strict=False):
         col = matrix[:, adata.var_names.get_loc(gene)]
         values = np.asarray(col.toarray() if sp.issparse(col) else col).ravel()
         order = np.argsort(values)
@@ -159,6 +159,10 @@ def plot_marker_dotplot(adata: ad.AnnData, path: str | os.PathLike, *, groupby: 
     """scanpy's dot plot of the top ``n_genes`` Wilcoxon markers per cluster."""
     import scanpy as sc
 
+    dendrogram_key = f"dendrogram_{groupby}"
+    if dendrogram_key not in adata.uns:
+        rep = "X_pca_harmony" if "X_pca_harmony" in adata.obsm else None
+        sc.tl.dendrogram(adata, groupby=groupby, use_rep=rep)
     dot = sc.pl.rank_genes_groups_dotplot(adata, groupby=groupby, n_genes=n_genes, key=key,
                                           show=False, return_fig=True, standard_scale="var")
     dot.make_figure()

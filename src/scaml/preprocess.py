@@ -176,7 +176,8 @@ def run_pca(adata: ad.AnnData, n_comps: int = 30, *, random_state: int = 0, max_
             f"n_comps={n_comps} principal components need more than {n_comps} cells and genes; "
             f"there are {adata.n_obs} cells and {n_genes} selected genes. Use --n-pcs {max(2, limit)} or fewer."
         )
-    sub = ad.AnnData(X=adata.X[:, mask].copy())
+    hvg = adata.X[:, mask]
+    sub = ad.AnnData(X=np.asarray(hvg.toarray() if sp.issparse(hvg) else hvg, dtype=np.float32))
     sc.pp.scale(sub, max_value=max_value)
     sc.pp.pca(sub, n_comps=n_comps, svd_solver="arpack", random_state=random_state, dtype="float32")
     adata.obsm["X_pca"] = np.ascontiguousarray(sub.obsm["X_pca"], dtype=np.float32)
