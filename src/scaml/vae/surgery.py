@@ -1,0 +1,204 @@
+"""Architecture surgery (scArches): adapt a trained reference model to a query dataset.
+
+The query's genes are aligned to the reference's by name, new condition
+columns are appended to the first layers of the encoder and the decoder for
+the query's batches, and every reference weight is frozen, so that training on
+the query moves only the new condition weights and the reference embedding
+stays exactly where it was.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._utils import info
+from ..errors import ScamlError, missing_key_error
+from .data import gene_kind, gene_positions
+from .model import QUERY_CONDITION, BaseVAE, _naming_hint, check_adata
+from .modules import ConditionalVAE
+
+
+def apply_freeze(module: ConditionalVAE, surgery: dict) -> None:
+    """Set ``requires_grad`` of a query module's parameters from its surgery settings.
+
+    Frozen: every parameter, except the newest block of condition weights of the
+    first encoder and decoder layers (the query's conditions), the matching
+    per-condition dispersions, and all dispersions when ``train_dispersion``.
+    ``unfrozen`` trains everything.
+    """
+    if surgery.get("unfrozen", False):
+        for p in module.parameters():
+            p.requires_grad_(True)
+        return
+    for p in module.parameters():
+        p.requires_grad_(False)
+    if surgery.get("n_new_conditions", 0) > 0:
+        for layer in module.conditional_layers():
+            layer.cond_blocks[-1].requires_grad_(True)
+        if module.count_model and module.cfg.dispersion == "gene-batch":
+            module.log_theta[-1].requires_grad_(True)
+    if surgery.get("train_dispersion", False) and module.count_model:
+        for p in module.log_theta:
+            p.requires_grad_(True)
+
+
+def trainable_parameter_names(module: ConditionalVAE) -> list[str]:
+    """Names of the parameters that training will update."""
+    return [name for name, p in module.named_parameters() if p.requires_grad]
+
+
+def load_query(
+    model: BaseVAE,
+    adata_query: ad.AnnData,
+    *,
+    query_batch_key: str | None = None,
+    freeze_dropout: bool = True,
+    unfrozen: bool = False,
+    train_dispersion: bool = False,
+    min_gene_overlap: float = 0.5,
+    force: bool = False,
+    allow_existing_conditions: bool = False,
+) -> BaseVAE:
+    """Build a query model from a trained reference model by architecture surgery.
+
+    Parameters
+    ----------
+    model
+        A trained :class:`~scaml.vae.SCVI`, :class:`~scaml.vae.TRVAE` or
+        :class:`~scaml.vae.SCANVI` (built here or loaded with :func:`~scaml.vae.load_model`).
+    adata_query
+        The query cells (raw counts for NB / ZINB models). Genes are matched to
+        the reference's by name; reference genes the query lacks are filled with zeros.
+    query_batch_key
+        Column of ``adata_query.obs`` with the query's batches. Default: the
+        reference's ``batch_key``; when the query has no such column, all query
+        cells form one new condition named "query".
+    freeze_dropout
+        Switch dropout off while training on the query.
+    unfrozen
+        Train every weight (not only the new condition columns); the reference
+        embedding then moves.
+    train_dispersion
+        Also train the NB dispersions.
+    min_gene_overlap
+        Smallest fraction of the reference genes the query must hold.
+    force
+        Go on below ``min_gene_overlap``.
+    allow_existing_conditions
+        Accept query batches whose names exist in the reference and treat them
+        as those reference conditions (otherwise an error).
+
+    Returns
+    -------
+    BaseVAE
+        A model of the same class; train it with ``.train()`` and embed with
+        ``.get_latent(adata_query)``. The reference model is not modified.
+
+    Raises
+    ------
+    ScamlError
+        No shared genes, too few shared genes, a missing batch column, or a query
+        batch name that exists in the reference.
+    """
+    if not isinstance(model, BaseVAE):
+        raise ScamlError(f"load_query needs a scaml.vae model (SCVI, TRVAE or SCANVI); got {type(model).__name__}.")
+    check_adata(adata_query, "adata_query")
+    if not 0.0 <= float(min_gene_overlap) <= 1.0:
+        raise ScamlError(f"min_gene_overlap must be in [0, 1]; got {min_gene_overlap}.")
+    if adata_query.n_obs < 1:
+        raise ScamlError("the query has no cells.")
+
+    # ---- genes
+    query_genes = [str(g) for g in adata_query.var_names]
+    positions = gene_positions(query_genes, model.genes)
+    n_shared = int((positions >= 0).sum())
+    n_ref = len(model.genes)
+    if n_shared == 0:
+        raise ScamlError(
+            f"the query shares no genes with the reference ({n_ref} reference genes, e.g. {model.genes[:3]}; "
+            f"{len(query_genes)} query genes, e.g. {query_genes[:3]}). " + _naming_hint(model.genes, query_genes)
+        )
+    fraction = n_shared / n_ref
+    info(
+        f"gene overlap: the query holds {n_shared} of the {n_ref} reference genes ({fraction:.1%}); "
+        f"{n_ref - n_shared} missing genes are filled with zeros, "
+        f"{len(set(query_genes)) - n_shared} query-only genes are ignored."
+    )
+    if fraction < min_gene_overlap:
+        hint = ""
+        kinds = {gene_kind(model.genes), gene_kind(query_genes)}
+        if kinds == {"Ensembl IDs", "gene symbols"} or fraction < 0.5:
+            hint = " " + _naming_hint(model.genes, query_genes)
+        if not force:
+            raise ScamlError(
+                f"the query holds only {fraction:.1%} of the reference genes ({n_shared} of {n_ref}), below "
+                f"min_gene_overlap={min_gene_overlap:.0%}.{hint} Pass force=True (--force) to map anyway, "
+                "at the cost of a less reliable embedding."
+            )
+        info(f"mapping anyway (force=True) with {fraction:.1%} gene overlap.{hint}")
+
+    # ---- conditions
+    key = query_batch_key or model.batch_key
+    default_condition = None
+    if key in adata_query.obs.columns:
+        column = adata_query.obs[key]
+        if column.isna().any():
+            raise ScamlError(
+                f"adata_query.obs[{key!r}] has {int(column.isna().sum())} missing values; give every query cell a batch."
+            )
+        query_conditions = sorted(map(str, pd.unique(column.astype(str))))
+    elif query_batch_key is not None:
+        raise missing_key_error(query_batch_key, adata_query.obs.columns, "adata_query.obs", "query_batch_key")
+    else:
+        default_condition = QUERY_CONDITION
+        query_conditions = [QUERY_CONDITION]
+        info(
+            f"the query has no column {key!r}; all {adata_query.n_obs} query cells form one new batch "
+            f"{QUERY_CONDITION!r} (pass query_batch_key to name the query's batch column)."
+        )
+    existing = [c for c in query_conditions if c in model.conditions]
+    if existing and not allow_existing_conditions:
+        raise ScamlError(
+            f"query batch(es) {existing[:10]} already exist in the reference (column {key!r}). Rename the query's "
+            "batches, or pass allow_existing_conditions=True (--allow-existing-conditions) to treat them as "
+            "the same reference conditions."
+        )
+    if existing:
+        info(f"query batch(es) {existing} are treated as the reference conditions of the same name.")
+    new = [c for c in query_conditions if c not in model.conditions]
+
+    # ---- the network: copy, add condition columns, freeze
+    module = copy.deepcopy(model.module)
+    if new:
+        module.add_conditions(len(new))
+    surgery = {
+        "n_reference_conditions": len(model.conditions),
+        "n_new_conditions": len(new),
+        "new_conditions": new,
+        "query_batch_key": key,
+        "default_condition": default_condition,
+        "freeze_dropout": bool(freeze_dropout),
+        "unfrozen": bool(unfrozen),
+        "train_dispersion": bool(train_dispersion),
+        "gene_overlap": round(fraction, 4),
+        "n_shared_genes": n_shared,
+    }
+    apply_freeze(module, surgery)
+    config = model.config
+    config["module"] = module.cfg.to_dict()
+    config["surgery"] = surgery
+    config["batch_key"] = key
+    query = type(model)._restore(
+        config, module, model.genes, model.conditions + new, model.labels, model.device, batch_key=key,
+    )
+    query._data = query._prepare(adata_query, training=True)
+    n_trainable = sum(int(np.prod(p.shape)) for p in module.parameters() if p.requires_grad)
+    info(
+        f"surgery: {len(new)} new condition(s) {new[:10]}; {n_trainable} trainable weights "
+        f"({'all' if unfrozen else 'new condition columns' + (' and dispersion' if train_dispersion else '')})."
+    )
+    return query

@@ -1,0 +1,192 @@
+"""The training loop: Adam, KL warm-up, validation loss, early stopping, LR reduction on plateau."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._utils import is_quiet, progress
+from ..errors import ScamlError
+from .data import CellData
+from .modules import ConditionalVAE
+
+
+@dataclass
+class TrainSettings:
+    """Parameters of one call to ``train`` (see :meth:`scaml.vae.model.BaseVAE.train`)."""
+
+    max_epochs: int
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    early_stopping: bool = True
+    patience: int = 20
+    lr_reduce_patience: int = 8
+    lr_factor: float = 0.6
+    min_lr: float = 1e-5
+    kl_warmup_epochs: int = 0
+    seed: int = 0
+    verbose: bool = True
+    description: str = "training"
+
+
+class _NoBar:
+    """Stands in for the progress bar when it is off (no display thread at all)."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def make_adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam (eps 0.01, as scVI), the fused implementation where this torch has it for the device."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=0.01, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, eps=0.01)
+
+
+def split_validation(n_cells: int, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random train / validation row indices (validation empty when too few cells)."""
+    n_val = int(round(n_cells * fraction)) if fraction > 0 else 0
+    if n_cells - n_val < 2 or n_val < 1:
+        return np.arange(n_cells), np.arange(0, dtype=np.int64)
+    perm = torch.randperm(n_cells, generator=generator).numpy()
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def set_train_mode(module: ConditionalVAE, frozen_norm: bool, freeze_dropout: bool) -> None:
+    """Training mode, except frozen batch-norm statistics and, optionally, dropout."""
+    module.train()
+    for sub in module.modules():
+        if frozen_norm and isinstance(sub, nn.BatchNorm1d):
+            sub.eval()
+        if freeze_dropout and isinstance(sub, nn.Dropout):
+            sub.eval()
+
+
+@torch.no_grad()
+def evaluate_loss(
+    module: ConditionalVAE, data: CellData, rows: np.ndarray, device: torch.device, batch_size: int = 1024
+) -> float:
+    """Mean loss per cell (full KL weight, posterior mean, no dropout) over the cells at ``rows``."""
+    module.eval()
+    total, n = 0.0, 0
+    for batch in data.batches(batch_size, device, order=rows, drop_last_single=False):
+        loss, _ = module.loss(batch.x, batch.cond, batch.log_library, batch.labels, 1.0, batch.log_factorial, batch.nz)
+        m = batch.x.shape[0]
+        total += float(loss) * m
+        n += m
+    return total / max(n, 1)
+
+
+def train_module(
+    module: ConditionalVAE,
+    data: CellData,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    settings: TrainSettings,
+    device: torch.device,
+    generator: torch.Generator,
+    *,
+    frozen_norm: bool = False,
+    freeze_dropout: bool = False,
+) -> dict:
+    """Train ``module`` in place on the cells at ``train_rows`` of ``data``; return the history.
+
+    The loss of every step is the mean over the batch's cells of the
+    reconstruction loss + ``kl_weight`` * KL (+ penalties), with ``kl_weight``
+    rising linearly from 0 to 1 over ``kl_warmup_epochs`` (per step). The
+    validation loss uses the full KL weight, so that it is comparable between
+    epochs; early stopping and LR reduction follow it (the training loss when
+    there is no validation set). On early stopping the best weights are restored.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("no trainable parameters")
+    optimizer = make_adam(params, settings.lr, settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_reduce_patience,
+        threshold=1e-4, min_lr=settings.min_lr,
+    )
+    n_train = int(train_rows.size)
+    steps_per_epoch = max(1, math.ceil(n_train / settings.batch_size))
+    warmup_steps = settings.kl_warmup_epochs * steps_per_epoch
+    history: dict = {
+        "train_loss": [], "validation_loss": [], "epoch_seconds": [], "lr": [], "kl_weight": [],
+        "stopped_epoch": None, "best_epoch": None,
+    }
+    best_loss, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
+    step = 0
+    show = settings.verbose and not is_quiet()
+    with progress() if show else _NoBar() as bar:
+        task = bar.add_task(settings.description, total=settings.max_epochs, status="")
+        for epoch in range(settings.max_epochs):
+            start = time.perf_counter()
+            set_train_mode(module, frozen_norm, freeze_dropout)
+            order = train_rows[torch.randperm(n_train, generator=generator).numpy()]
+            loss_sum = torch.zeros((), device=device)
+            n_seen = 0
+            kl_weight = 1.0
+            for batch in data.batches(settings.batch_size, device, order=order):
+                kl_weight = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+                loss, _ = module.loss(
+                    batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                m = batch.x.shape[0]
+                loss_sum += loss.detach() * m
+                n_seen += m
+                step += 1
+            train_loss = float(loss_sum) / max(n_seen, 1)
+            if val_rows.size > 0:
+                monitored = evaluate_loss(module, data, val_rows, device)
+                history["validation_loss"].append(monitored)
+            else:
+                monitored = train_loss
+            history["train_loss"].append(train_loss)
+            history["lr"].append(optimizer.param_groups[0]["lr"])
+            history["kl_weight"].append(kl_weight)
+            history["epoch_seconds"].append(time.perf_counter() - start)
+            # plateau logic only once the KL weight is 1 (the monitored loss is stationary then)
+            warm = step >= warmup_steps
+            if warm and math.isfinite(monitored) and math.isfinite(train_loss):
+                scheduler.step(monitored)
+                if monitored < best_loss - 1e-4 * abs(best_loss if math.isfinite(best_loss) else 0.0):
+                    best_loss, best_epoch, bad_epochs = monitored, epoch, 0
+                    if settings.early_stopping:
+                        best_state = copy.deepcopy(module.state_dict())
+                else:
+                    bad_epochs += 1
+            if not (math.isfinite(monitored) and math.isfinite(train_loss)):
+                raise ScamlError(
+                    f"training diverged: the loss became {train_loss if not math.isfinite(train_loss) else monitored} "
+                    f"at epoch {epoch + 1}. Lower the learning rate (lr={settings.lr:g}), or check the input "
+                    "for extreme values (counts for NB/ZINB, normalised values for MSE)."
+                )
+            val_txt = f" val {history['validation_loss'][-1]:.4g}" if history["validation_loss"] else ""
+            bar.update(task, advance=1, status=f"loss {train_loss:.4g}{val_txt}")
+            if settings.early_stopping and bad_epochs >= settings.patience:
+                history["stopped_epoch"] = epoch + 1
+                break
+    if settings.early_stopping and best_state is not None:
+        module.load_state_dict(best_state)
+        history["best_epoch"] = best_epoch + 1
+    module.eval()
+    return history
