@@ -1,0 +1,398 @@
+"""Reference mapping side by side: scaml (scVI/scANVI-like surgery, Symphony) vs scvi-tools and CellTypist.
+
+Splits (real data in ``../shared/data/h5ad``, relative to the repository root):
+
+- panc8_small: each of the 5 technologies held out as the query in turn, the other 4 as the reference;
+- kang_ifnb1k: CTRL cells as the reference, STIM cells as the query.
+
+Every method sees the same cells and genes: raw counts rounded to integers (some panc8 technologies hold
+non-integer values) and the reference's 2,000 highly variable genes (Seurat flavour on log-normalised
+values, per batch). The VAEs of both packages use the same architecture (scArches' surgery settings:
+n_latent 10, two hidden layers of 128, layer norm, no batch norm, covariates in the encoder), the same
+number of reference and query epochs without early stopping, and the same torch thread count. Labels
+are transferred with the same weighted kNN (scaml.transfer, k = 50, no Unknown call) from each
+package's embedding; scANVI models also predict with their own classifier; CellTypist trains a
+logistic regression on the log-normalised reference.
+
+Columns: accuracy and macro F1 of the query labels; iLISI of the joint reference + query embedding over
+the batch column (scIB-scaled, 0 = no mixing, 1 = perfect; computed with scaml.metrics); seconds per
+training epoch (reference training time / epochs); total seconds (reference + query, including setup).
+
+scvi-tools and CellTypist run in their own virtual environment through this script's ``--peer-worker``
+mode, started with ``--peer-python`` (e.g. a venv made with ``python3 -m venv PEERS && PEERS/bin/pip
+install torch==2.13.0 && PEERS/bin/pip install scvi-tools celltypist``); without it only scaml runs.
+
+Usage::
+
+    python benchmarks/bench_mapping.py --peer-python PEERS/bin/python
+    python benchmarks/bench_mapping.py --splits kang --ref-epochs 50 --query-epochs 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "h5ad"
+VAE_ARCH = {"n_latent": 10, "n_hidden": 128, "n_layers": 2}
+
+
+# ============================================================================ peer worker (other venv)
+
+def _peer_worker(task: dict) -> dict:
+    """Run one peer method on prepared h5ad files; write latents/predictions to task['out']."""
+    import numpy as np
+
+    threads = int(task["threads"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import anndata as ad
+    import torch
+
+    torch.set_num_threads(threads)
+    ref = ad.read_h5ad(task["ref"])
+    query = ad.read_h5ad(task["query"])
+    out = Path(task["out"])
+    result: dict = {"method": task["method"]}
+    t0 = time.perf_counter()
+    if task["method"] == "celltypist":
+        import celltypist
+        import scanpy as sc
+
+        for a in (ref, query):
+            sc.pp.normalize_total(a, target_sum=1e4)
+            sc.pp.log1p(a)
+        start = time.perf_counter()
+        model = celltypist.train(ref, labels="cell_type", n_jobs=threads, feature_selection=False,
+                                 check_expression=False, max_iter=1000)
+        result["train_seconds"] = time.perf_counter() - start
+        pred = celltypist.annotate(query, model=model, majority_voting=False)
+        labels = pred.predicted_labels["predicted_labels"].astype(str).to_numpy()
+        np.save(out / "predicted.npy", labels.astype("U"))
+        result["total_seconds"] = time.perf_counter() - t0
+        result["epochs"] = None
+        return result
+
+    import scvi
+
+    scvi.settings.seed = 0
+    scvi.settings.num_threads = threads
+    scvi.settings.dl_num_workers = 0
+    arch = dict(n_latent=VAE_ARCH["n_latent"], n_hidden=VAE_ARCH["n_hidden"], n_layers=VAE_ARCH["n_layers"],
+                encode_covariates=True, deeply_inject_covariates=False, use_layer_norm="both",
+                use_batch_norm="none", gene_likelihood="nb")
+    trainer = dict(accelerator="cpu", early_stopping=False, enable_progress_bar=False)
+    ref_epochs, query_epochs = int(task["ref_epochs"]), int(task["query_epochs"])
+    if task["method"] == "scvi":
+        scvi.model.SCVI.setup_anndata(ref, batch_key="batch")
+        model = scvi.model.SCVI(ref, **arch)
+    else:
+        ref.obs["labels_for_scanvi"] = ref.obs["cell_type"].astype(str)
+        scvi.model.SCANVI.setup_anndata(ref, batch_key="batch", labels_key="labels_for_scanvi",
+                                        unlabeled_category="Unknown")
+        model = scvi.model.SCANVI(ref, **arch)
+    start = time.perf_counter()
+    model.train(max_epochs=ref_epochs, train_size=0.9, **trainer)
+    result["train_seconds"] = time.perf_counter() - start
+    result["epochs"] = ref_epochs
+    ref_latent = model.get_latent_representation(ref)
+    query = query.copy()
+    if task["method"] == "scanvi":
+        query.obs["labels_for_scanvi"] = "Unknown"
+        qmodel = scvi.model.SCANVI.load_query_data(query, model, freeze_dropout=True)
+    else:
+        qmodel = scvi.model.SCVI.load_query_data(query, model, freeze_dropout=True)
+    start = time.perf_counter()
+    qmodel.train(max_epochs=query_epochs, plan_kwargs={"weight_decay": 0.0}, train_size=0.9, **trainer)
+    result["query_train_seconds"] = time.perf_counter() - start
+    query_latent = qmodel.get_latent_representation(query)
+    np.save(out / "ref_latent.npy", np.asarray(ref_latent, dtype=np.float32))
+    np.save(out / "query_latent.npy", np.asarray(query_latent, dtype=np.float32))
+    if task["method"] == "scanvi":
+        np.save(out / "predicted.npy", np.asarray(qmodel.predict(query), dtype=str).astype("U"))
+    result["total_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def run_peer(peer_python: str, task: dict, timeout: float = 1800) -> dict | None:
+    """Run ``_peer_worker`` in the peer venv; None (with the reason printed) when it fails."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(task["threads"]), MKL_NUM_THREADS=str(task["threads"]))
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run([peer_python, __file__, "--peer-worker", json.dumps(task)], capture_output=True,
+                              text=True, timeout=timeout, env=env)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"  peer {task['method']} failed: {exc}", file=sys.stderr)
+        return None
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        print(f"  peer {task['method']} failed (exit {proc.returncode}):\n{tail}", file=sys.stderr)
+        return None
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - start  # includes the venv's imports
+    return result
+
+
+# ============================================================================ main process (scaml)
+
+def _prepare_split(adata, query_mask, n_hvg: int, workdir: Path):
+    """Round counts, select the reference's HVGs, write ref/query h5ad files for every method."""
+    import numpy as np
+    import scanpy as sc
+    import scipy.sparse as sp
+
+    adata = adata.copy()
+    X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    X.data = np.round(X.data).astype(np.float32)
+    X.eliminate_zeros()
+    adata.X = X
+    keep_obs = adata.obs[["batch", "cell_type"]].astype(str).copy()
+    adata.obs = keep_obs
+    adata.var = adata.var.iloc[:, :0]
+    adata.uns = {}
+    ref = adata[~query_mask].copy()
+    query = adata[query_mask].copy()
+    if ref.n_vars > n_hvg:
+        tmp = ref.copy()
+        sc.pp.normalize_total(tmp, target_sum=1e4)
+        sc.pp.log1p(tmp)
+        sc.pp.highly_variable_genes(tmp, n_top_genes=n_hvg, flavor="seurat", batch_key="batch")
+        genes = tmp.var_names[tmp.var["highly_variable"].to_numpy()]
+        ref, query = ref[:, genes].copy(), query[:, genes].copy()
+    # drop cells without counts on these genes (they cannot be normalised)
+    ref = ref[np.asarray(ref.X.sum(axis=1)).ravel() > 0].copy()
+    query = query[np.asarray(query.X.sum(axis=1)).ravel() > 0].copy()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ref.write_h5ad(workdir / "ref.h5ad")
+    query.write_h5ad(workdir / "query.h5ad")
+    return ref, query
+
+
+def _ilisi(ref_latent, query_latent, batches) -> float:
+    import numpy as np
+    import pandas as pd
+
+    from scaml.metrics import compute_neighbors, ilisi_scaled, lisi_from_neighbors
+
+    joint = np.vstack([ref_latent, query_latent]).astype(np.float32)
+    codes, cats = pd.factorize(np.asarray(batches))
+    nb = compute_neighbors(joint, k=90)
+    lisi = lisi_from_neighbors(nb, codes, perplexity=30)
+    return float(ilisi_scaled(lisi, len(cats)))
+
+
+def _scores(true, predicted) -> tuple[float, float]:
+    from scaml.mapping import label_metrics
+
+    m = label_metrics(true, predicted)
+    return m["accuracy"], m["macro_f1"]
+
+
+def run_scaml(method: str, ref, query, args, workdir: Path) -> list[dict]:
+    """Build + map with scaml; rows for the table."""
+    import numpy as np
+
+    from scaml.mapping import LATENT_KEY, build_reference, map_query
+
+    train = {"early_stopping": False, "n_threads": args.threads, "verbose": False}
+    start = time.perf_counter()
+    ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref", overwrite=True,
+                              max_epochs=args.ref_epochs, n_hvg=None if method != "symphony" else ref.n_vars,
+                              train_params=train if method != "symphony" else None)
+    mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map", overwrite=True, label_key="cell_type",
+                       max_epochs=args.query_epochs, unknown_threshold=1.0, train_params=train, umap=False)
+    total = time.perf_counter() - start
+    run = json.loads((ref_dir / "run.json").read_text())
+    epochs = (run["data"].get("training") or {}).get("epochs")
+    per_epoch = run["timings_seconds"]["training"] / epochs if epochs else None
+    with np.load(ref_dir / "reference_latent.npz") as npz:
+        ref_latent = npz["latent"]
+    ilisi = _ilisi(ref_latent, mapped.obsm[LATENT_KEY], np.concatenate([ref.obs["batch"], query.obs["batch"]]))
+    true = query.obs["cell_type"].astype(str).to_numpy()
+    rows = []
+    acc, f1 = _scores(true, mapped.obs["predicted_cell_type"].astype(str))
+    rows.append({"method": f"scaml {method} (kNN)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
+                 "sec_per_epoch": per_epoch, "total_s": total})
+    if method == "scanvi":
+        acc, f1 = _scores(true, mapped.obs["predicted_cell_type_scanvi"].astype(str))
+        rows.append({"method": "scaml scanvi (classifier)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
+                     "sec_per_epoch": per_epoch, "total_s": total})
+    return rows
+
+
+def run_peers(ref, query, args, workdir: Path) -> list[dict]:
+    import numpy as np
+
+    from scaml.transfer import transfer_labels
+
+    rows = []
+    true = query.obs["cell_type"].astype(str).to_numpy()
+    batches = np.concatenate([ref.obs["batch"], query.obs["batch"]])
+    for method in args.peers:
+        out = workdir / f"peer_{method}"
+        out.mkdir(parents=True, exist_ok=True)
+        task = {"method": method, "ref": str(workdir / "ref.h5ad"), "query": str(workdir / "query.h5ad"),
+                "out": str(out), "threads": args.threads, "ref_epochs": args.ref_epochs,
+                "query_epochs": args.query_epochs}
+        result = run_peer(args.peer_python, task)
+        if result is None:
+            rows.append({"method": f"{'scvi-tools' if method != 'celltypist' else 'CellTypist'} {method} (failed)"})
+            continue
+        total = result["total_seconds"]
+        if method == "celltypist":
+            acc, f1 = _scores(true, np.load(out / "predicted.npy"))
+            rows.append({"method": "CellTypist (LR)", "accuracy": acc, "macro_f1": f1, "ilisi": None,
+                         "sec_per_epoch": None, "total_s": total})
+            continue
+        ref_latent, query_latent = np.load(out / "ref_latent.npy"), np.load(out / "query_latent.npy")
+        ilisi = _ilisi(ref_latent, query_latent, batches)
+        per_epoch = result["train_seconds"] / result["epochs"]
+        calls = transfer_labels(ref_latent, ref.obs["cell_type"].astype(str).to_numpy(), query_latent,
+                                n_neighbors=50, threshold=1.0)
+        acc, f1 = _scores(true, calls["label"])
+        rows.append({"method": f"scvi-tools {method} (kNN)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
+                     "sec_per_epoch": per_epoch, "total_s": total})
+        if method == "scanvi":
+            acc, f1 = _scores(true, np.load(out / "predicted.npy"))
+            rows.append({"method": "scvi-tools scanvi (classifier)", "accuracy": acc, "macro_f1": f1,
+                         "ilisi": ilisi, "sec_per_epoch": per_epoch, "total_s": total})
+    return rows
+
+
+def symphony_10k(threads: int) -> dict:
+    """Time Symphony-style mapping of a 10,000-cell simulated query onto a 10,000-cell reference."""
+    import numpy as np
+
+    from scaml.datasets import simulate
+    from scaml.harmony.reference import build_symphony_reference
+
+    adata = simulate(n_cells=20000, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0)
+    is_query = adata.obs["batch"].isin(["batch3", "batch4"]).to_numpy()
+    ref, query = adata[~is_query].copy(), adata[is_query].copy()
+    start = time.perf_counter()
+    reference = build_symphony_reference(ref, "batch", label_key="cell_type", random_state=0)
+    build = time.perf_counter() - start
+    start = time.perf_counter()
+    mapped = reference.map(query, query_batch_key="batch", random_state=0)
+    seconds = time.perf_counter() - start
+    from scaml.transfer import transfer_labels
+
+    start = time.perf_counter()
+    calls = transfer_labels(reference.embedding, ref.obs["cell_type"].to_numpy(), mapped.embedding, threshold=1.0)
+    knn = time.perf_counter() - start
+    acc = float((calls["label"].to_numpy() == query.obs["cell_type"].astype(str).to_numpy()).mean())
+    return {"reference_cells": int(ref.n_obs), "query_cells": int(query.n_obs), "build_s": build,
+            "map_s": seconds, "knn_transfer_s": knn, "accuracy": acc,
+            "confidence_median": float(np.median(mapped.confidence))}
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-python", default=None, help="python of the venv with scvi-tools and celltypist")
+    parser.add_argument("--peers", nargs="+", default=["scvi", "scanvi", "celltypist"])
+    parser.add_argument("--methods", nargs="+", default=["scvi", "scanvi", "symphony"])
+    parser.add_argument("--splits", nargs="+", default=["panc8", "kang"])
+    parser.add_argument("--data", default=str(DATA), help="folder of the h5ad files (default ../shared/data/h5ad)")
+    parser.add_argument("--ref-epochs", type=int, default=100)
+    parser.add_argument("--query-epochs", type=int, default=50)
+    parser.add_argument("--n-hvg", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-10k", action="store_true", help="skip the 10k-cell Symphony timing")
+    parser.add_argument("--csv", default=None, help="also write the table to this CSV")
+    args = parser.parse_args(argv)
+    if args.peer_worker is not None:
+        print(json.dumps(_peer_worker(json.loads(args.peer_worker))))
+        return 0
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import anndata as ad
+    import pandas as pd
+    import torch
+
+    from scaml._utils import set_quiet
+    from scaml.errors import ScamlError
+
+    torch.set_num_threads(args.threads)
+    set_quiet(True)
+    data = Path(args.data)
+    splits = []
+    if "panc8" in args.splits:
+        panc8 = ad.read_h5ad(data / "panc8_small.h5ad")
+        for tech in sorted(panc8.obs["batch"].astype(str).unique()):
+            splits.append((f"panc8 {tech}", panc8, (panc8.obs["batch"].astype(str) == tech).to_numpy()))
+    if "kang" in args.splits:
+        kang = ad.read_h5ad(data / "kang_ifnb1k.h5ad")
+        splits.append(("kang STIM", kang, (kang.obs["batch"].astype(str) == "STIM").to_numpy()))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_mapping_") as tmp:
+        for name, adata, mask in splits:
+            workdir = Path(tmp) / name.replace(" ", "_")
+            ref, query = _prepare_split(adata, mask, args.n_hvg, workdir)
+            print(f"== {name}: reference {ref.n_obs} cells, query {query.n_obs} cells, {ref.n_vars} genes",
+                  file=sys.stderr)
+            for method in args.methods:
+                try:
+                    scaml_rows = run_scaml(method, ref, query, args, workdir)
+                except ImportError as exc:  # a part of scaml that this checkout lacks
+                    print(f"  scaml {method} unavailable: {exc}", file=sys.stderr)
+                    continue
+                except ScamlError as exc:  # e.g. Symphony needs >= 2 reference batches
+                    print(f"  scaml {method} refused this split: {exc}", file=sys.stderr)
+                    rows.append({"split": name, "method": f"scaml {method} (n/a: {str(exc)[:60]})"})
+                    continue
+                for row in scaml_rows:
+                    rows.append({"split": name, **row})
+                    print("  ", rows[-1], file=sys.stderr)
+            if args.peer_python:
+                for row in run_peers(ref, query, args, workdir):
+                    rows.append({"split": name, **row})
+                    print("  ", rows[-1], file=sys.stderr)
+    table = pd.DataFrame(rows, columns=["method", "split", "accuracy", "macro_f1", "ilisi", "sec_per_epoch",
+                                        "total_s"])
+    print(f"\nReference mapping: {args.ref_epochs} reference + {args.query_epochs} query epochs, "
+          f"{args.threads} torch thread(s), kNN k=50 without Unknown calls")
+    print("| method | split | accuracy | macro F1 | iLISI (scaled) | sec/epoch | total s |")
+    print("|---|---|---|---|---|---|---|")
+    for _, r in table.iterrows():
+        print(f"| {r['method']} | {r['split']} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
+              f"{_fmt(r['ilisi'])} | {_fmt(r['sec_per_epoch'], 4)} | {_fmt(r['total_s'], 1)} |")
+    summary = table.dropna(subset=["accuracy"]).groupby("method")[["accuracy", "macro_f1", "ilisi",
+                                                                    "sec_per_epoch", "total_s"]].mean()
+    print("\nMean over splits:")
+    print("| method | accuracy | macro F1 | iLISI (scaled) | sec/epoch | total s |")
+    print("|---|---|---|---|---|---|")
+    for method, r in summary.iterrows():
+        print(f"| {method} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['ilisi'])} | "
+              f"{_fmt(r['sec_per_epoch'], 4)} | {_fmt(r['total_s'], 1)} |")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    if not args.no_10k:
+        try:
+            res = symphony_10k(args.threads)
+        except ImportError as exc:
+            print(f"\nSymphony 10k timing skipped: {exc}")
+        else:
+            print(f"\nSymphony-style mapping of {res['query_cells']} simulated query cells onto "
+                  f"{res['reference_cells']} reference cells (2000 genes): map {res['map_s']:.2f} s, "
+                  f"kNN label transfer {res['knn_transfer_s']:.2f} s (reference build {res['build_s']:.1f} s); "
+                  f"accuracy {res['accuracy']:.3f}, median mapping confidence {res['confidence_median']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

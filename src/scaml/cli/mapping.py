@@ -1,0 +1,133 @@
+"""``scaml reference build`` and ``scaml map``: reference mapping and label transfer."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the ``reference`` (with ``build``) and ``map`` subcommands."""
+    ref = subparsers.add_parser(
+        "reference", parents=[parent],
+        help="build a mapping reference (conditional VAE or Symphony-style Harmony reference)",
+        description="Build a reference that query datasets can later be mapped onto with `scaml map`.",
+    )
+    ref_sub = ref.add_subparsers(dest="reference_command", metavar="SUBCOMMAND")
+    b = ref_sub.add_parser(
+        "build", parents=[parent],
+        help="train a scVI/trVAE/scANVI-like model or build a Symphony reference; save it to a directory",
+        description=(
+            "Build a mapping reference from annotated cells. VAE methods (scvi, trvae, scanvi) train a "
+            "conditional VAE on raw counts; symphony integrates the reference with scaml's Harmony and keeps "
+            "what mapping needs. Writes REFDIR/reference.json, the model, the reference embedding and labels, "
+            "REFDIR/run.json and REFDIR/report.html."
+        ),
+    )
+    b.add_argument("input", help="reference cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
+    b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "symphony"], default="scvi",
+                   help="reference model (default scvi)")
+    b.add_argument("--batch-key", required=True, metavar="KEY", help="obs column with the reference's batches")
+    b.add_argument("--label-key", default=None, metavar="KEY",
+                   help="obs column with cell labels to transfer (required for scanvi)")
+    b.add_argument("--out", required=True, metavar="REFDIR", help="reference directory to write")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing reference directory")
+    b.add_argument("--n-hvg", type=int, default=2000,
+                   help="highly variable genes the reference uses (default 2000; 0 = all genes for a VAE)")
+    vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi)")
+    vae.add_argument("--max-epochs", type=int, default=None,
+                     help="training epochs (default: min(400, 8e6 / n_cells), with early stopping)")
+    vae.add_argument("--n-latent", type=int, default=10, help="latent dimensions (default 10)")
+    vae.add_argument("--hidden-layers", type=int, nargs="+", default=[128, 128],
+                     help="hidden layer widths (default 128 128)")
+    vae.add_argument("--gene-likelihood", choices=["nb", "zinb", "mse"], default="nb",
+                     help="nb / zinb on raw counts, mse on normalised data (default nb)")
+    vae.add_argument("--beta", type=float, default=1.0, help="trvae: weight of the MMD penalty (default 1)")
+    vae.add_argument("--unlabeled-category", default="Unknown",
+                     help="scanvi: label value of unlabelled reference cells (default Unknown)")
+    vae.add_argument("--batch-size", type=int, default=128, help="cells per mini-batch (default 128)")
+    vae.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    vae.add_argument("--threads", type=int, default=None,
+                     help="CPU threads for training (default: torch's; 1 is often fastest on a busy machine)")
+    sym = b.add_argument_group("symphony")
+    sym.add_argument("--n-comps", type=int, default=30, help="principal components (default 30)")
+    sym.add_argument("--theta", type=float, default=2.0, help="Harmony diversity penalty (default 2)")
+    b.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
+    b.set_defaults(func=run_build, report_dir_attr="out")
+    ref.set_defaults(func=_reference_help(ref))
+
+    m = subparsers.add_parser(
+        "map", parents=[parent],
+        help="map a query onto a reference, transfer labels with uncertainty, draw a joint UMAP",
+        description=(
+            "Map query cells onto a reference built with `scaml reference build` (architecture surgery for VAE "
+            "references, Symphony-style mapping otherwise), transfer the reference labels by weighted kNN with "
+            "a per-cell uncertainty and an 'Unknown' call. Writes DIR/mapped.h5ad, DIR/predictions.csv, "
+            "DIR/figures/joint_umap.png, DIR/metrics.json and DIR/confusion_matrix.csv (when --label-key), "
+            "DIR/run.json and DIR/report.html."
+        ),
+    )
+    m.add_argument("--reference", required=True, metavar="REFDIR", help="directory of `scaml reference build`")
+    m.add_argument("--query", required=True, metavar="QUERY",
+                   help="query cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (raw counts)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    m.add_argument("--query-batch-key", default=None, metavar="KEY",
+                   help="obs column with the query's batches (default: the reference's batch key if present, "
+                        "else one batch)")
+    m.add_argument("--label-key", default=None, metavar="KEY",
+                   help="obs column with the query's true labels, to score the transfer")
+    m.add_argument("--max-epochs", type=int, default=None, help="query training epochs (VAE references)")
+    m.add_argument("--allow-existing-conditions", action="store_true",
+                   help="accept query batch names that exist in the reference (treated as the same batch)")
+    m.add_argument("--unknown-threshold", type=float, default=0.5,
+                   help="uncertainty above which a cell is called Unknown (default 0.5; 1 = never)")
+    m.add_argument("--n-neighbors", type=int, default=50, help="neighbours of the kNN label transfer (default 50)")
+    m.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for query training (default: torch's; 1 is often fastest on a busy machine)")
+    m.add_argument("--force", action="store_true", help="map even when the query holds < 50%% of the reference genes")
+    m.add_argument("--no-umap", action="store_true", help="skip the joint UMAP")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    m.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
+    m.set_defaults(func=run_map, report_dir_attr="out")
+
+
+def _reference_help(parser: argparse.ArgumentParser):
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+
+    return show
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """Run :func:`scaml.mapping.build_reference` with the parsed arguments."""
+    from ..mapping import VAE_METHODS, build_reference
+
+    if args.method in VAE_METHODS:
+        model_params = {"n_latent": args.n_latent, "hidden_layers": tuple(args.hidden_layers),
+                        "gene_likelihood": args.gene_likelihood, "device": args.device}
+        if args.method == "trvae":
+            model_params["beta"] = args.beta
+        train_params = {"batch_size": args.batch_size, "verbose": not args.quiet, "n_threads": args.threads}
+    else:
+        model_params = {"n_comps": args.n_comps, "theta": args.theta}
+        train_params = None
+    build_reference(
+        args.input, args.method, args.batch_key, args.label_key, args.out, overwrite=args.overwrite,
+        random_state=args.random_state, max_epochs=args.max_epochs, n_hvg=args.n_hvg or None,
+        unlabeled_category=args.unlabeled_category, train_params=train_params, **model_params,
+    )
+    return 0
+
+
+def run_map(args: argparse.Namespace) -> int:
+    """Run :func:`scaml.mapping.map_query` with the parsed arguments."""
+    from ..mapping import map_query
+
+    map_query(
+        args.reference, args.query, args.out, query_batch_key=args.query_batch_key, label_key=args.label_key,
+        overwrite=args.overwrite, max_epochs=args.max_epochs,
+        allow_existing_conditions=args.allow_existing_conditions, random_state=args.random_state,
+        unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
+        train_params={"verbose": not args.quiet, "n_threads": args.threads}, umap=not args.no_umap,
+    )
+    return 0
