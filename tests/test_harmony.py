@@ -1,0 +1,302 @@
+"""scaml's Harmony: agreement with R harmony 2.0.4 on real data, backends, options and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import shared_file
+
+from scaml.errors import ScamlError
+from scaml.harmony import harmony_integrate, run_harmony
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def per_pc_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    return (a * b).sum(axis=0) / np.sqrt((a * a).sum(axis=0) * (b * b).sum(axis=0))
+
+
+def lisi(X: np.ndarray, labels, perplexity: float = 30.0) -> np.ndarray:
+    """Local inverse Simpson index per cell (Korsunsky 2019): Gaussian kernel on the 3*perplexity
+    nearest neighbours, bandwidth calibrated to the perplexity by bisection."""
+    from sklearn.neighbors import NearestNeighbors
+
+    codes = pd.factorize(np.asarray(labels))[0]
+    k = min(int(3 * perplexity), X.shape[0] - 1)
+    dist, idx = NearestNeighbors(n_neighbors=k + 1).fit(X).kneighbors(X)
+    dist, idx = dist[:, 1:] ** 2, idx[:, 1:]
+    target = np.log(perplexity)
+    out = np.empty(X.shape[0])
+    for i in range(X.shape[0]):
+        lo, hi, beta = 0.0, np.inf, 1.0
+        d = dist[i] - dist[i].min()
+        for _ in range(60):
+            p = np.exp(-d * beta)
+            s = p.sum()
+            H = np.log(s) + beta * (d * p).sum() / s
+            if abs(H - target) < 1e-5:
+                break
+            if H > target:
+                lo, beta = beta, beta * 2 if hi == np.inf else (beta + hi) / 2
+            else:
+                hi, beta = beta, (beta + lo) / 2
+        p /= p.sum()
+        w = np.bincount(codes[idx[i]], weights=p, minlength=codes.max() + 1)
+        out[i] = 1.0 / (w**2).sum()
+    return out
+
+
+def load_set(shared_data, name: str, corrected: str):
+    pcs = pd.read_csv(
+        shared_file(shared_data, "harmony", f"{name}_pcs.tsv.gz"), sep="\t"
+    ).to_numpy()
+    meta = pd.read_csv(shared_file(shared_data, "harmony", f"{name}_meta.tsv.gz"), sep="\t")
+    ref = pd.read_csv(shared_file(shared_data, "harmony", corrected), sep="\t").to_numpy()
+    return pcs, meta, ref
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    """1200 cells x 10 dims: 4 cell types, 3 batches with additive shifts."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    cell_type = rng.integers(0, 4, n)
+    batch = rng.integers(0, 3, n)
+    centers = rng.normal(scale=4.0, size=(4, 10))
+    shifts = rng.normal(scale=3.0, size=(3, 10))
+    X = centers[cell_type] + shifts[batch] + rng.normal(size=(n, 10))
+    meta = pd.DataFrame(
+        {
+            "batch": [f"b{b}" for b in batch],
+            "donor": [f"d{(i % 2)}" for i in range(n)],
+            "cell_type": [f"t{t}" for t in cell_type],
+        }
+    )
+    return X.astype(np.float32), meta
+
+
+# ----------------------------------------------------------------------------- agreement with R
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(("name", "key"), [("pbmc_3500", "donor"), ("cell_lines", "dataset")])
+def test_matches_r_harmony(shared_data, name, key):
+    pcs, meta, ref = load_set(shared_data, name, f"{name}_harmony2.tsv.gz")
+    ho = run_harmony(pcs, meta, key, verbose=False)
+    r = per_pc_correlation(ho.Z_corr.astype(np.float64), ref)
+    print(
+        f"{name}: per-PC Pearson r with R harmony 2.0.4: median {np.median(r):.4f}, min {r.min():.4f}"
+    )
+    assert np.median(r) >= 0.99
+    assert r.min() >= 0.95
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("keys", "theta", "corrected"),
+    [
+        (["batch"], None, "panc8_small_harmony2.tsv.gz"),
+        (["batch", "replicate"], (2, 1), "panc8_small_harmony2_tech_replicate.tsv.gz"),
+    ],
+)
+def test_panc8_quality_like_r(shared_data, keys, theta, corrected):
+    pcs, meta, ref = load_set(shared_data, "panc8_small", corrected)
+    ho = run_harmony(pcs, meta, keys, theta=theta, verbose=False)
+    ours_i, ref_i = np.median(lisi(ho.Z_corr, meta["batch"])), np.median(lisi(ref, meta["batch"]))
+    ours_c, ref_c = (
+        np.median(lisi(ho.Z_corr, meta["cell_type"])),
+        np.median(lisi(ref, meta["cell_type"])),
+    )
+    before_i = np.median(lisi(pcs, meta["batch"]))
+    print(
+        f"panc8_small {keys}: median iLISI scaml {ours_i:.3f} vs R {ref_i:.3f} (before {before_i:.3f}); "
+        f"median cLISI scaml {ours_c:.3f} vs R {ref_c:.3f}"
+    )
+    assert abs(ours_i - ref_i) <= 0.05 * ref_i
+    assert abs(ours_c - ref_c) <= 0.05 * ref_c
+
+
+# ----------------------------------------------------------------------------- simulated data
+
+
+def test_corrects_batches(blobs):
+    X, meta = blobs
+    ho = run_harmony(X, meta, "batch", nclust=20, verbose=False)
+    assert ho.Z_corr.shape == X.shape and ho.Z_corr.dtype == np.float32
+    before, after = np.median(lisi(X, meta["batch"])), np.median(lisi(ho.Z_corr, meta["batch"]))
+    assert after > before + 0.8, (before, after)
+    assert np.median(lisi(ho.Z_corr, meta["cell_type"])) < 1.2  # cell types stay apart
+    assert ho.R.shape == (X.shape[0], 20)
+    np.testing.assert_allclose(ho.R.sum(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(ho.Z_cos, axis=1), 1.0, rtol=1e-4)
+    assert ho.Y.shape == (X.shape[1], 20)
+    assert ho.O.shape == ho.E.shape == (20, 3)
+    assert len(ho.objective_harmony) == ho.n_iter + 1
+    assert ho.objective_harmony[-1] < ho.objective_harmony[0]
+    assert ho.params["nclust"] == 20 and ho.params["backend"] == "numpy"
+
+
+def test_backends_agree(blobs):
+    X, meta = blobs
+    a = run_harmony(X, meta, "batch", nclust=20, backend="numpy", verbose=False)
+    b = run_harmony(X, meta, "batch", nclust=20, backend="torch", device="cpu", verbose=False)
+    assert b.params["backend"] == "torch" and b.params["device"] == "cpu"
+    r = per_pc_correlation(a.Z_corr, b.Z_corr)
+    assert r.min() > 0.99
+    assert a.n_iter == b.n_iter
+
+
+def test_float64_and_seed(blobs):
+    X, meta = blobs
+    a = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=3)
+    b = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=3)
+    assert a.Z_corr.dtype == np.float64
+    np.testing.assert_array_equal(a.Z_corr, b.Z_corr)
+    c = run_harmony(X, meta, "batch", nclust=20, verbose=False, random_state=3)
+    assert per_pc_correlation(a.Z_corr, c.Z_corr).min() > 0.99
+    d = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=4)
+    assert not np.array_equal(a.Z_corr, d.Z_corr)
+
+
+def test_options(blobs):
+    X, meta = blobs
+    # two covariates, theta per covariate, fixed lambda per covariate, tau, per-cluster sigma
+    ho = run_harmony(
+        X,
+        meta,
+        ["batch", "donor"],
+        theta=[2, 0.5],
+        lamb=[1.0, 2.0],
+        tau=5,
+        sigma=np.full(12, 0.1),
+        nclust=12,
+        max_iter_harmony=3,
+        verbose=False,
+    )
+    assert ho.O.shape == (12, 5) and ho.batches[0] == "batch=b0" and ho.batches[-1] == "donor=d1"
+    assert ho.params["lamb"] == [0.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    assert ho.n_iter <= 3
+    # DataFrame embedding, Series metadata, max_iter_kmeans above the convergence window
+    ho = run_harmony(
+        pd.DataFrame(X),
+        meta["batch"],
+        nclust=10,
+        max_iter_kmeans=8,
+        epsilon_harmony=-np.inf,
+        max_iter_harmony=2,
+        verbose=False,
+    )
+    assert ho.n_iter == 2 and not ho.converged
+    assert 1 <= min(ho.kmeans_rounds) and max(ho.kmeans_rounds) <= 8
+    # default nclust = min(round(N / 30), 100)
+    assert run_harmony(X[:300], meta.iloc[:300], "batch", max_iter_harmony=1, verbose=False).K == 10
+
+
+def test_input_errors(blobs):
+    X, meta = blobs
+    bad = X.copy()
+    bad[5, 2] = np.nan
+    with pytest.raises(ScamlError, match="NaN"):
+        run_harmony(bad, meta, "batch", verbose=False)
+    with pytest.raises(ScamlError, match="no key 'batchh'.*'batch'"):
+        run_harmony(X, meta, "batchh", verbose=False)
+    with pytest.raises(ScamlError, match="single level"):
+        run_harmony(X, meta.assign(one="x"), "one", verbose=False)
+    with pytest.raises(ScamlError, match="rows"):
+        run_harmony(X[:-1], meta, "batch", verbose=False)
+    with pytest.raises(ScamlError, match="nclust"):
+        run_harmony(X[:50], meta.iloc[:50], "batch", nclust=60, verbose=False)
+    with pytest.raises(ScamlError, match="theta"):
+        run_harmony(X, meta, ["batch", "donor"], theta=[1, 2, 3], verbose=False)
+    with pytest.raises(ScamlError, match="sigma"):
+        run_harmony(X, meta, "batch", nclust=10, sigma=[0.1, 0.2], verbose=False)
+    with pytest.raises(ScamlError, match="backend"):
+        run_harmony(X, meta, "batch", backend="jax", verbose=False)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ScamlError, match="no CUDA GPU"):
+            run_harmony(X, meta, "batch", device="cuda", verbose=False)
+    with pytest.raises(ScamlError, match="dtype"):
+        run_harmony(X, meta, "batch", dtype="float16", verbose=False)
+    with pytest.raises(ScamlError, match="missing"):
+        run_harmony(
+            X,
+            meta.assign(batch=meta["batch"].where(np.arange(len(meta)) != 3)),
+            "batch",
+            verbose=False,
+        )
+    with pytest.raises(ScamlError, match="lamb"):
+        run_harmony(X, meta, "batch", lamb=-1.0 * np.ones(2), verbose=False)
+
+
+def test_harmony_integrate(blobs):
+    import anndata as ad
+
+    X, meta = blobs
+    adata = ad.AnnData(obs=meta.set_index(pd.Index([f"c{i}" for i in range(len(meta))])))
+    adata.obsm["X_pca"] = X
+    assert harmony_integrate(adata, "batch", nclust=15, verbose=False) is None
+    assert adata.obsm["X_pca_harmony"].dtype == np.float32
+    assert adata.obsm["X_pca_harmony"].shape == X.shape
+    uns = adata.uns["harmony"]
+    assert (
+        uns["key"] == "batch"
+        and uns["basis"] == "X_pca"
+        and uns["adjusted_basis"] == "X_pca_harmony"
+    )
+    assert uns["params"]["nclust"] == 15 and len(uns["objective_harmony"]) == uns["n_iter"] + 1
+    assert uns["seconds"] > 0 and isinstance(uns["converged"], bool)
+    out = harmony_integrate(
+        adata, ["batch", "donor"], adjusted_basis="X_h2", copy=True, nclust=15, verbose=False
+    )
+    assert (
+        "X_h2" in out.obsm
+        and "X_h2" not in adata.obsm
+        and out.uns["harmony"]["key"] == ["batch", "donor"]
+    )
+    with pytest.raises(ScamlError, match="no key 'X_umap'"):
+        harmony_integrate(adata, "batch", basis="X_umap")
+    with pytest.raises(ScamlError, match="no key 'sample'"):
+        harmony_integrate(adata, "sample")
+
+
+def test_soft_assignment_paths_agree():
+    """The kernel without row shift (moderate sigma) equals the shifted one, per-cluster sigma too."""
+    from scaml.harmony.core import _NumpyBackend
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(500, 8)).astype(np.float32)
+    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
+    Y = rng.normal(size=(8, 6))
+    Y /= np.linalg.norm(Y, axis=0, keepdims=True)
+    sigma = np.array([0.1, 0.2, 0.15, 0.3, 0.1, 0.12])
+    scale = 2.0 / sigma
+    be = _NumpyBackend("float32")
+    Ys = be.small(Y * scale)
+    fast, safe = be.empty((500, 6)), be.empty((500, 6))
+    be.cold_start(Z, Ys, None, fast, np.exp(-scale))
+    be.cold_start(Z, Ys, -scale, safe, np.ones(6))
+    logits = -2.0 * (1.0 - Z.astype(np.float64) @ Y) / sigma
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(fast, expected, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(safe, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_harmony_integrate_writes_h5ad(blobs, tmp_path):
+    import anndata as ad
+
+    X, meta = blobs
+    adata = ad.AnnData(obs=meta.set_index(pd.Index([f"c{i}" for i in range(len(meta))])))
+    adata.obsm["X_pca"] = X
+    harmony_integrate(
+        adata, "batch", nclust=10, random_state=None, max_iter_harmony=2, verbose=True
+    )
+    adata.write_h5ad(tmp_path / "out.h5ad")
+    back = ad.read_h5ad(tmp_path / "out.h5ad")
+    np.testing.assert_array_equal(back.obsm["X_pca_harmony"], adata.obsm["X_pca_harmony"])
+    assert back.uns["harmony"]["params"]["random_state"] == "None"

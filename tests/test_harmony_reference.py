@@ -1,0 +1,170 @@
+"""Symphony-style reference building and query mapping on a scaml Harmony reference."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import shared_file
+from sklearn.neighbors import KNeighborsClassifier
+
+from scaml.errors import ScamlError
+from scaml.harmony.reference import SymphonyReference, build_symphony_reference
+
+
+@pytest.fixture(scope="module")
+def sim():
+    from scaml.datasets import simulate
+
+    adata = simulate(
+        n_cells=2400, n_genes=800, n_batches=4, n_cell_types=5, n_markers=20, random_state=1
+    )
+    query_mask = (adata.obs["batch"] == "batch4").to_numpy()
+    return adata[~query_mask].copy(), adata[query_mask].copy()
+
+
+@pytest.fixture(scope="module")
+def built(sim):
+    ref_ad, _ = sim
+    before = ref_ad.copy()
+    ref = build_symphony_reference(
+        ref_ad, "batch", label_key="cell_type", n_hvg=400, n_comps=15, nclust=30
+    )
+    return ref, before
+
+
+def knn_accuracy(ref: SymphonyReference, embedding: np.ndarray, labels) -> float:
+    knn = KNeighborsClassifier(n_neighbors=10).fit(ref.embedding, ref.obs[ref.label_key].to_numpy())
+    return float((knn.predict(embedding) == np.asarray(labels).astype(str)).mean())
+
+
+def test_build_reference(sim, built):
+    ref_ad, _ = sim
+    ref, before = built
+    n_ref = ref_ad.n_obs
+    assert ref.embedding.shape == (n_ref, 15) and ref.embedding.dtype == np.float32
+    assert list(ref.obs.columns) == ["batch", "cell_type"] and list(ref.obs.index) == list(
+        ref_ad.obs_names
+    )
+    assert len(ref.var_names) == 400 and set(ref.var_names) <= set(ref_ad.var_names)
+    assert ref.batch_key == "batch" and ref.label_key == "cell_type"
+    assert ref.params["nclust"] == 30 and ref.params["input"] == "counts"
+    # the input is not modified
+    assert (ref_ad.X != before.X).nnz == 0
+    assert list(ref_ad.obs.columns) == list(before.obs.columns) and list(ref_ad.obsm) == list(
+        before.obsm
+    )
+    assert (
+        list(ref_ad.var.columns) == list(before.var.columns)
+        and not ref_ad.uns.keys() - before.uns.keys()
+    )
+
+
+def test_map_query(sim, built):
+    _, q_ad = sim
+    ref, _ = built
+    emb_before = ref.embedding.copy()
+    m = ref.map(q_ad)
+    assert m.embedding.shape == (q_ad.n_obs, 15) and m.embedding.dtype == np.float32
+    assert m.R.shape == (q_ad.n_obs, 30)
+    np.testing.assert_allclose(m.R.sum(axis=1), 1.0, rtol=1e-4)
+    assert m.confidence.min() >= 0 and m.confidence.max() <= 1
+    acc = knn_accuracy(ref, m.embedding, q_ad.obs["cell_type"])
+    print(
+        f"simulated query: kNN label transfer accuracy {acc:.3f}, median confidence {np.median(m.confidence):.2f}"
+    )
+    assert acc > 0.9
+    assert np.median(m.confidence) > 0.5
+    np.testing.assert_array_equal(ref.embedding, emb_before)  # the reference does not move
+    # the query's own batch key (two halves) also maps
+    q2 = q_ad.copy()
+    q2.obs["half"] = np.where(np.arange(q2.n_obs) % 2 == 0, "a", "b")
+    m2 = ref.map(q2, query_batch_key="half")
+    assert knn_accuracy(ref, m2.embedding, q2.obs["cell_type"]) > 0.9
+    # foreign cells (shuffled genes) get a lower confidence than real ones
+    rng = np.random.default_rng(0)
+    foreign = q_ad.copy()
+    X = foreign.X.toarray()
+    foreign.X = sp.csr_matrix(X[:, rng.permutation(X.shape[1])])
+    assert np.median(ref.map(foreign).confidence) < np.median(m.confidence) - 0.3
+
+
+def test_save_load_roundtrip(sim, built, tmp_path):
+    _, q_ad = sim
+    ref, _ = built
+    out = ref.save(tmp_path / "ref")
+    assert {p.name for p in out.iterdir()} == {"reference.npz", "reference.json", "obs.csv"}
+    loaded = SymphonyReference.load(out)
+    assert (
+        loaded.var_names == ref.var_names
+        and loaded.batch_key == "batch"
+        and loaded.label_key == "cell_type"
+    )
+    np.testing.assert_array_equal(loaded.embedding, ref.embedding)
+    assert loaded.obs.equals(ref.obs)
+    a, b = ref.map(q_ad), loaded.map(q_ad)
+    np.testing.assert_array_equal(a.embedding, b.embedding)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    # incompatible or incomplete directories
+    meta = json.loads((out / "reference.json").read_text())
+    meta["format_version"] = 99
+    (out / "reference.json").write_text(json.dumps(meta))
+    with pytest.raises(ScamlError, match="format version 99"):
+        SymphonyReference.load(out)
+    (out / "obs.csv").unlink()
+    with pytest.raises(ScamlError, match="missing obs.csv"):
+        SymphonyReference.load(out)
+    with pytest.raises(ScamlError, match="does not exist"):
+        SymphonyReference.load(tmp_path / "nowhere")
+
+
+def test_mapping_errors(sim, built):
+    ref_ad, q_ad = sim
+    ref, _ = built
+    renamed = q_ad.copy()
+    renamed.var_names = [f"ENSG{i:06d}" for i in range(renamed.n_vars)]
+    with pytest.raises(ScamlError, match="shares none"):
+        ref.map(renamed)
+    with pytest.raises(ScamlError, match="no key 'sample'"):
+        ref.map(q_ad, query_batch_key="sample")
+    with pytest.raises(ScamlError, match="no key 'donor'"):
+        build_symphony_reference(ref_ad, "donor")
+    with pytest.raises(ScamlError, match="no key 'label'"):
+        build_symphony_reference(ref_ad, "batch", label_key="label")
+
+
+def test_partial_genes_and_10k_query_time(sim, built):
+    _, q_ad = sim
+    ref, _ = built
+    # a query with a third of the reference genes missing still maps, with a warning
+    keep = [g for g in q_ad.var_names if g not in set(ref.var_names[::3])]
+    m = ref.map(q_ad[:, keep].copy())
+    assert knn_accuracy(ref, m.embedding, q_ad.obs["cell_type"]) > 0.8
+    big = ad.concat([q_ad] * int(np.ceil(10_000 / q_ad.n_obs)), index_unique="-")[:10_000].copy()
+    start = time.perf_counter()
+    mb = ref.map(big)
+    print(f"mapping 10,000 query cells: {time.perf_counter() - start:.2f} s")
+    assert mb.embedding.shape == (10_000, 15)
+
+
+@pytest.mark.realdata
+def test_panc8_technology_as_query(shared_data):
+    import scanpy as sc
+
+    adata = ad.read_h5ad(shared_file(shared_data, "h5ad", "panc8_small.h5ad"))
+    sc.pp.normalize_total(adata, target_sum=1e4)  # some technologies hold non-integer "counts"
+    sc.pp.log1p(adata)
+    query_mask = (adata.obs["batch"] == "smartseq2").to_numpy()
+    ref = build_symphony_reference(
+        adata[~query_mask].copy(), "batch", label_key="cell_type", n_comps=20
+    )
+    assert ref.params["input"] == "log-normalised"
+    q = adata[query_mask].copy()
+    m = ref.map(q)
+    acc = knn_accuracy(ref, m.embedding, q.obs["cell_type"])
+    print(f"panc8_small, smartseq2 mapped on the 4 other technologies: kNN accuracy {acc:.3f}")
+    assert acc >= 0.85
