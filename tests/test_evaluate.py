@@ -1,0 +1,144 @@
+"""scaml.metrics.evaluate / evaluate_embeddings on AnnData, the output files, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from scaml.cli import main
+from scaml.errors import ScamlError
+from scaml.metrics import evaluate, evaluate_embeddings, plot_metrics
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    """500 cells, 3 batches, 4 types: X_pca with a strong batch effect, X_pca_harmony without."""
+    rng = np.random.default_rng(1)
+    n, d = 500, 12
+    labels = rng.integers(0, 4, n)
+    batches = rng.integers(0, 3, n)
+    centres = rng.normal(scale=6.0, size=(4, d))
+    base = centres[labels] + rng.normal(size=(n, d))
+    shift = np.zeros((3, d))
+    shift[np.arange(3), np.arange(3) + 5] = 30.0
+    a = ad.AnnData(np.zeros((n, 2), dtype=np.float32))
+    a.obs["batch"] = pd.Categorical([f"batch{b}" for b in batches])
+    a.obs["cell_type"] = pd.Categorical([f"type_{'ABCD'[c]}" for c in labels])
+    a.obsm["X_pca"] = (base + shift[batches]).astype(np.float32)
+    a.obsm["X_pca_harmony"] = base.astype(np.float32)
+    return a
+
+
+def test_evaluate_embeddings_table(embedded):
+    table = evaluate_embeddings(embedded, "batch", "cell_type")
+    assert list(table["embedding"]) == ["X_pca", "X_pca_harmony"]
+    pca, harmony = table.iloc[0], table.iloc[1]
+    assert harmony["ilisi"] > pca["ilisi"] + 0.5
+    assert harmony["batch_score"] > pca["batch_score"] and harmony["total"] > pca["total"]
+    assert "itself is 0 by definition" in pca["notes"]
+    assert table["notes"].map(type).eq(str).all()
+
+
+def test_evaluate_embeddings_batch_only_and_subsample(embedded):
+    table = evaluate_embeddings(embedded, "batch", None, ["X_pca_harmony"], subsample=200)
+    row = table.iloc[0]
+    assert row["n_cells"] == 200 and row["n_cells_total"] == 500
+    assert not math.isnan(row["ilisi"]) and math.isnan(row["nmi"]) and math.isnan(row["total"])
+    assert "random subset of 200 of 500 cells" in row["notes"] and "no label key" in row["notes"]
+
+
+def test_cells_without_label_are_left_out(embedded):
+    a = embedded.copy()
+    a.obs["cell_type"] = a.obs["cell_type"].astype(object)
+    a.obs.iloc[:7, a.obs.columns.get_loc("cell_type")] = None
+    row = evaluate_embeddings(a, "batch", "cell_type", ["X_pca_harmony"]).iloc[0]
+    assert row["n_cells"] == 493 and "7 cells without a batch or label were left out" in row["notes"]
+
+
+def test_evaluate_embeddings_missing_keys(embedded):
+    with pytest.raises(ScamlError, match="X_pca_harmony"):
+        evaluate_embeddings(embedded, "batch", "cell_type", ["X_scvi"])
+    with pytest.raises(ScamlError, match="'batch'"):
+        evaluate_embeddings(embedded, "donor", "cell_type")
+    with pytest.raises(ScamlError, match="cell_type"):
+        evaluate_embeddings(embedded, "batch", "celltype")
+
+
+def test_evaluate_writes_outputs(embedded, tmp_path):
+    out = tmp_path / "eval"
+    table = evaluate(embedded, "batch", "cell_type", ["X_pca", "X_pca_harmony"], out)
+    csv = pd.read_csv(out / "metrics.csv")
+    assert list(csv["embedding"]) == ["X_pca", "X_pca_harmony"]
+    np.testing.assert_allclose(csv["total"], table["total"])
+    rows = json.loads((out / "metrics.json").read_text())
+    assert len(rows) == 2 and rows[1]["embedding"] == "X_pca_harmony"
+    sweep = pd.read_csv(out / "metrics_leiden_sweep.csv")
+    assert len(sweep) == 20 and sweep["nmi"].between(0, 1).all()
+    per_label = pd.read_csv(out / "metrics_per_label.csv")
+    assert set(per_label["embedding"]) == {"X_pca", "X_pca_harmony"} and len(per_label) == 8
+    png = out / "figures" / "metrics_comparison.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "evaluate" and any("kbet" in k for k in run["timings_seconds"])
+    with pytest.raises(ScamlError, match="overwrite"):
+        evaluate(embedded, "batch", "cell_type", ["X_pca"], out)
+    evaluate(embedded, "batch", "cell_type", ["X_pca"], out, overwrite=True)
+    assert len(pd.read_csv(out / "metrics.csv")) == 1
+
+
+def test_plot_metrics_with_missing_values(tmp_path):
+    table = pd.DataFrame({"embedding": ["a", "b"], "ilisi": [0.2, float("nan")], "kbet": [0.5, 0.9],
+                          "batch_score": [0.35, 0.9], "notes": ["", ""]})
+    path = plot_metrics(table, tmp_path / "m.png")
+    assert path.exists() and path.stat().st_size > 5_000
+
+
+def test_cli_evaluate(embedded, tmp_path, capsys):
+    path = tmp_path / "data.h5ad"
+    embedded.write_h5ad(path)
+    out = tmp_path / "cli"
+    status = main(["evaluate", str(path), "--batch-key", "batch", "--label-key", "cell_type",
+                   "--embeddings", "X_pca", "X_pca_harmony", "--out", str(out), "--quiet"])
+    assert status == 0
+    assert (out / "metrics.csv").exists() and (out / "figures" / "metrics_comparison.png").exists()
+    assert json.loads((out / "run.json").read_text())["inputs"]["input"] == "data.h5ad"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--batch-key", "donor"], "'batch'"),
+        (["--batch-key", "batch", "--embeddings", "X_umap"], "X_pca_harmony"),
+        (["--batch-key", "batch", "--label-key", "celltype"], "cell_type"),
+    ],
+)
+def test_cli_evaluate_errors(embedded, tmp_path, capsys, args, expected):
+    path = tmp_path / "data.h5ad"
+    embedded.write_h5ad(path)
+    status = main(["evaluate", str(path), *args, "--out", str(tmp_path / "o")])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "error" in err and expected in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_real_data_harmony_beats_pca(shared_data):
+    """Cell lines (Jurkat / HEK293T / 50:50 mix): R harmony's output mixes the datasets and keeps the types."""
+    from conftest import shared_file
+
+    pcs = pd.read_csv(shared_file(shared_data, "harmony", "cell_lines_pcs.tsv.gz"), sep="\t")
+    meta = pd.read_csv(shared_file(shared_data, "harmony", "cell_lines_meta.tsv.gz"), sep="\t")
+    corrected = pd.read_csv(shared_file(shared_data, "harmony", "cell_lines_harmony2.tsv.gz"), sep="\t")
+    meta.index = meta.index.astype(str)
+    a = ad.AnnData(np.zeros((len(meta), 1), dtype=np.float32), obs=meta)
+    a.obsm["X_pca"] = pcs.select_dtypes("number").to_numpy(np.float32)
+    a.obsm["X_pca_harmony"] = corrected.select_dtypes("number").to_numpy(np.float32)
+    table = evaluate_embeddings(a, "dataset", "cell_type").set_index("embedding")
+    assert table.loc["X_pca_harmony", "ilisi"] > table.loc["X_pca", "ilisi"] + 0.1
+    assert table.loc["X_pca_harmony", "batch_score"] > table.loc["X_pca", "batch_score"]
+    assert table.loc["X_pca_harmony", "clisi"] > 0.95 and table.loc["X_pca_harmony", "nmi"] > 0.8
