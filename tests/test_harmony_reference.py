@@ -168,3 +168,131 @@ def test_panc8_technology_as_query(shared_data):
     acc = knn_accuracy(ref, m.embedding, q.obs["cell_type"])
     print(f"panc8_small, smartseq2 mapped on the 4 other technologies: kNN accuracy {acc:.3f}")
     assert acc >= 0.85
+
+
+# ----------------------------------------------------------------------------- single-batch reference
+
+
+@pytest.fixture(scope="module")
+def sim_single():
+    """One reference batch and one query batch with a strong batch effect."""
+    from scaml.datasets import simulate
+
+    adata = simulate(
+        n_cells=1600,
+        n_genes=600,
+        n_batches=2,
+        n_cell_types=5,
+        n_markers=20,
+        batch_log_fold_sd=0.6,
+        random_state=3,
+    )
+    query_mask = (adata.obs["batch"] == "batch2").to_numpy()
+    return adata[~query_mask].copy(), adata[query_mask].copy()
+
+
+def _uncorrected_projection(ref: SymphonyReference, q_ad) -> np.ndarray:
+    """The query's coordinates in the reference PCA before the mixture-of-experts correction."""
+    from scaml.harmony.reference import _expression, _scale
+
+    X, _ = _expression(q_ad, "query")
+    pos = [list(q_ad.var_names).index(g) for g in ref.var_names]
+    a = ref._arrays
+    return _scale(X[:, pos], a["gene_mean"], a["gene_sd"]) @ a["loadings"]
+
+
+def _type_shift(ref: SymphonyReference, emb: np.ndarray, labels) -> float:
+    """Mean distance between the query's and the reference's per-type centroids."""
+    labels = np.asarray(labels).astype(str)
+    ref_labels = ref.obs[ref.label_key].to_numpy()
+    return float(
+        np.mean(
+            [
+                np.linalg.norm(emb[labels == t].mean(0) - ref.embedding[ref_labels == t].mean(0))
+                for t in np.unique(labels)
+            ]
+        )
+    )
+
+
+@pytest.mark.parametrize("batch_key", ["batch", None])
+def test_single_batch_reference_maps(sim_single, batch_key, capsys, tmp_path):
+    ref_ad, q_ad = sim_single
+    ref = build_symphony_reference(
+        ref_ad, batch_key, label_key="cell_type", n_hvg=300, n_comps=15, nclust=20
+    )
+    err = capsys.readouterr().err
+    assert "no Harmony correction" in err and "soft clustering (20 clusters)" in err
+    assert ref.params["integration"] == "none (single batch)" and ref.params["n_batches"] == 1
+    assert ref.batch_key == batch_key
+    assert list(ref.obs.columns) == (["batch", "cell_type"] if batch_key else ["cell_type"])
+    a = ref._arrays
+    assert a["Y"].shape == (15, 20) and a["C"].shape == (20, 15)
+    np.testing.assert_allclose(np.linalg.norm(a["Y"], axis=0), 1.0, rtol=1e-6)
+    # the clustering covers every reference cell once and its clusters are used
+    np.testing.assert_allclose(a["Nr"].sum(), ref_ad.n_obs, rtol=1e-6)
+    assert (a["Nr"] > 1).sum() >= 15
+    # no correction on the reference: its embedding is the PCA of the reference itself
+    own = _uncorrected_projection(ref, ref_ad)
+    np.testing.assert_allclose(ref.embedding, own, rtol=1e-3, atol=1e-3)
+
+    m = ref.map(q_ad)
+    labels = q_ad.obs["cell_type"]
+    acc = knn_accuracy(ref, m.embedding, labels)
+    raw = _uncorrected_projection(ref, q_ad)
+    shift_before, shift_after = _type_shift(ref, raw, labels), _type_shift(ref, m.embedding, labels)
+    print(
+        f"single-batch reference (batch_key={batch_key!r}): kNN accuracy {acc:.3f}, per-type centroid "
+        f"shift {shift_before:.2f} -> {shift_after:.2f}, median confidence {np.median(m.confidence):.2f}"
+    )
+    assert acc > 0.9
+    assert shift_after < 0.6 * shift_before  # the query is moved onto the reference
+    assert np.median(m.confidence) > 0.5
+    # persisted and reloaded (batch_key None survives the JSON round trip)
+    loaded = SymphonyReference.load(ref.save(tmp_path / "ref"))
+    assert loaded.batch_key == batch_key and loaded.params["integration"] == "none (single batch)"
+    np.testing.assert_array_equal(loaded.map(q_ad).embedding, m.embedding)
+
+
+def test_single_batch_reference_errors(sim_single):
+    ref_ad, _ = sim_single
+    with pytest.raises(ScamlError, match="nclust must be a positive integer"):
+        build_symphony_reference(ref_ad, None, n_hvg=300, n_comps=15, nclust=0)
+    with pytest.raises(ScamlError, match="sigma must be"):
+        build_symphony_reference(ref_ad, None, n_hvg=300, n_comps=15, sigma=-1.0)
+    with pytest.raises(ScamlError, match="unknown Harmony parameter"):
+        build_symphony_reference(ref_ad, None, n_hvg=300, n_comps=15, sigmaa=0.1)
+    bad = ref_ad.copy()
+    bad.obs["batch"] = bad.obs["batch"].astype(object)
+    bad.obs.iloc[:3, bad.obs.columns.get_loc("batch")] = np.nan
+    with pytest.raises(ScamlError, match="3 missing values"):
+        build_symphony_reference(bad, "batch", n_hvg=300, n_comps=15)
+
+
+@pytest.mark.realdata
+def test_kang_ctrl_reference_stim_query(shared_data):
+    from scaml.transfer import transfer_labels
+
+    adata = ad.read_h5ad(shared_file(shared_data, "h5ad", "kang_ifnb1k.h5ad"))
+    is_query = (adata.obs["batch"] == "STIM").to_numpy()
+    start = time.perf_counter()
+    ref = build_symphony_reference(adata[~is_query].copy(), "batch", label_key="cell_type")
+    assert ref.params["integration"] == "none (single batch)"
+    q = adata[is_query].copy()
+    m = ref.map(q)
+    calls = transfer_labels(ref.embedding, ref.obs["cell_type"], m.embedding, threshold=1.0)
+    truth = q.obs["cell_type"].astype(str).to_numpy()
+    pred = calls["label"].to_numpy()
+    acc = float((pred == truth).mean())
+    lineage = {"B": "B", "CD14 Mono": "Mono", "CD16 Mono": "Mono"}
+    coarse = float(
+        np.mean(
+            [lineage.get(t, "T") == lineage.get(p, "T") for t, p in zip(truth, pred, strict=True)]
+        )
+    )
+    print(
+        f"kang_ifnb1k, STIM mapped on a CTRL-only reference: kNN accuracy {acc:.3f}, lineage accuracy "
+        f"{coarse:.3f} ({time.perf_counter() - start:.1f} s)"
+    )
+    assert acc >= 0.5  # majority class: 0.35; STIM CD14 monocytes partly land on CD16 monocytes
+    assert coarse >= 0.9

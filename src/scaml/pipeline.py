@@ -261,8 +261,10 @@ def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddin
     except ImportError:  # metrics not available in this build
         warn("integration metrics are not available; skipped")
         return None
+    # silhouettes are O(N^2): above 20,000 cells they use a stratified sample (the table's notes say so)
+    asw_max_cells = 20000 if adata.n_obs > 20000 else None
     table = evaluate_embeddings(adata, batch_key=batch_key, label_key=label_key, embeddings=embeddings,
-                                random_state=random_state)
+                                random_state=random_state, asw_max_cells=asw_max_cells)
     return table
 
 

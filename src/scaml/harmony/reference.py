@@ -11,6 +11,12 @@ Building a reference keeps what mapping needs:
   reference cells in each soft cluster, and the distribution of the reference cells' own
   distances to their clusters.
 
+A reference with a single batch (``batch_key`` with one level, or ``batch_key=None``) needs no
+integration: its PCA embedding is kept as is and only the soft clustering Harmony would have done
+is run (soft k-means on unit-length cells, started from scaml's Harmony k-means, ``sigma`` as
+Harmony's), so ``Y``, ``Nr`` and ``C`` exist and the query's correction works as with several
+batches (Symphony does the same for a reference without batch variables).
+
 Mapping a query: normalise and log1p like the reference (raw counts) or take the log data as is,
 align genes by name (genes missing in the query are zero before scaling), scale with the
 reference's means / standard deviations (clipped at 10), project with ``U``, soft-assign to the
@@ -31,6 +37,7 @@ cell get 1; cells farther than every reference cell get 0.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +124,47 @@ def _soft_assign(Z: np.ndarray, Y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     R = np.exp(logits)
     R /= R.sum(axis=1, keepdims=True)
     return R
+
+
+def _soft_kmeans(
+    Z: np.ndarray,
+    K: int,
+    sigma: np.ndarray,
+    random_state: int | None,
+    max_iter: int = 20,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Soft k-means of the unit-length rows of ``Z`` (Harmony's clustering without batches).
+
+    Starts from scaml's Harmony k-means (same seeding), then alternates
+    ``R = softmax(-2 (1 - z_cos . y_k) / sigma_k)`` and ``y_k = normalise(sum_i R_ik z_cos_i)`` until
+    the objective (k-means error + sigma-weighted entropy, as Harmony's without the diversity term)
+    changes by less than ``tol`` (relative). Returns ``R`` (cells x K) and a summary.
+    """
+    from .core import kmeans_centroids, make_backend
+
+    be = make_backend("numpy", "cpu", "float32")
+    rng = np.random.default_rng(random_state)
+    Zc = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    start = be.asarray(Zc)
+    with be.parallel():
+        Y = kmeans_centroids(be, start, K, rng)  # K x d
+    del start
+    Y = (Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)).T  # d x K
+    objective: list[float] = []
+    converged = False
+    for _ in range(max_iter):
+        R = _soft_assign(Zc, Y, sigma)
+        dist = 2.0 * (1.0 - Zc @ Y)
+        ent = R * np.log(np.maximum(R, 1e-300))
+        objective.append(float((R * dist).sum() + (ent.sum(axis=0) * sigma).sum()))
+        Y = Zc.T @ R
+        Y /= np.maximum(np.linalg.norm(Y, axis=0, keepdims=True), 1e-12)
+        if len(objective) > 1 and abs(objective[-2] - objective[-1]) <= tol * abs(objective[-2]):
+            converged = True
+            break
+    R = _soft_assign(Zc, Y, sigma)
+    return R, {"n_iter": len(objective), "converged": converged, "objective": objective[-1]}
 
 
 def _cluster_gaussians(Z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +287,7 @@ class SymphonyReference:
         embedding: np.ndarray,
         obs: pd.DataFrame,
         var_names: list[str],
-        batch_key: str,
+        batch_key: str | None,
         label_key: str | None,
         params: dict[str, Any],
         arrays: dict[str, np.ndarray],
@@ -438,7 +486,7 @@ class SymphonyReference:
 
 def build_symphony_reference(
     adata_ref: Any,
-    batch_key: str,
+    batch_key: str | None,
     *,
     label_key: str | None = None,
     n_hvg: int = 2000,
@@ -458,7 +506,9 @@ def build_symphony_reference(
         Reference cells: raw counts (``layers["counts"]`` if present, else ``X``) or log-normalised
         ``X`` (detected; raw counts are normalised to 10^4 per cell and log1p).
     batch_key
-        Column of ``adata_ref.obs`` with the reference batches (integrated by Harmony).
+        Column of ``adata_ref.obs`` with the reference batches (integrated by Harmony). A column
+        with a single level, or None (all cells are one batch), builds a reference without
+        integration: the PCA embedding is kept and only Harmony's soft clustering is run.
     label_key
         Optional column with cell labels kept in ``ref.obs`` (for label transfer).
     n_hvg
@@ -466,7 +516,8 @@ def build_symphony_reference(
     n_comps
         Principal components.
     theta, nclust, random_state, **harmony_params
-        Passed to :func:`scaml.harmony.run_harmony`.
+        Passed to :func:`scaml.harmony.run_harmony`. With a single batch only ``nclust``,
+        ``sigma`` and ``random_state`` apply (soft k-means); the others are not used.
 
     Returns
     -------
@@ -475,13 +526,25 @@ def build_symphony_reference(
     import anndata as ad
     import scanpy as sc
 
+    from .._utils import info
     from ..io import check_obs_key
     from .api import run_harmony
 
-    check_obs_key(adata_ref, batch_key, flag="--batch-key", min_levels=2)
+    n_cells, n_genes = adata_ref.shape
+    if batch_key is None:
+        batches = np.full(n_cells, "reference", dtype=object)
+        n_batches = 1
+    else:
+        column = check_obs_key(adata_ref, batch_key, flag="--batch-key", min_levels=1)
+        if column.isna().any():
+            raise ScamlError(
+                f"reference batch column {batch_key!r} has {int(column.isna().sum())} missing values; "
+                "label those cells or remove them."
+            )
+        batches = column.astype(str).to_numpy()
+        n_batches = len(pd.unique(batches))
     if label_key is not None:
         check_obs_key(adata_ref, label_key, flag="--label-key", min_levels=1)
-    n_cells, n_genes = adata_ref.shape
     if n_comps < 2 or n_comps >= min(n_cells, n_genes):
         raise ScamlError(
             f"n_comps must be between 2 and {min(n_cells, n_genes) - 1} for this reference; got {n_comps}."
@@ -495,16 +558,13 @@ def build_symphony_reference(
             "the reference's var_names are not unique; call adata.var_names_make_unique() first."
         )
 
-    tmp = ad.AnnData(
-        X=X,
-        obs=pd.DataFrame(
-            {"batch": adata_ref.obs[batch_key].astype(str).to_numpy()}, index=adata_ref.obs_names
-        ),
-    )
+    tmp = ad.AnnData(X=X, obs=pd.DataFrame({"batch": batches}, index=adata_ref.obs_names))
     tmp.var_names = var_names
     n_top = min(n_hvg, n_genes)
     if n_top < n_genes:
-        sc.pp.highly_variable_genes(tmp, n_top_genes=n_top, flavor="seurat", batch_key="batch")
+        sc.pp.highly_variable_genes(
+            tmp, n_top_genes=n_top, flavor="seurat", batch_key="batch" if n_batches > 1 else None
+        )
         hvg = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
     else:
         hvg = np.arange(n_genes)
@@ -518,40 +578,91 @@ def build_symphony_reference(
     loadings = Vt.T.astype(np.float32)  # genes x n_comps
     Z = scaled @ loadings
     del scaled
-    params = dict(harmony_params)
-    params.setdefault("verbose", False)
-    ho = run_harmony(
-        Z,
-        adata_ref.obs[[batch_key]],
-        batch_key,
-        theta=theta,
-        nclust=nclust,
-        random_state=random_state,
-        **params,
-    )
-    Zc = ho.Z_corr.astype(np.float64)
-    R = ho.R.astype(np.float64)
+    if n_batches > 1:
+        params = dict(harmony_params)
+        params.setdefault("verbose", False)
+        ho = run_harmony(
+            Z,
+            adata_ref.obs[[batch_key]],
+            batch_key,
+            theta=theta,
+            nclust=nclust,
+            random_state=random_state,
+            **params,
+        )
+        embedding = ho.Z_corr.astype(np.float32)
+        R = ho.R.astype(np.float64)
+        K = int(ho.K)
+        sigma = np.asarray(ho.params["sigma"], dtype=np.float64) * np.ones(K)
+        model_info: dict[str, Any] = {
+            "integration": "harmony",
+            "harmony": ho.params,
+            "harmony_n_iter": ho.n_iter,
+            "harmony_converged": ho.converged,
+        }
+    else:
+        K = max(int(min(round(n_cells / 30.0), 100)), 1) if nclust is None else nclust
+        if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or not 1 <= K <= n_cells:
+            raise ScamlError(
+                f"nclust must be a positive integer at most the number of cells ({n_cells}); got {nclust!r}."
+            )
+        K = int(K)
+        sigma = np.atleast_1d(
+            np.asarray(harmony_params.get("sigma", 0.1), dtype=np.float64)
+        ).reshape(-1)
+        if sigma.size == 1:
+            sigma = np.repeat(sigma, K)
+        if sigma.size != K or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+            raise ScamlError(
+                f"sigma must be one positive number or one per cluster ({K}); got {sigma[:5].tolist()}."
+            )
+        which = (
+            "all cells are one batch (batch_key=None)"
+            if batch_key is None
+            else f"{batch_key!r} has a single level ({batches[0]!r})"
+        )
+        unknown = sorted(set(harmony_params) - set(inspect.signature(run_harmony).parameters))
+        if unknown:
+            raise ScamlError(
+                f"unknown Harmony parameter(s) {unknown}; see scaml.harmony.run_harmony for the names."
+            )
+        unused = sorted(set(harmony_params) - {"sigma", "verbose"})
+        info(
+            f"reference: {which}; no Harmony correction is needed, running only its soft clustering "
+            f"({K} clusters) for the query's correction"
+            + (f" (not used: theta, {', '.join(unused)})." if unused else " (theta not used).")
+        )
+        R, summary = _soft_kmeans(Z.astype(np.float64), K, sigma, random_state)
+        embedding = Z.astype(np.float32)
+        model_info = {
+            "integration": "none (single batch)",
+            "soft_kmeans": {
+                "sigma": float(sigma[0]) if np.all(sigma == sigma[0]) else sigma.tolist(),
+                **summary,
+            },
+        }
+    Zc = embedding.astype(np.float64)
     Nr = R.sum(axis=0)
     C = R.T @ Zc  # K x d
     Y = C.T / np.maximum(np.linalg.norm(C.T, axis=0, keepdims=True), 1e-12)  # d x K, unit columns
-    sigma = np.asarray(ho.params["sigma"], dtype=np.float64) * np.ones(ho.K)
     R_ref = _soft_assign(Zc, Y, sigma)
     mu, chol = _cluster_gaussians(Zc, R_ref)
     ref_maha = _mahalanobis(Zc, R_ref, mu, chol)
     quantiles = np.quantile(ref_maha, np.linspace(0, 1, _N_QUANTILES))
-    cols = [batch_key] + ([label_key] if label_key is not None and label_key != batch_key else [])
+    cols = ([batch_key] if batch_key is not None else []) + (
+        [label_key] if label_key is not None and label_key != batch_key else []
+    )
     obs = adata_ref.obs[cols].astype(str).copy()
     obs.index = [str(c) for c in adata_ref.obs_names]
     info_params = {
         "n_hvg": int(len(hvg)),
         "n_comps": int(n_comps),
         "theta": theta,
-        "nclust": int(ho.K),
+        "nclust": K,
         "random_state": random_state,
         "input": kind,
-        "harmony": ho.params,
-        "harmony_n_iter": ho.n_iter,
-        "harmony_converged": ho.converged,
+        "n_batches": int(n_batches),
+        **model_info,
     }
     arrays = {
         "gene_mean": mean,
@@ -566,7 +677,7 @@ def build_symphony_reference(
         "ref_maha_quantiles": quantiles,
     }
     return SymphonyReference(
-        embedding=ho.Z_corr.astype(np.float32),
+        embedding=embedding,
         obs=obs,
         var_names=list(var_names[hvg]),
         batch_key=batch_key,
