@@ -253,3 +253,47 @@ def test_load_rejects_bad_directories(tmp_path, trained):
     (other / "genes.txt").write_text("A\nB\n")
     with pytest.raises(ScamlError, match="corrupt"):
         load_model(other)
+
+
+def test_nb_and_zinb_log_likelihood_match_scipy():
+    from scipy.stats import nbinom
+
+    from scaml.vae.modules import NonZeros, nb_log_likelihood, zinb_log_likelihood
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.poisson(torch.rand(6, 9, generator=gen) * 4, generator=gen)
+    mu = torch.rand(6, 9, generator=gen) * 5 + 0.1
+    theta = torch.rand(9, generator=gen) * 3 + 0.2
+    pi_logits = torch.randn(6, 9, generator=gen)
+    log_fact = float(torch.lgamma(x + 1).sum())
+    logpmf = nbinom.logpmf(x.numpy(), theta.numpy()[None, :], (theta / (theta + mu)).numpy())
+    pi = torch.sigmoid(pi_logits).numpy()
+    zinb = np.where(x.numpy() == 0, np.log(pi + (1 - pi) * np.exp(logpmf)), np.log(1 - pi) + logpmf)
+    flat = torch.nonzero(x.reshape(-1)).reshape(-1)
+    nz = NonZeros(flat, flat % x.shape[1], x.reshape(-1)[flat])
+    for sparse in (None, nz):
+        nb = float(nb_log_likelihood(x, mu.log(), theta, sparse)) - log_fact
+        assert nb == pytest.approx(float(logpmf.sum()), rel=1e-5)
+        zi = float(zinb_log_likelihood(x, mu.log(), theta, pi_logits, sparse)) - log_fact
+        assert zi == pytest.approx(float(zinb.sum()), rel=1e-5)
+
+
+def test_kl_warmup_is_scvi_like_and_query_uses_full_kl(sim):
+    """The reference's KL weight rises over 400 epochs whatever max_epochs (a short run ends with a
+    small weight, as scVI); an explicit warm-up reaches 1; a query trains at full KL weight."""
+    from scaml.vae import SCVI, load_query
+
+    ref = sim[sim.obs["batch"] == "batch1"][:150].copy()
+    model = SCVI(ref, "batch", hidden_layers=(16,), random_state=0)
+    model.train(max_epochs=4, early_stopping=False, verbose=False)
+    weights = model.history["kl_weight"]
+    assert all(b > a for a, b in zip(weights[:-1], weights[1:], strict=False))
+    assert 0 < model.history["final_kl_weight"] <= 4 / 400
+    short = SCVI(ref, "batch", hidden_layers=(16,), random_state=0)
+    short.train(max_epochs=4, kl_warmup_epochs=2, verbose=False)
+    assert short.history["final_kl_weight"] == 1.0
+    query = load_query(model, sim[sim.obs["batch"] == "batch2"][:100].copy())
+    query.train(max_epochs=2, verbose=False)
+    assert query.history["kl_weight"] == [1.0, 1.0]
+    with pytest.raises(ScamlError, match="kl_warmup_epochs"):
+        model.train(max_epochs=1, kl_warmup_epochs=-1, verbose=False)

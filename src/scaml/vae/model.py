@@ -31,6 +31,9 @@ from .training import TrainSettings, split_validation, train_module
 
 FORMAT_VERSION = 1
 QUERY_CONDITION = "query"
+# scVI's default KL warm-up (n_epochs_kl_warmup=400): fixed in epochs, not scaled to max_epochs, so
+# that a short run ends with a small KL weight instead of squeezing the latent towards the prior
+DEFAULT_KL_WARMUP_EPOCHS = 400
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -330,10 +333,12 @@ class BaseVAE:
     # ------------------------------------------------------------------ training
     def _default_train_settings(self, n_cells: int) -> dict:
         if self.is_query:
+            # full KL weight at once: only the new condition weights move, and the full pull towards
+            # the prior maps query cells better than the reference's weaker final weight (kang STIM)
             return {"max_epochs": default_max_epochs(n_cells, 200), "weight_decay": 0.0, "kl_warmup_epochs": 0}
-        max_epochs = default_max_epochs(n_cells, 400)
         return {
-            "max_epochs": max_epochs, "weight_decay": 1e-6, "kl_warmup_epochs": max(1, max_epochs // 3),
+            "max_epochs": default_max_epochs(n_cells, 400), "weight_decay": 1e-6,
+            "kl_warmup_epochs": DEFAULT_KL_WARMUP_EPOCHS,
         }
 
     def train(
@@ -373,8 +378,11 @@ class BaseVAE:
         lr_reduce_patience
             Epochs without improvement before the learning rate is multiplied by 0.6.
         kl_warmup_epochs
-            Epochs over which the KL weight rises from 0 to 1; default a third
-            of ``max_epochs`` for a reference, 0 for a query model.
+            Epochs over which the KL weight rises linearly from 0 to 1. Default
+            400 for a reference (scVI's default, whatever ``max_epochs``: a shorter
+            run ends with a KL weight of ``max_epochs / 400``, a weaker pull towards
+            the prior that keeps cell types apart when training is short; the
+            weight reached is ``history["final_kl_weight"]``); 0 for a query model.
         verbose
             Show a progress bar (also silenced by scaml's quiet mode).
         n_threads
@@ -386,8 +394,8 @@ class BaseVAE:
         -------
         self
             ``self.history`` holds ``train_loss``, ``validation_loss``,
-            ``epoch_seconds``, ``lr`` (per epoch), ``stopped_epoch`` (None when
-            all epochs ran) and ``best_epoch``.
+            ``epoch_seconds``, ``lr``, ``kl_weight`` (per epoch), ``final_kl_weight``,
+            ``stopped_epoch`` (None when all epochs ran) and ``best_epoch``.
         """
         if self._data is None:
             raise ScamlError("this model holds no training data (it was loaded from disk); "
@@ -402,7 +410,9 @@ class BaseVAE:
         if not 0.0 <= validation_fraction < 1.0:
             raise ScamlError(f"validation_fraction must be in [0, 1); got {validation_fraction}.")
         if kl_warmup_epochs is None:
-            kl_warmup_epochs = min(defaults["kl_warmup_epochs"], max_epochs)
+            kl_warmup_epochs = defaults["kl_warmup_epochs"]
+        elif int(kl_warmup_epochs) < 0:
+            raise ScamlError(f"kl_warmup_epochs must be at least 0; got {kl_warmup_epochs}.")
         settings = TrainSettings(
             max_epochs=max_epochs, batch_size=int(batch_size), lr=float(lr),
             weight_decay=defaults["weight_decay"] if weight_decay is None else float(weight_decay),

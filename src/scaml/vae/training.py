@@ -81,13 +81,16 @@ def set_train_mode(module: ConditionalVAE, frozen_norm: bool, freeze_dropout: bo
 
 @torch.no_grad()
 def evaluate_loss(
-    module: ConditionalVAE, data: CellData, rows: np.ndarray, device: torch.device, batch_size: int = 1024
+    module: ConditionalVAE, data: CellData, rows: np.ndarray, device: torch.device, batch_size: int = 1024,
+    kl_weight: float = 1.0,
 ) -> float:
-    """Mean loss per cell (full KL weight, posterior mean, no dropout) over the cells at ``rows``."""
+    """Mean loss per cell (KL weight ``kl_weight``, posterior mean, no dropout) over the cells at ``rows``."""
     module.eval()
     total, n = 0.0, 0
     for batch in data.batches(batch_size, device, order=rows, drop_last_single=False):
-        loss, _ = module.loss(batch.x, batch.cond, batch.log_library, batch.labels, 1.0, batch.log_factorial, batch.nz)
+        loss, _ = module.loss(
+            batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz
+        )
         m = batch.x.shape[0]
         total += float(loss) * m
         n += m
@@ -110,10 +113,15 @@ def train_module(
 
     The loss of every step is the mean over the batch's cells of the
     reconstruction loss + ``kl_weight`` * KL (+ penalties), with ``kl_weight``
-    rising linearly from 0 to 1 over ``kl_warmup_epochs`` (per step). The
-    validation loss uses the full KL weight, so that it is comparable between
-    epochs; early stopping and LR reduction follow it (the training loss when
-    there is no validation set). On early stopping the best weights are restored.
+    rising linearly (per step) from 0 to 1 over ``kl_warmup_epochs`` (as scVI's
+    warm-up). A run shorter than the warm-up ends with a KL weight below 1:
+    the weight of the last step is recorded in ``history["final_kl_weight"]``. The
+    monitored loss (validation loss, or training loss when there is no validation
+    set) counts the KL at the weight planned for the last step at every epoch, so
+    that it is comparable between epochs and measures the objective the run ends
+    with; early stopping and LR reduction follow it once the first
+    ``kl_warmup_epochs // 4`` epochs (at most ``max_epochs // 4``) are over. On
+    early stopping the best weights are restored.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -126,9 +134,17 @@ def train_module(
     n_train = int(train_rows.size)
     steps_per_epoch = max(1, math.ceil(n_train / settings.batch_size))
     warmup_steps = settings.kl_warmup_epochs * steps_per_epoch
+
+    def kl_weight_at(step: int) -> float:
+        return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+
+    # the KL weight of the run's last step: the validation loss is measured at this fixed weight
+    final_kl_weight = kl_weight_at(settings.max_epochs * steps_per_epoch - 1)
+    # no plateau logic in the first quarter of the warm-up, while the losses still fall fast
+    plateau_start = min(settings.kl_warmup_epochs, settings.max_epochs) // 4
     history: dict = {
         "train_loss": [], "validation_loss": [], "epoch_seconds": [], "lr": [], "kl_weight": [],
-        "stopped_epoch": None, "best_epoch": None,
+        "final_kl_weight": final_kl_weight, "stopped_epoch": None, "best_epoch": None,
     }
     best_loss, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
     step = 0
@@ -140,11 +156,12 @@ def train_module(
             set_train_mode(module, frozen_norm, freeze_dropout)
             order = train_rows[torch.randperm(n_train, generator=generator).numpy()]
             loss_sum = torch.zeros((), device=device)
+            monitored_sum = torch.zeros((), device=device)  # the loss at the final KL weight
             n_seen = 0
-            kl_weight = 1.0
+            kl_weight = kl_weight_at(step)
             for batch in data.batches(settings.batch_size, device, order=order):
-                kl_weight = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
-                loss, _ = module.loss(
+                kl_weight = kl_weight_at(step)
+                loss, parts = module.loss(
                     batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz
                 )
                 optimizer.zero_grad(set_to_none=True)
@@ -152,21 +169,20 @@ def train_module(
                 optimizer.step()
                 m = batch.x.shape[0]
                 loss_sum += loss.detach() * m
+                monitored_sum += (loss.detach() + (final_kl_weight - kl_weight) * parts["kl"]) * m
                 n_seen += m
                 step += 1
             train_loss = float(loss_sum) / max(n_seen, 1)
             if val_rows.size > 0:
-                monitored = evaluate_loss(module, data, val_rows, device)
+                monitored = evaluate_loss(module, data, val_rows, device, kl_weight=final_kl_weight)
                 history["validation_loss"].append(monitored)
             else:
-                monitored = train_loss
+                monitored = float(monitored_sum) / max(n_seen, 1)
             history["train_loss"].append(train_loss)
             history["lr"].append(optimizer.param_groups[0]["lr"])
             history["kl_weight"].append(kl_weight)
             history["epoch_seconds"].append(time.perf_counter() - start)
-            # plateau logic only once the KL weight is 1 (the monitored loss is stationary then)
-            warm = step >= warmup_steps
-            if warm and math.isfinite(monitored) and math.isfinite(train_loss):
+            if epoch >= plateau_start and math.isfinite(monitored) and math.isfinite(train_loss):
                 scheduler.step(monitored)
                 if monitored < best_loss - 1e-4 * abs(best_loss if math.isfinite(best_loss) else 0.0):
                     best_loss, best_epoch, bad_epochs = monitored, epoch, 0
@@ -185,6 +201,7 @@ def train_module(
             if settings.early_stopping and bad_epochs >= settings.patience:
                 history["stopped_epoch"] = epoch + 1
                 break
+    history["final_kl_weight"] = kl_weight  # the weight of the last step taken
     if settings.early_stopping and best_state is not None:
         module.load_state_dict(best_state)
         history["best_epoch"] = best_epoch + 1
