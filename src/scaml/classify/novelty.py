@@ -1,0 +1,368 @@
+"""Novelty detection of foreign cells (e.g. HEK293 contaminating an iPSC-microglia culture).
+
+Detectors are fitted on the cells that are NOT flagged and score every cell;
+the flag is used only to evaluate the scores (AUROC, AUPRC). To avoid scoring
+a cell with a model that saw it, scores are cross-fitted: the non-flagged
+cells are split into ``n_folds`` folds (flagged cells are spread over the same
+folds); the model of fold k is fitted on the non-flagged cells of the other
+folds and scores the cells (flagged or not) of fold k. Higher scores mean
+"more novel".
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .._utils import info, progress
+from ..errors import ScamlError
+from ..io import check_obs_key, prepare_outdir, save_figure, write_csv, write_json
+from .features import build_features, check_feature_options
+from .models import (
+    NOVELTY_HYPERPARAMETERS,
+    check_models,
+    fit_predict_proba,
+    resolve_hyperparameters,
+)
+
+#: Methods of :func:`run_novelty`.
+METHODS = ("iforest", "lof", "ocsvm", "classifier")
+
+_TRUTHY = {"true", "t", "yes", "y", "1", "1.0"}
+
+
+def flag_mask(column: pd.Series, positive: Any, key: str) -> np.ndarray:
+    """Boolean mask of the flagged cells: ``column == positive`` (``true``/``1``/``yes`` are one value).
+
+    Raises
+    ------
+    ScamlError
+        When the column has missing values, or no cell or every cell is flagged.
+    """
+    if column.isna().any():
+        raise ScamlError(
+            f"adata.obs[{key!r}] is missing (NaN) for {int(column.isna().sum())} cells; fill it in "
+            "(e.g. False for cells that are not flagged)."
+        )
+    values = column.astype(str).str.strip().str.lower()
+    pos = str(positive).strip().lower()
+    mask = values.isin(_TRUTHY).to_numpy() if pos in _TRUTHY else (values == pos).to_numpy()
+    levels = ", ".join(map(str, pd.unique(column.astype(str))[:20]))
+    if not mask.any():
+        raise ScamlError(
+            f"no cell has adata.obs[{key!r}] == {positive!r} (values: {levels}); pass the flagged value with --hek-positive."
+        )
+    if mask.all():
+        raise ScamlError(
+            f"every cell has adata.obs[{key!r}] == {positive!r}; novelty detection needs cells that are not flagged."
+        )
+    return mask
+
+
+class Detector:
+    """A novelty detector on a PCA of the features (or the standardised features).
+
+    Parameters
+    ----------
+    method
+        ``"iforest"``, ``"lof"`` or ``"ocsvm"``.
+    params
+        Hyperparameters from :data:`scaml.classify.models.NOVELTY_HYPERPARAMETERS`.
+    n_pcs
+        Principal components; 0 (or at least the number of features) to standardise instead.
+    random_state
+        Seed.
+    """
+
+    def __init__(self, method: str, params: dict[str, Any], n_pcs: int, random_state: int = 0) -> None:
+        self.method, self.params, self.n_pcs, self.random_state = method, dict(params), n_pcs, random_state
+
+    def fit(self, X: np.ndarray) -> Detector:
+        """Fit the reduction and the detector on normal cells."""
+        from sklearn.decomposition import PCA
+        from sklearn.preprocessing import StandardScaler
+
+        # PCA on the log-normalised values themselves: standardising every gene first
+        # inflates the noise of weakly expressed genes and hides foreign cells
+        if self.n_pcs and self.n_pcs < X.shape[1]:
+            self.reducer_ = PCA(n_components=self.n_pcs, random_state=self.random_state).fit(X)
+        else:
+            self.reducer_ = StandardScaler().fit(X)
+        Z = self.reducer_.transform(X)
+        params = {k: v for k, v in self.params.items() if k not in ("max_fit_cells", "gamma_factor")}
+        if self.method == "iforest":
+            from sklearn.ensemble import IsolationForest
+
+            self.model_ = IsolationForest(random_state=self.random_state, **params)
+        elif self.method == "lof":
+            from sklearn.neighbors import LocalOutlierFactor
+
+            self.model_ = LocalOutlierFactor(novelty=True, **params)
+        elif self.method == "ocsvm":
+            from sklearn.svm import OneClassSVM
+
+            gamma = float(self.params.get("gamma_factor", 1.0)) / (Z.shape[1] * (float(Z.var()) or 1.0))
+            self.model_ = OneClassSVM(gamma=gamma, **params)
+        else:
+            raise ScamlError(f"unknown detector {self.method!r}; use iforest, lof or ocsvm.")
+        self.model_.fit(Z)
+        return self
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Novelty scores (higher = more novel)."""
+        return -self.model_.score_samples(self.reducer_.transform(X))
+
+
+def novelty_metrics(flag: np.ndarray, score: np.ndarray) -> dict[str, Any]:
+    """AUROC, AUPRC (average precision) and the true-positive rate at 5% false positives."""
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(flag, score)
+    return {
+        "auroc": float(roc_auc_score(flag, score)),
+        "auprc": float(average_precision_score(flag, score)),
+        "auprc_baseline": float(flag.mean()),
+        "tpr_at_fpr_0.05": float(np.interp(0.05, fpr, tpr)),
+        "n_flagged": int(flag.sum()),
+        "n_not_flagged": int((~flag).sum()),
+        "mean_score_flagged": float(score[flag].mean()),
+        "mean_score_not_flagged": float(score[~flag].mean()),
+    }
+
+
+def run_novelty(
+    adata: ad.AnnData,
+    *,
+    hek_key: str,
+    hek_positive: Any = "true",
+    method: str = "iforest",
+    label_key: str | None = None,
+    classifier: str = "lr",
+    features: str = "hvg",
+    n_hvg: int = 2000,
+    embedding: str | None = None,
+    n_pcs: int = 30,
+    hvg_cells: str = "not-flagged",
+    n_folds: int = 5,
+    random_state: int = 0,
+    drop_missing_labels: bool = False,
+    hyperparameters: dict[str, dict[str, Any]] | None = None,
+    outdir: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    plots: bool = True,
+    input_path: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Score every cell for novelty with a detector fitted on the non-flagged cells.
+
+    Parameters
+    ----------
+    adata
+        The data (not modified).
+    hek_key
+        ``obs`` column flagging the foreign cells (e.g. ``"is_hek"``).
+    hek_positive
+        The value of ``hek_key`` that marks a foreign cell (``true``, ``1``, ``yes``
+        match boolean columns).
+    method
+        ``"iforest"`` (IsolationForest), ``"lof"`` (LocalOutlierFactor, novelty mode),
+        ``"ocsvm"`` (one-class SVM) or ``"classifier"`` (1 - the maximum class
+        probability of ``classifier`` trained on ``label_key`` of the non-flagged cells).
+    label_key
+        Labels for ``method="classifier"`` (only non-flagged cells need them).
+    classifier
+        Model of the registry used by ``method="classifier"``.
+    features, n_hvg, embedding
+        Features; highly variable genes are chosen on the non-flagged cells.
+    n_pcs
+        iforest / lof / ocsvm work on this many principal components of the
+        log-normalised features (fitted within each fold on the training cells);
+        0 to use the standardised features directly.
+    hvg_cells
+        Cells on which highly variable genes are chosen: ``"not-flagged"`` (default,
+        strict: the features know nothing of the foreign cells) or ``"all"`` (every
+        cell, without using the flag, as an analyst would on a new dataset; often
+        better at catching foreign cells whose own genes do not vary among the others).
+    n_folds
+        Cross-fitting folds (at least 2).
+    random_state
+        Seed of the folds and the detectors.
+    drop_missing_labels
+        For ``method="classifier"``: leave non-flagged cells without a label out of training.
+    hyperparameters
+        Overrides of :data:`scaml.classify.models.NOVELTY_HYPERPARAMETERS` (detectors) or
+        of the classifier's hyperparameters, keyed by method / model name.
+    outdir, overwrite, plots, input_path
+        Output directory (novelty_scores.csv, novelty_metrics.json,
+        novelty_histogram.png, novelty_curves.png, run.json); nothing written when None.
+
+    Returns
+    -------
+    dict
+        ``metrics`` (AUROC, AUPRC, ...), ``scores`` (a per-cell DataFrame) and the parameters.
+    """
+    from sklearn.model_selection import KFold
+
+    from ..runinfo import RunRecord
+
+    if method not in METHODS:
+        raise ScamlError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}.")
+    if hvg_cells not in ("not-flagged", "all"):
+        raise ScamlError(f"unknown --hvg-cells {hvg_cells!r}; use 'not-flagged' or 'all'.")
+    if n_folds < 2:
+        raise ScamlError(f"--n-folds must be at least 2 (cross-fitting); got {n_folds}.")
+    hyperparameters = dict(hyperparameters or {})
+    flag = flag_mask(check_obs_key(adata, hek_key, flag="--hek-key"), hek_positive, hek_key)
+    normal = np.flatnonzero(~flag)
+    if normal.size < 2 * n_folds:
+        raise ScamlError(f"only {normal.size} cells are not flagged; at least {2 * n_folds} are needed for {n_folds} folds.")
+    labels = None
+    if method == "classifier":
+        if label_key is None:
+            raise ScamlError("--method classifier needs --label-key (the labels of the non-flagged cells).")
+        (classifier,) = check_models([classifier])
+        params = resolve_hyperparameters([classifier], {k: v for k, v in hyperparameters.items() if k == classifier})[classifier]
+        kept, values = _labels(adata, label_key, normal, drop_missing_labels)
+        labels = pd.Series(values, index=kept)
+        if labels.nunique() < 2:
+            raise ScamlError(f"the non-flagged cells hold a single class in adata.obs[{label_key!r}]; a classifier needs two.")
+    else:
+        params = copy.deepcopy(NOVELTY_HYPERPARAMETERS[method])
+        extra = hyperparameters.get(method, {})
+        unknown = [k for k in extra if k not in params]
+        if unknown:
+            raise ScamlError(f"unknown hyperparameter(s) {unknown} for {method}; known: {', '.join(params)}.")
+        params.update(extra)
+    check_feature_options(features, n_hvg, embedding)
+    if embedding is None and features == "hvg" and n_hvg > adata.n_vars:
+        raise ScamlError(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose a smaller --n-hvg.")
+    out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
+    parameters = {"hek_key": hek_key, "hek_positive": str(hek_positive), "method": method, "label_key": label_key,
+                  "classifier": classifier if method == "classifier" else None, "features": features if embedding is None else "embedding",
+                  "n_hvg": n_hvg, "hvg_cells": hvg_cells, "embedding": embedding,
+                  "n_pcs": n_pcs if method != "classifier" else None,
+                  "n_folds": n_folds, "random_state": random_state}
+    record = RunRecord("novelty", parameters={**parameters, "hyperparameters": params},
+                       inputs={"adata": str(input_path)} if input_path else {})
+    info(f"novelty ({method}): {int(flag.sum())} flagged cells, {normal.size} not flagged; {n_folds}-fold cross-fitting")
+
+    rows = np.arange(adata.n_obs)
+    with record.timer("features"):
+        feats = build_features(adata, rows, normal if hvg_cells == "not-flagged" else rows, features=features,
+                               n_hvg=n_hvg, embedding=embedding)
+    X = feats.X
+    # folds over the normal cells; flagged cells spread over the same folds
+    fold = np.empty(adata.n_obs, dtype=np.int64)
+    kfold = KFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+    for k, (_, held) in enumerate(kfold.split(normal)):
+        fold[normal[held]] = k
+    flagged = np.flatnonzero(flag)
+    rng = np.random.default_rng(random_state)
+    fold[flagged] = rng.permutation(np.arange(flagged.size) % n_folds)
+
+    score = np.empty(adata.n_obs, dtype=np.float64)
+    classes = sorted(labels.unique().tolist()) if labels is not None else None
+    with progress() as bar:
+        task = bar.add_task(f"novelty {method}", total=n_folds, status="")
+        for k in range(n_folds):
+            fit_rows = normal[fold[normal] != k]
+            score_rows = np.flatnonzero(fold == k)
+            with record.timer("fit"):
+                if method == "classifier":
+                    fit_rows = fit_rows[np.isin(fit_rows, labels.index.to_numpy())]
+                    index = {c: i for i, c in enumerate(classes)}
+                    y = np.array([index[v] for v in labels.loc[fit_rows]])
+                    proba, _ = fit_predict_proba(classifier, params, X[fit_rows], y, X[score_rows], len(classes),
+                                                 random_state=random_state)
+                    score[score_rows] = 1.0 - proba.max(axis=1)
+                else:
+                    if method == "ocsvm" and fit_rows.size > params["max_fit_cells"]:
+                        fit_rows = np.sort(rng.choice(fit_rows, size=params["max_fit_cells"], replace=False))
+                    dense = X[fit_rows].toarray() if hasattr(X, "toarray") else X[fit_rows]
+                    detector = Detector(method, params, n_pcs, random_state).fit(dense)
+                    test = X[score_rows].toarray() if hasattr(X, "toarray") else X[score_rows]
+                    score[score_rows] = detector.score(test)
+            bar.advance(task)
+    metrics = novelty_metrics(flag, score)
+    metrics.update(method=method, n_folds=n_folds, evaluation="cross-fitted: every cell scored by a model that never saw it",
+                   hyperparameters=params, features=feats.description)
+    info(f"novelty ({method}): AUROC {metrics['auroc']:.3f}, AUPRC {metrics['auprc']:.3f} "
+         f"(baseline {metrics['auprc_baseline']:.3f})")
+    scores = pd.DataFrame({"cell": adata.obs_names.astype(str), "flagged": flag, "novelty_score": score, "fold": fold})
+    if label_key is not None and label_key in adata.obs:
+        scores[label_key] = adata.obs[label_key].astype(str).to_numpy()
+    result = {"metrics": metrics, "scores": scores, "parameters": parameters, "outdir": str(out) if out else None}
+    if out is not None:
+        write_csv(scores, out / "novelty_scores.csv", index=False)
+        write_json(metrics, out / "novelty_metrics.json")
+        if plots:
+            with record.timer("plots"):
+                plot_novelty_histogram(scores, out / "novelty_histogram.png", metrics=metrics, hek_key=hek_key)
+                plot_novelty_curves(flag, score, out / "novelty_curves.png", metrics=metrics)
+        record.data = {"n_cells": int(adata.n_obs), "n_flagged": int(flag.sum()), "n_features": len(feats.names)}
+        record.save(out)
+    return result
+
+
+def _labels(adata: ad.AnnData, label_key: str, rows: np.ndarray, drop: bool) -> tuple[np.ndarray, np.ndarray]:
+    from .benchmark import labels_for
+
+    return labels_for(adata, label_key, rows, drop_missing_labels=drop, what="non-flagged")
+
+
+def plot_novelty_histogram(scores: pd.DataFrame, path: str | os.PathLike, *, metrics: dict[str, Any], hek_key: str) -> Path:
+    """Histograms (density) of the novelty scores of flagged and non-flagged cells."""
+    from .plots import _plt, _style
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.2, 4.0))
+    values = scores["novelty_score"].to_numpy()
+    low, high = float(values.min()), float(values.max())
+    bins = np.linspace(low, high, 50) if high - low > 1e-12 else np.linspace(low - 0.5, high + 0.5, 11)
+    flagged = scores["flagged"].to_numpy()
+    for mask, color, label in ((~flagged, "#0072B2", f"not flagged (n={int((~flagged).sum())})"),
+                               (flagged, "#D55E00", f"flagged by {hek_key} (n={int(flagged.sum())})")):
+        ax.hist(values[mask], bins=bins, density=True, alpha=0.35, color=color, histtype="stepfilled")
+        ax.hist(values[mask], bins=bins, density=True, color=color, histtype="step", lw=1.5, label=label)
+    ax.set_xlabel(f"novelty score ({metrics['method']}; higher = more novel)")
+    ax.set_ylabel("density")
+    ax.set_title(f"AUROC {metrics['auroc']:.3f}   AUPRC {metrics['auprc']:.3f} (baseline {metrics['auprc_baseline']:.3f})",
+                 fontsize=10)
+    _style(ax)
+    ax.legend(frameon=False, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_novelty_curves(flag: np.ndarray, score: np.ndarray, path: str | os.PathLike, *, metrics: dict[str, Any]) -> Path:
+    """ROC and precision-recall curves of the novelty scores against the flag."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from .plots import _plt, _style
+
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 4.0))
+    fpr, tpr, _ = roc_curve(flag, score)
+    a.plot(fpr, tpr, color="#0072B2", lw=1.8)
+    a.plot([0, 1], [0, 1], color="#999999", lw=1, ls="--", label="chance")
+    a.legend(frameon=False, fontsize=8, loc="lower right")
+    a.set_xlabel("false positive rate")
+    a.set_ylabel("true positive rate")
+    a.set_title(f"ROC (AUROC {metrics['auroc']:.3f})", fontsize=10)
+    precision, recall, _ = precision_recall_curve(flag, score)
+    b.plot(recall, precision, color="#D55E00", lw=1.8)
+    b.axhline(metrics["auprc_baseline"], color="#999999", lw=1, ls="--", label="flagged fraction")
+    b.set_xlabel("recall")
+    b.set_ylabel("precision")
+    b.set_ylim(0, 1.02)
+    b.set_title(f"precision-recall (AUPRC {metrics['auprc']:.3f})", fontsize=10)
+    b.legend(frameon=False, fontsize=8)
+    for ax in (a, b):
+        _style(ax)
+    fig.tight_layout()
+    return save_figure(fig, path)
