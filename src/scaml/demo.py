@@ -53,4 +53,28 @@ def run_demo(
         info("[1] integration: QC -> normalise -> HVG -> PCA -> Harmony -> UMAP/Leiden -> markers")
         integrate(adata, "batch", outdir, label_key="cell_type", random_state=random_state,
                   min_genes=100, overwrite=True)
+    if "classify" in steps:
+        from .classify import run_train
+
+        info("[2] cross-batch classifiers: train on batch1, test on batch2 (and the reverse)")
+        run_train(adata, label_key="cell_type", split_key="batch", split_train="batch1", split_test="batch2",
+                  n_hvg=1000, models=("lr", "rf", "xgb", "mlp"), reverse=True, random_state=random_state,
+                  outdir=outdir / "classify", overwrite=True)
+        _report(outdir / "classify")
+    if "mapping" in steps:
+        from .mapping import demo_mapping
+
+        info(f"[3] reference mapping: scVI-like reference on batch1..batch{n_batches - 1}, "
+             f"batch{n_batches} mapped onto it by architecture surgery")
+        paths = demo_mapping(adata, outdir / "mapping", batch_key="batch", label_key="cell_type",
+                             random_state=random_state)
+        for path in paths.values():
+            _report(Path(path))
     return outdir
+
+
+def _report(directory: Path) -> None:
+    from .report import write_report
+
+    if directory.is_dir():
+        write_report(directory)

@@ -20,13 +20,16 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--n-genes", type=int, default=2000, help="simulated genes (default 2000)")
     p.add_argument("--n-batches", type=int, default=3, help="simulated batches (default 3)")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    p.set_defaults(func=run, report_dir_attr="out")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run :func:`scaml.demo.run_demo`."""
     from ..demo import run_demo
+    from ..report import write_report
 
-    run_demo(args.out, n_cells=args.n_cells, n_genes=args.n_genes, n_batches=args.n_batches,
-             random_state=args.random_state, overwrite=args.overwrite)
+    outdir = run_demo(args.out, n_cells=args.n_cells, n_genes=args.n_genes, n_batches=args.n_batches,
+                      random_state=args.random_state, overwrite=args.overwrite)
+    report = write_report(outdir, title="scaml demo")
+    print(f"scaml demo finished; open the report: {report}")
     return 0
