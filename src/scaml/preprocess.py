@@ -10,11 +10,14 @@ import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from ._utils import info
+from ._utils import info, warn
 from .errors import ScamlError
 from .io import count_matrix_problem
 
 InputKind = Literal["counts", "lognorm"]
+
+#: log1p of normalised counts stays far below this; non-integer data above it are counts-like.
+_LOG_SCALE_MAX = 50.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normali
         return InputCheck("lognorm", "X taken as log-normalised (--input normalized)")
     if problem is None:
         return InputCheck("counts", "X holds non-negative integers, taken as raw counts")
+    top = float(data.max()) if data.size else 0.0
+    if top > _LOG_SCALE_MAX:
+        warn(f"X is not integer ({problem}) but reaches {top:.4g}, far above log-normalised values: "
+             "taken as (non-integer) counts; pass --input normalized if it is normalised data")
+        return InputCheck("counts", f"X holds non-integer values up to {top:.4g}, taken as counts")
     return InputCheck("lognorm", f"X is not raw counts ({problem}); taken as log-normalised")
 
 
