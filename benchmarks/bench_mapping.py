@@ -14,9 +14,15 @@ are transferred with the same weighted kNN (scaml.transfer, k = 50, no Unknown c
 package's embedding; scANVI models also predict with their own classifier; CellTypist trains a
 logistic regression on the log-normalised reference.
 
-Columns: accuracy and macro F1 of the query labels; iLISI of the joint reference + query embedding over
+The VAEs of both packages vary a lot from seed to seed (query accuracy can move by 0.1 or more), so
+each VAE method runs once per ``--seeds`` value (default 0 1 2; the seed of the model, of its training
+data split and of the query model) and the table shows mean ± sd over seeds (sd with ddof 1; blank with
+one seed). The deterministic methods (Symphony with its fixed seed ``--seeds[0]``, CellTypist) run once.
+
+Columns: n_seeds (runs behind the row); accuracy and macro F1 of the query labels; iLISI of the joint reference + query embedding over
 the batch column (scIB-scaled, 0 = no mixing, 1 = perfect; computed with scaml.metrics); seconds per
-training epoch (reference training time / epochs); total seconds (reference + query, including setup).
+training epoch (reference training time / epochs) and total seconds (reference + query, including
+setup), both as the mean over seeds. ``--csv`` writes the per-seed rows.
 
 scvi-tools and CellTypist run in their own virtual environment through this script's ``--peer-worker``
 mode, started with ``--peer-python`` (e.g. a venv made with ``python3 -m venv PEERS && PEERS/bin/pip
@@ -26,6 +32,7 @@ Usage::
 
     python benchmarks/bench_mapping.py --peer-python PEERS/bin/python
     python benchmarks/bench_mapping.py --splits kang --ref-epochs 50 --query-epochs 25
+    python benchmarks/bench_mapping.py --splits kang --seeds 0 1 2 3 4 5 --csv per_seed.csv
 """
 
 from __future__ import annotations
@@ -81,7 +88,7 @@ def _peer_worker(task: dict) -> dict:
 
     import scvi
 
-    scvi.settings.seed = 0
+    scvi.settings.seed = int(task.get("seed", 0))
     scvi.settings.num_threads = threads
     scvi.settings.dl_num_workers = 0
     arch = dict(n_latent=VAE_ARCH["n_latent"], n_hidden=VAE_ARCH["n_hidden"], n_layers=VAE_ARCH["n_layers"],
@@ -194,19 +201,21 @@ def _scores(true, predicted) -> tuple[float, float]:
     return m["accuracy"], m["macro_f1"]
 
 
-def run_scaml(method: str, ref, query, args, workdir: Path) -> list[dict]:
-    """Build + map with scaml; rows for the table."""
+def run_scaml(method: str, ref, query, args, workdir: Path, seed: int = 0) -> list[dict]:
+    """Build + map with scaml (model seed ``seed``); rows for the table."""
     import numpy as np
 
     from scaml.mapping import LATENT_KEY, build_reference, map_query
 
     train = {"early_stopping": False, "n_threads": args.threads, "verbose": False}
     start = time.perf_counter()
-    ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref", overwrite=True,
-                              max_epochs=args.ref_epochs, n_hvg=None if method != "symphony" else ref.n_vars,
+    ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref_{seed}",
+                              overwrite=True, random_state=seed, max_epochs=args.ref_epochs,
+                              n_hvg=None if method != "symphony" else ref.n_vars,
                               train_params=train if method != "symphony" else None)
-    mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map", overwrite=True, label_key="cell_type",
-                       max_epochs=args.query_epochs, unknown_threshold=1.0, train_params=train, umap=False)
+    mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map_{seed}", overwrite=True,
+                       label_key="cell_type", max_epochs=args.query_epochs, unknown_threshold=1.0,
+                       random_state=seed, train_params=train, umap=False)
     total = time.perf_counter() - start
     run = json.loads((ref_dir / "run.json").read_text())
     epochs = (run["data"].get("training") or {}).get("epochs")
@@ -226,7 +235,8 @@ def run_scaml(method: str, ref, query, args, workdir: Path) -> list[dict]:
     return rows
 
 
-def run_peers(ref, query, args, workdir: Path) -> list[dict]:
+def run_peers(ref, query, args, workdir: Path, seeds: list[int]) -> list[dict]:
+    """scvi-tools models once per seed, CellTypist once; rows (with a ``seed`` key) for the table."""
     import numpy as np
 
     from scaml.transfer import transfer_labels
@@ -234,21 +244,23 @@ def run_peers(ref, query, args, workdir: Path) -> list[dict]:
     rows = []
     true = query.obs["cell_type"].astype(str).to_numpy()
     batches = np.concatenate([ref.obs["batch"], query.obs["batch"]])
-    for method in args.peers:
-        out = workdir / f"peer_{method}"
+    runs = [(method, seed) for method in args.peers for seed in (seeds if method != "celltypist" else seeds[:1])]
+    for method, seed in runs:
+        out = workdir / f"peer_{method}_{seed}"
         out.mkdir(parents=True, exist_ok=True)
         task = {"method": method, "ref": str(workdir / "ref.h5ad"), "query": str(workdir / "query.h5ad"),
                 "out": str(out), "threads": args.threads, "ref_epochs": args.ref_epochs,
-                "query_epochs": args.query_epochs}
+                "query_epochs": args.query_epochs, "seed": seed}
         result = run_peer(args.peer_python, task)
         if result is None:
-            rows.append({"method": f"{'scvi-tools' if method != 'celltypist' else 'CellTypist'} {method} (failed)"})
+            rows.append({"method": f"{'scvi-tools' if method != 'celltypist' else 'CellTypist'} {method} (failed)",
+                         "seed": seed})
             continue
         total = result["total_seconds"]
         if method == "celltypist":
             acc, f1 = _scores(true, np.load(out / "predicted.npy"))
             rows.append({"method": "CellTypist (LR)", "accuracy": acc, "macro_f1": f1, "ilisi": None,
-                         "sec_per_epoch": None, "total_s": total})
+                         "sec_per_epoch": None, "total_s": total, "seed": seed})
             continue
         ref_latent, query_latent = np.load(out / "ref_latent.npy"), np.load(out / "query_latent.npy")
         ilisi = _ilisi(ref_latent, query_latent, batches)
@@ -257,11 +269,11 @@ def run_peers(ref, query, args, workdir: Path) -> list[dict]:
                                 n_neighbors=50, threshold=1.0)
         acc, f1 = _scores(true, calls["label"])
         rows.append({"method": f"scvi-tools {method} (kNN)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
-                     "sec_per_epoch": per_epoch, "total_s": total})
+                     "sec_per_epoch": per_epoch, "total_s": total, "seed": seed})
         if method == "scanvi":
             acc, f1 = _scores(true, np.load(out / "predicted.npy"))
             rows.append({"method": "scvi-tools scanvi (classifier)", "accuracy": acc, "macro_f1": f1,
-                         "ilisi": ilisi, "sec_per_epoch": per_epoch, "total_s": total})
+                         "ilisi": ilisi, "sec_per_epoch": per_epoch, "total_s": total, "seed": seed})
     return rows
 
 
@@ -293,11 +305,46 @@ def symphony_10k(threads: int) -> dict:
 
 
 def _fmt(value, digits=3) -> str:
-    if value is None:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _pm(mean, sd, digits=3) -> str:
+    """``mean ± sd`` (just the mean when sd is missing, e.g. with one seed)."""
+    text = _fmt(mean, digits)
+    if text == "-" or _fmt(sd, digits) == "-":
+        return text
+    return f"{text} ± {sd:.{digits}f}"
+
+
+METRICS = ["accuracy", "macro_f1", "ilisi", "sec_per_epoch", "total_s"]
+
+
+def summarise(table, by: list[str]):
+    """Mean, sd (ddof 1) and number of seeds of every metric per group of per-seed rows."""
+    grouped = table.groupby(by, sort=False)
+    mean = grouped[METRICS].mean()
+    sd = grouped[METRICS].std(ddof=1)
+    out = mean.join(sd, rsuffix="_sd")
+    out["n_seeds"] = grouped["seed"].nunique()
+    return out.reset_index()
+
+
+def print_table(summary, with_split: bool) -> None:
+    """Markdown table: mean ± sd of accuracy / F1 / iLISI, mean sec/epoch and total seconds."""
+    split_head, split_rule = ("split | ", "---|") if with_split else ("", "")
+    print(f"| method | {split_head}n_seeds | accuracy | macro F1 | iLISI (scaled) | sec/epoch | total s |")
+    print(f"|---|{split_rule}---|---|---|---|---|---|")
+    for _, r in summary.iterrows():
+        split = f"{r['split']} | " if with_split else ""
+        print(f"| {r['method']} | {split}{int(r['n_seeds'])} | {_pm(r['accuracy'], r['accuracy_sd'])} | "
+              f"{_pm(r['macro_f1'], r['macro_f1_sd'])} | {_pm(r['ilisi'], r['ilisi_sd'])} | "
+              f"{_fmt(r['sec_per_epoch'], 4)} | {_fmt(r['total_s'], 1)} |")
 
 
 def main(argv=None) -> int:
@@ -307,13 +354,15 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="+", default=["scvi", "scanvi", "celltypist"])
     parser.add_argument("--methods", nargs="+", default=["scvi", "scanvi", "symphony"])
     parser.add_argument("--splits", nargs="+", default=["panc8", "kang"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="seeds of the VAE runs (each VAE method runs once per seed; default 0 1 2)")
     parser.add_argument("--data", default=str(DATA), help="folder of the h5ad files (default ../shared/data/h5ad)")
     parser.add_argument("--ref-epochs", type=int, default=100)
     parser.add_argument("--query-epochs", type=int, default=50)
     parser.add_argument("--n-hvg", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-10k", action="store_true", help="skip the 10k-cell Symphony timing")
-    parser.add_argument("--csv", default=None, help="also write the table to this CSV")
+    parser.add_argument("--csv", default=None, help="also write the per-seed rows to this CSV")
     args = parser.parse_args(argv)
     if args.peer_worker is not None:
         print(json.dumps(_peer_worker(json.loads(args.peer_worker))))
@@ -329,6 +378,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     set_quiet(True)
+    seeds = list(dict.fromkeys(args.seeds))  # unique, in the given order
     data = Path(args.data)
     splits = []
     if "panc8" in args.splits:
@@ -346,41 +396,38 @@ def main(argv=None) -> int:
             print(f"== {name}: reference {ref.n_obs} cells, query {query.n_obs} cells, {ref.n_vars} genes",
                   file=sys.stderr)
             for method in args.methods:
-                try:
-                    scaml_rows = run_scaml(method, ref, query, args, workdir)
-                except ImportError as exc:  # a part of scaml that this checkout lacks
-                    print(f"  scaml {method} unavailable: {exc}", file=sys.stderr)
-                    continue
-                except ScamlError as exc:  # e.g. Symphony needs >= 2 reference batches
-                    print(f"  scaml {method} refused this split: {exc}", file=sys.stderr)
-                    rows.append({"split": name, "method": f"scaml {method} (n/a: {str(exc)[:60]})"})
-                    continue
-                for row in scaml_rows:
-                    rows.append({"split": name, **row})
-                    print("  ", rows[-1], file=sys.stderr)
+                for seed in seeds if method != "symphony" else seeds[:1]:
+                    try:
+                        scaml_rows = run_scaml(method, ref, query, args, workdir, seed)
+                    except ImportError as exc:  # a part of scaml that this checkout lacks
+                        print(f"  scaml {method} unavailable: {exc}", file=sys.stderr)
+                        break
+                    except ScamlError as exc:  # e.g. Symphony needs >= 2 reference batches
+                        print(f"  scaml {method} refused this split: {exc}", file=sys.stderr)
+                        rows.append({"split": name, "method": f"scaml {method} (n/a: {str(exc)[:60]})",
+                                     "seed": seed})
+                        break
+                    for row in scaml_rows:
+                        rows.append({"split": name, "seed": seed, **row})
+                        print("  ", rows[-1], file=sys.stderr)
             if args.peer_python:
-                for row in run_peers(ref, query, args, workdir):
+                for row in run_peers(ref, query, args, workdir, seeds):
                     rows.append({"split": name, **row})
                     print("  ", rows[-1], file=sys.stderr)
-    table = pd.DataFrame(rows, columns=["method", "split", "accuracy", "macro_f1", "ilisi", "sec_per_epoch",
-                                        "total_s"])
-    print(f"\nReference mapping: {args.ref_epochs} reference + {args.query_epochs} query epochs, "
-          f"{args.threads} torch thread(s), kNN k=50 without Unknown calls")
-    print("| method | split | accuracy | macro F1 | iLISI (scaled) | sec/epoch | total s |")
-    print("|---|---|---|---|---|---|---|")
-    for _, r in table.iterrows():
-        print(f"| {r['method']} | {r['split']} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | "
-              f"{_fmt(r['ilisi'])} | {_fmt(r['sec_per_epoch'], 4)} | {_fmt(r['total_s'], 1)} |")
-    summary = table.dropna(subset=["accuracy"]).groupby("method")[["accuracy", "macro_f1", "ilisi",
-                                                                    "sec_per_epoch", "total_s"]].mean()
-    print("\nMean over splits:")
-    print("| method | accuracy | macro F1 | iLISI (scaled) | sec/epoch | total s |")
-    print("|---|---|---|---|---|---|")
-    for method, r in summary.iterrows():
-        print(f"| {method} | {_fmt(r['accuracy'])} | {_fmt(r['macro_f1'])} | {_fmt(r['ilisi'])} | "
-              f"{_fmt(r['sec_per_epoch'], 4)} | {_fmt(r['total_s'], 1)} |")
+    table = pd.DataFrame(rows, columns=["method", "split", "seed", *METRICS])
+    table[METRICS] = table[METRICS].astype(float)
     if args.csv:
         table.to_csv(args.csv, index=False)
+    print(f"\nReference mapping: {args.ref_epochs} reference + {args.query_epochs} query epochs, "
+          f"{args.threads} torch thread(s), kNN k=50 without Unknown calls; VAE seeds "
+          f"{' '.join(map(str, seeds))} (mean ± sd over seeds; sec/epoch and total s: mean)")
+    print_table(summarise(table, ["method", "split"]), with_split=True)
+    if table["split"].nunique() > 1:
+        # per seed: the mean over the splits it finished; then mean ± sd of those means over seeds
+        done = table.dropna(subset=["accuracy"])
+        per_seed = done.groupby(["method", "seed"], sort=False)[METRICS].mean().reset_index()
+        print("\nMean over splits (per seed, then mean ± sd over seeds):")
+        print_table(summarise(per_seed, ["method"]), with_split=False)
     if not args.no_10k:
         try:
             res = symphony_10k(args.threads)
