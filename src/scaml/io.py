@@ -208,8 +208,11 @@ def count_matrix_problem(X: Any, n_check: int = 1_000_000) -> str | None:
 
 # ----------------------------------------------------------------------------- writing
 
-def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Write to a temporary file in the target's folder, then rename it into place."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(temporary_path)`` in the target's folder, then rename the file into place.
+
+    Any writer (npz, torch.save, ...) becomes atomic this way; on failure the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -227,7 +230,7 @@ def _atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
     """Write ``adata`` to ``path`` atomically (temp file + rename)."""
-    return _atomic(path, lambda tmp: adata.write_h5ad(tmp))
+    return write_atomic(path, lambda tmp: adata.write_h5ad(tmp))
 
 
 def write_json(data: Any, path: str | os.PathLike) -> Path:
@@ -237,17 +240,17 @@ def write_json(data: Any, path: str | os.PathLike) -> Path:
     def _write(tmp: str) -> None:
         Path(tmp).write_text(text + "\n")
 
-    return _atomic(path, _write)
+    return write_atomic(path, _write)
 
 
 def write_text(text: str, path: str | os.PathLike) -> Path:
     """Write a text file atomically."""
-    return _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write a DataFrame as CSV atomically."""
-    return _atomic(path, lambda tmp: frame.to_csv(tmp, **kwargs))
+    return write_atomic(path, lambda tmp: frame.to_csv(tmp, **kwargs))
 
 
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 150) -> Path:
@@ -258,7 +261,7 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 150) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
 
     try:
-        return _atomic(path, _write)
+        return write_atomic(path, _write)
     finally:
         plt.close(fig)
 

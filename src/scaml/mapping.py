@@ -268,13 +268,13 @@ def build_reference(
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    from .io import _atomic
+    from .io import write_atomic
 
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, **arrays)
 
-    _atomic(path, _write)
+    write_atomic(path, _write)
 
 
 def _build_vae(adata, method, batch_key, label_key, outdir, record, random_state, max_epochs, n_hvg,

@@ -387,7 +387,7 @@ class SymphonyReference:
         """Write the reference to ``directory`` (``reference.npz``, ``reference.json``, ``obs.csv``),
         each file atomically. Returns the directory."""
         from .. import __version__
-        from ..io import _atomic, write_csv, write_json
+        from ..io import write_atomic, write_csv, write_json
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -398,7 +398,7 @@ class SymphonyReference:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
 
-        _atomic(directory / _ARRAYS, _write_npz)
+        write_atomic(directory / _ARRAYS, _write_npz)
         write_csv(self.obs, directory / _OBS)
         write_json(
             {
