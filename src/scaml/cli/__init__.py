@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from .._utils import console, set_quiet
+from .._utils import console, is_quiet, set_quiet
 from ..errors import ScamlError
 
 #: Modules that register subcommands, in the order they appear in --help.
@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    was_quiet = is_quiet()
     set_quiet(getattr(args, "quiet", False))
     try:
         result = args.func(args)
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    finally:  # --quiet lasts for this command only (main() may run many times in one process)
+        set_quiet(was_quiet)
     return int(result or 0)
 
 
