@@ -36,3 +36,14 @@ def small_counts():
     from scaml.datasets import simulate
 
     return simulate(n_cells=600, n_genes=500, n_batches=3, n_cell_types=4, n_markers=15, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a test module: on a small, shared machine it is faster and steadier."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

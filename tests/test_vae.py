@@ -11,21 +11,14 @@ import torch
 
 from scaml.errors import ScamlError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def knn_accuracy(Z: np.ndarray, y, k: int = 15) -> float:
     from sklearn.model_selection import cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
 
     return float(cross_val_score(KNeighborsClassifier(k), Z, np.asarray(y), cv=3).mean())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a small, shared machine this is much faster and steadier."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

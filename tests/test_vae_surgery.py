@@ -9,20 +9,14 @@ from conftest import shared_file
 
 from scaml.errors import ScamlError
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def transfer_accuracy(z_ref, y_ref, z_query, y_query, k: int = 15) -> float:
     from sklearn.neighbors import KNeighborsClassifier
 
     clf = KNeighborsClassifier(k).fit(z_ref, np.asarray(y_ref))
     return float((clf.predict(z_query) == np.asarray(y_query)).mean())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

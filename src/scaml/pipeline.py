@@ -291,7 +291,7 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
             write_csv(metrics_table, outdir / "metrics.csv")
             plot_metrics(metrics_table, figures / "metrics_comparison.png")
     with record.timer("write"):
-        write_h5ad(_h5ad_safe(adata), outdir / "integrated.h5ad")
+        write_h5ad(adata, outdir / "integrated.h5ad")
     summary = {
         "cells_before_qc": record.data["before_qc"]["n_cells"],
         "genes_before_qc": record.data["before_qc"]["n_genes"],
@@ -313,19 +313,3 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
     write_json(summary, outdir / "summary.json")
     record.save(outdir)
     info(f"wrote {outdir}/integrated.h5ad, summary.json and figures/")
-
-
-def _h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
-    """Replace values h5ad cannot store (None) inside uns with strings."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()}
-        if value is None:
-            return "None"
-        if isinstance(value, (list, tuple)) and any(v is None or isinstance(v, (dict, list)) for v in value):
-            return [str(v) for v in value]
-        return value
-
-    adata.uns = clean(dict(adata.uns))
-    return adata

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -17,7 +17,7 @@ from .io import count_matrix_problem
 InputKind = Literal["counts", "lognorm"]
 
 #: log1p of normalised counts stays far below this; non-integer data above it are counts-like.
-_LOG_SCALE_MAX = 50.0
+LOG_SCALE_MAX = 50.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,48 @@ class InputCheck:
 
     kind: InputKind
     reason: str
+
+
+def counts_verdict(X: Any) -> tuple[bool, str | None]:
+    """Whether a matrix can be used as counts, and what keeps it from being raw integer counts.
+
+    The one rule every scaml command uses to tell counts from log-normalised values.
+
+    Returns
+    -------
+    is_counts, problem
+        ``(True, None)`` for non-negative integers; ``(True, problem)`` for non-negative,
+        non-integer values that reach above :data:`LOG_SCALE_MAX` (estimated or corrected
+        counts, e.g. panc8's CEL-seq); ``(False, problem)`` for anything else (log-normalised,
+        or negative values; ``problem`` then says which).
+    """
+    problem = count_matrix_problem(X)
+    if problem is None:
+        return True, None
+    if "negative" in problem:
+        return False, problem
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    return bool(data.size and float(np.max(data)) > LOG_SCALE_MAX), problem
+
+
+def log_normalize(matrix: Any, target_sum: float = 1e4) -> Any:
+    """Scale each cell's counts to ``target_sum`` and take log1p, on a float32 copy.
+
+    Sparse input gives a CSR matrix (zeros stay implicit), dense input a dense array.
+    Cells with no counts stay zero.
+    """
+    if sp.issparse(matrix):
+        X = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        totals = np.asarray(X.sum(axis=1)).ravel()
+        scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+        X.data *= np.repeat(scale.astype(np.float32), np.diff(X.indptr))
+        np.log1p(X.data, out=X.data)
+        return X
+    X = np.array(matrix, dtype=np.float32, copy=True)
+    totals = X.sum(axis=1)
+    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
+    X *= scale[:, None]
+    return np.log1p(X, out=X)
 
 
 def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto") -> InputCheck:
@@ -70,8 +112,9 @@ def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normali
         return InputCheck("lognorm", "X taken as log-normalised (--input normalized)")
     if problem is None:
         return InputCheck("counts", "X holds non-negative integers, taken as raw counts")
-    top = float(data.max()) if data.size else 0.0
-    if top > _LOG_SCALE_MAX:
+    counts_like, _ = counts_verdict(adata.X)
+    if counts_like:
+        top = float(data.max())
         warn(f"X is not integer ({problem}) but reaches {top:.4g}, far above log-normalised values: "
              "taken as (non-integer) counts; pass --input normalized if it is normalised data")
         return InputCheck("counts", f"X holds non-integer values up to {top:.4g}, taken as counts")

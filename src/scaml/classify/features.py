@@ -20,6 +20,8 @@ import scipy.sparse as sp
 from .._utils import info, warn
 from ..errors import ScamlError
 from ..io import check_obsm_key, count_matrix_problem
+from ..preprocess import counts_verdict
+from ..preprocess import log_normalize as log_normalize_counts
 
 #: Fixed per-cell total used to normalise counts (independent of the split).
 TARGET_SUM = 1e4
@@ -66,12 +68,8 @@ def detect_expression(adata: ad.AnnData) -> tuple[Any, str, str]:
         if problem is None:
             return layer, "counts", 'layers["counts"]'
         warn(f'layers["counts"] does not look like raw counts ({problem}); using X instead.')
-    problem = count_matrix_problem(adata.X)
-    if problem is None:
-        return adata.X, "counts", "X"
-    data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
-    if data.size and "negative" not in problem and float(np.max(data)) > 50:
-        # non-integer but clearly not logarithmic (e.g. estimated or corrected counts)
+    is_counts, problem = counts_verdict(adata.X)
+    if is_counts:  # integers, or non-integer but clearly not logarithmic (estimated or corrected counts)
         return adata.X, "counts", "X"
     if "negative" in problem:
         warn(
@@ -96,12 +94,8 @@ def log_normalize(matrix: Any, kind: str) -> sp.csr_matrix:
     scipy.sparse.csr_matrix
         float32 log-normalised values.
     """
-    X = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
-    if kind == "counts":
-        totals = np.asarray(X.sum(axis=1)).ravel()
-        scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals), where=totals > 0)
-        X.data *= np.repeat(scale.astype(np.float32), np.diff(X.indptr))
-        np.log1p(X.data, out=X.data)
+    X = sp.csr_matrix(matrix, dtype=np.float32)
+    X = log_normalize_counts(X, TARGET_SUM) if kind == "counts" else X.copy()
     X.eliminate_zeros()
     return X
 

@@ -65,6 +65,7 @@ def _expression(adata: Any, what: str) -> tuple[Any, str]:
     """The log-normalised expression of ``adata`` (cells x genes, sparse kept sparse) and what was assumed."""
     from .._utils import info
     from ..io import count_matrix_problem
+    from ..preprocess import log_normalize
 
     if "counts" in adata.layers:
         X, source = adata.layers["counts"], 'layers["counts"]'
@@ -77,19 +78,7 @@ def _expression(adata: Any, what: str) -> tuple[Any, str]:
     problem = count_matrix_problem(X)
     if problem is None:
         info(f"{what}: {source} holds raw counts; normalising to 10,000 per cell and log1p.")
-        X = (
-            sp.csr_matrix(X, dtype=np.float32)
-            if sp.issparse(X)
-            else np.asarray(X, dtype=np.float32)
-        )
-        totals = np.asarray(X.sum(axis=1)).reshape(-1).astype(np.float64)
-        scale = np.where(totals > 0, 1e4 / np.maximum(totals, 1e-12), 0.0).astype(np.float32)
-        if sp.issparse(X):
-            X = sp.diags(scale) @ X
-            X = X.tocsr()
-            X.data = np.log1p(X.data)
-        else:
-            X = np.log1p(X * scale[:, None])
+        X = log_normalize(X, 1e4)
         return X, "counts"
     info(
         f"{what}: {source} is not raw counts ({problem}); assuming it is log-normalised expression."
