@@ -64,8 +64,7 @@ _N_QUANTILES = 1001
 def _expression(adata: Any, what: str) -> tuple[Any, str]:
     """The log-normalised expression of ``adata`` (cells x genes, sparse kept sparse) and what was assumed."""
     from .._utils import info
-    from ..io import count_matrix_problem
-    from ..preprocess import log_normalize
+    from ..preprocess import counts_verdict, log_normalize
 
     if "counts" in adata.layers:
         X, source = adata.layers["counts"], 'layers["counts"]'
@@ -75,9 +74,10 @@ def _expression(adata: Any, what: str) -> tuple[Any, str]:
         raise ScamlError(
             f"the {what} has no expression matrix (X is empty and there is no layers['counts'])."
         )
-    problem = count_matrix_problem(X)
-    if problem is None:
-        info(f"{what}: {source} holds raw counts; normalising to 10,000 per cell and log1p.")
+    is_counts, problem = counts_verdict(X)
+    if is_counts:
+        kind = "raw counts" if problem is None else f"counts-like values ({problem}, far above log scale)"
+        info(f"{what}: {source} holds {kind}; normalising to 10,000 per cell and log1p.")
         X = log_normalize(X, 1e4)
         return X, "counts"
     info(
