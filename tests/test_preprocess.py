@@ -15,6 +15,11 @@ def test_detect_input_kinds(small_counts):
 
     lognorm = small_counts.copy()
     pp.normalize_log1p(lognorm)
+    # the one rule: layers["counts"] is read when it holds counts, whatever X holds
+    found = pp.find_expression(lognorm)
+    assert found.kind == "counts" and found.source == 'layers["counts"]'
+    assert found.matrix is lognorm.layers["counts"]
+    del lognorm.layers["counts"]
     check = pp.detect_input(lognorm)
     assert check.kind == "lognorm" and "log-normalised" in check.reason
 
@@ -39,6 +44,28 @@ def test_qc_filter_removes_low_quality_cells(small_counts):
 def test_qc_filter_refuses_to_remove_everything(small_counts):
     with pytest.raises(ScamlError, match="QC removed every cell"):
         pp.qc_filter(small_counts.copy(), min_genes=10_000)
+
+
+def test_hvg_request_above_the_panel_uses_every_gene(small_counts):
+    from scaml import _utils
+
+    adata = small_counts.copy()
+    pp.normalize_log1p(adata)
+    start = len(_utils.WARNINGS)
+    mask = pp.highly_variable_genes(adata.X, adata.n_vars + 500, batch=adata.obs["batch"])
+    assert mask.all() and mask.size == adata.n_vars
+    new = _utils.WARNINGS[start:]
+    assert len(new) == 1 and f"only {adata.n_vars} genes" in new[0]
+    # exactly the panel size: every gene, no warning
+    assert pp.highly_variable_genes(adata.X, adata.n_vars).all()
+    assert len(_utils.WARNINGS) == start + 1
+
+
+def test_negative_values_are_refused(small_counts):
+    scaled = small_counts.copy()
+    scaled.X = scaled.X.toarray() - 1.0
+    with pytest.raises(ScamlError, match="negative values"):
+        pp.find_expression(scaled)
 
 
 def test_hvg_and_pca(small_counts):

@@ -228,8 +228,33 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
 
 
 
+def h5ad_safe_value(value: Any) -> Any:
+    """A JSON-like value that h5ad can store: None becomes the string ``"None"``, numpy values plain."""
+    value = jsonable(value)
+    if isinstance(value, dict):
+        return {k: h5ad_safe_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [h5ad_safe_value(v) for v in value]
+    return "None" if value is None else value
+
+
+def h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
+    """Make ``adata`` writable as h5ad, in place: object columns of obs/var as strings, sparse X as CSR.
+
+    Returns ``adata``.
+    """
+    for frame in (adata.obs, adata.var):
+        for column in frame.columns:
+            if frame[column].dtype == object:
+                frame[column] = frame[column].astype(str)
+    if sp.issparse(adata.X) and not isinstance(adata.X, sp.csr_matrix):
+        adata.X = sp.csr_matrix(adata.X)
+    return adata
+
+
 def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
-    """Write ``adata`` to ``path`` atomically (temp file + rename)."""
+    """Write ``adata`` (made h5ad-safe with :func:`h5ad_safe`) to ``path`` atomically (temp file + rename)."""
+    h5ad_safe(adata)
     return write_atomic(path, lambda tmp: adata.write_h5ad(tmp))
 
 

@@ -70,55 +70,125 @@ def log_normalize(matrix: Any, target_sum: float = 1e4) -> Any:
     return np.log1p(X, out=X)
 
 
-def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto") -> InputCheck:
-    """Decide whether ``adata.X`` holds raw counts or log-normalised values.
+@dataclass(frozen=True)
+class Expression:
+    """The expression matrix a command reads, and what it holds.
+
+    Attributes
+    ----------
+    matrix
+        Cells x genes, as stored (not copied).
+    kind
+        ``"counts"`` (raw or counts-like) or ``"lognorm"`` (log-normalised).
+    source
+        ``'layers["counts"]'``, ``"X"`` or ``'layers["<name>"]'``.
+    reason
+        Why this matrix and kind were assumed (printed and saved with results).
+    """
+
+    matrix: Any
+    kind: InputKind
+    source: str
+    reason: str
+
+
+def find_expression(
+    adata: ad.AnnData,
+    expected: Literal["auto", "counts", "normalized"] = "auto",
+    *,
+    layer: str | None = None,
+) -> Expression:
+    """The one rule every scaml command uses to find its expression matrix and tell counts from log data.
+
+    ``layers["counts"]`` is read when it holds counts (otherwise a warning and ``X``); then ``X``:
+    non-negative integers are raw counts; non-integer values far above log scale
+    (> :data:`LOG_SCALE_MAX`, e.g. estimated counts) are taken as counts with a warning; anything
+    else non-negative is log-normalised; negative values (scaled data) are refused.
 
     Parameters
     ----------
     adata
-        The data.
+        The data (not modified).
     expected
-        ``"auto"`` detects; ``"counts"`` requires raw counts (non-negative
-        integers) and raises otherwise; ``"normalized"`` takes X as
-        log-normalised without checking for integers.
+        ``"auto"`` detects; ``"counts"`` requires raw (integer) counts and raises otherwise;
+        ``"normalized"`` takes ``X`` as log-normalised without checking for integers
+        (``layers["counts"]`` is then not read).
+    layer
+        Read this layer instead (it must exist); its kind is detected the same way.
 
     Returns
     -------
-    InputCheck
-        ``kind`` is ``"counts"`` or ``"lognorm"``.
+    Expression
 
     Raises
     ------
     ScamlError
-        X has negative values (scaled data), or counts were required and X is
-        not a count matrix.
+        A missing ``layer``, negative values, or counts required but not found.
     """
-    problem = count_matrix_problem(adata.X)
-    data = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)
+    from .errors import missing_key_error
+
+    if layer is not None:
+        if layer not in adata.layers:
+            raise missing_key_error(layer, adata.layers.keys(), "adata.layers", "--layer")
+        return _classify(adata.layers[layer], f"layers[{layer!r}]", expected)
+    if expected != "normalized" and "counts" in adata.layers:
+        is_counts, problem = counts_verdict(adata.layers["counts"])
+        if is_counts and (problem is None or expected == "auto"):
+            return _classify(adata.layers["counts"], 'layers["counts"]', expected)
+        warn(f'layers["counts"] does not hold raw counts ({problem}); reading X instead')
+    return _classify(adata.X, "X", expected)
+
+
+def _classify(X: Any, source: str, expected: str) -> Expression:
+    if X is None:
+        raise ScamlError(f"{source} is empty; put the expression matrix (raw counts preferred) in X.")
+    problem = count_matrix_problem(X)
+    data = X.data if sp.issparse(X) else np.asarray(X)
     if data.size and np.nanmin(data) < 0:
         raise ScamlError(
-            f"X holds negative values (min {float(np.nanmin(data)):.3g}): it looks scaled or batch-corrected, "
-            "not counts or log-normalised data. Put raw counts (or log-normalised values) in X, or pass an "
-            "existing embedding with --use-rep X_pca."
+            f"{source} holds negative values (min {float(np.nanmin(data)):.3g}): it looks scaled or batch-corrected, "
+            "not counts or log-normalised data. Put raw counts (or log-normalised values) in X or layers['counts'], "
+            "or pass an existing embedding (e.g. --use-rep X_pca, --embedding X_pca)."
         )
     if expected == "counts":
         if problem is not None:
             raise ScamlError(
-                f"counts are required but X is not a raw count matrix: {problem}. Put raw counts in X "
-                "(e.g. adata.X = adata.layers['counts']), or run with --input normalized for log-normalised data."
+                f"counts are required but {source} is not a raw count matrix: {problem}. Put raw counts in X or "
+                "layers['counts'] (e.g. adata.X = adata.layers['counts']), or use log-normalised data with "
+                "--input-kind normalized where the command takes it."
             )
-        return InputCheck("counts", "X holds non-negative integers (required by --input counts)")
+        return Expression(X, "counts", source, f"{source} holds non-negative integers (counts required)")
     if expected == "normalized":
-        return InputCheck("lognorm", "X taken as log-normalised (--input normalized)")
+        return Expression(X, "lognorm", source, f"{source} taken as log-normalised (--input-kind normalized)")
     if problem is None:
-        return InputCheck("counts", "X holds non-negative integers, taken as raw counts")
-    counts_like, _ = counts_verdict(adata.X)
+        return Expression(X, "counts", source, f"{source} holds non-negative integers, taken as raw counts")
+    counts_like, _ = counts_verdict(X)
     if counts_like:
         top = float(data.max())
-        warn(f"X is not integer ({problem}) but reaches {top:.4g}, far above log-normalised values: "
-             "taken as (non-integer) counts; pass --input normalized if it is normalised data")
-        return InputCheck("counts", f"X holds non-integer values up to {top:.4g}, taken as counts")
-    return InputCheck("lognorm", f"X is not raw counts ({problem}); taken as log-normalised")
+        warn(f"{source} is not integer ({problem}) but reaches {top:.4g}, far above log-normalised values: "
+             "taken as (non-integer) counts; pass --input-kind normalized if it is normalised data")
+        return Expression(X, "counts", source, f"{source} holds non-integer values up to {top:.4g}, taken as counts")
+    return Expression(X, "lognorm", source, f"{source} is not raw counts ({problem}); taken as log-normalised")
+
+
+def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto") -> InputCheck:
+    """What :func:`find_expression` finds, as an :class:`InputCheck` (kind and reason)."""
+    found = find_expression(adata, expected)
+    return InputCheck(found.kind, found.reason)
+
+
+def lognormalized(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto",
+                  target_sum: float = 1e4) -> tuple[Any, Expression]:
+    """Log-normalised expression of every cell: counts normalised to ``target_sum`` and log1p, log data as is.
+
+    Returns the float32 matrix (sparse stays sparse, a copy) and the :class:`Expression` it came from.
+    """
+    found = find_expression(adata, expected)
+    if found.kind == "counts":
+        return log_normalize(found.matrix, target_sum), found
+    X = found.matrix
+    X = sp.csr_matrix(X, dtype=np.float32, copy=True) if sp.issparse(X) else np.array(X, dtype=np.float32)
+    return X, found
 
 
 def qc_filter(
@@ -195,19 +265,75 @@ def normalize_log1p(adata: ad.AnnData, target_sum: float = 1e4) -> None:
     sc.pp.log1p(adata)
 
 
-def select_hvg(adata: ad.AnnData, n_top_genes: int = 2000, batch_key: str | None = None) -> int:
-    """Mark highly variable genes (Seurat flavour on log data), selected per batch when ``batch_key`` is given.
+def highly_variable_genes(
+    lognorm: Any,
+    n_top_genes: int,
+    *,
+    batch: Any = None,
+    var_names: Sequence[str] | None = None,
+) -> np.ndarray:
+    """The one HVG rule: the ``n_top_genes`` Seurat-flavour highly variable genes of log-normalised data.
 
-    Returns the number of genes marked in ``var["highly_variable"]``.
+    scanpy's ``highly_variable_genes(flavor="seurat")``, per batch when ``batch`` is given (genes
+    ranked by the number of batches in which they are variable). When ``n_top_genes`` is at least
+    the number of genes every gene is kept, with a warning when it is larger (as scanpy does).
+
+    Parameters
+    ----------
+    lognorm
+        Cells x genes, log-normalised (sparse or dense).
+    n_top_genes
+        Genes to select (at least 1).
+    batch
+        One batch label per cell, or None. Batches of fewer than 2 cells make the selection
+        run over all cells.
+    var_names
+        Gene names (only for the messages and scanpy's table).
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask over the genes.
     """
+    import pandas as pd
     import scanpy as sc
 
-    n_top = min(n_top_genes, adata.n_vars)
-    if batch_key is not None and adata.obs[batch_key].value_counts().min() < 2:
-        info(f"a batch of {batch_key!r} has fewer than 2 cells; selecting HVGs over all cells")
-        batch_key = None
-    sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor="seurat", batch_key=batch_key)
-    return int(adata.var["highly_variable"].sum())
+    n_genes = int(lognorm.shape[1])
+    if int(n_top_genes) < 1:
+        raise ScamlError(f"the number of highly variable genes must be at least 1; got {n_top_genes}.")
+    if int(n_top_genes) >= n_genes:
+        if int(n_top_genes) > n_genes:
+            warn(f"{n_top_genes} highly variable genes were asked for but the data has only {n_genes} genes: "
+                 f"using all {n_genes} genes")
+        return np.ones(n_genes, dtype=bool)
+    obs = pd.DataFrame(index=[str(i) for i in range(lognorm.shape[0])])
+    batch_key = None
+    if batch is not None:
+        labels = pd.Series(np.asarray(batch).astype(str), index=obs.index)
+        if labels.nunique() > 1 and labels.value_counts().min() >= 2:
+            obs["batch"], batch_key = labels.astype("category"), "batch"
+        elif labels.nunique() > 1:
+            info("a batch has fewer than 2 cells; selecting highly variable genes over all cells")
+    names = [str(g) for g in var_names] if var_names is not None else [f"g{i}" for i in range(n_genes)]
+    tmp = ad.AnnData(X=lognorm, obs=obs, var=pd.DataFrame(index=pd.Index(names).astype(str)))
+    tmp.var_names_make_unique()
+    table = sc.pp.highly_variable_genes(tmp, n_top_genes=int(n_top_genes), flavor="seurat",
+                                        batch_key=batch_key, inplace=False)
+    mask = np.asarray(table["highly_variable"], dtype=bool)
+    if mask.sum() < int(n_top_genes):
+        warn(f"only {int(mask.sum())} genes vary in these cells; using those instead of {n_top_genes}")
+    return mask
+
+
+def select_hvg(adata: ad.AnnData, n_top_genes: int = 2000, batch_key: str | None = None) -> int:
+    """Mark highly variable genes of log-normalised ``X`` in ``var["highly_variable"]`` (:func:`highly_variable_genes`).
+
+    Returns the number of genes marked.
+    """
+    batch = adata.obs[batch_key].to_numpy() if batch_key is not None else None
+    mask = highly_variable_genes(adata.X, n_top_genes, batch=batch, var_names=adata.var_names)
+    adata.var["highly_variable"] = mask
+    return int(mask.sum())
 
 
 def run_pca(adata: ad.AnnData, n_comps: int = 30, *, random_state: int = 0, max_value: float = 10.0) -> None:

@@ -22,61 +22,12 @@ import pandas as pd
 from ._utils import info, warn
 from .errors import ScamlError
 from .io import check_finite
-
-#: Above this many reference cells, approximate neighbours (pynndescent) are used with ``method="auto"``.
-EXACT_MAX_REFERENCE_CELLS = 100_000
+from .neighbors import query_neighbors
 
 
 def _as_embedding(x: Any, what: str) -> np.ndarray:
     arr = check_finite(x, what)
     return np.ascontiguousarray(arr, dtype=np.float32)
-
-
-def knn_query(
-    ref_embedding: np.ndarray,
-    query_embedding: np.ndarray,
-    n_neighbors: int,
-    *,
-    method: str = "auto",
-    random_state: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean nearest reference cells of each query cell.
-
-    Parameters
-    ----------
-    ref_embedding, query_embedding
-        Cells x dimensions arrays with the same number of dimensions.
-    n_neighbors
-        Neighbours per query cell (at most the number of reference cells).
-    method
-        ``"exact"`` (scikit-learn), ``"pynndescent"`` (approximate), or ``"auto"``
-        (exact up to :data:`EXACT_MAX_REFERENCE_CELLS` reference cells).
-    random_state
-        Seed of the approximate search.
-
-    Returns
-    -------
-    distances, indices
-        Query cells x ``n_neighbors`` arrays, nearest first.
-    """
-    if method not in ("auto", "exact", "pynndescent"):
-        raise ScamlError(f"unknown neighbour search method {method!r}; use 'auto', 'exact' or 'pynndescent'.")
-    if method == "auto":
-        method = "exact" if ref_embedding.shape[0] <= EXACT_MAX_REFERENCE_CELLS else "pynndescent"
-    if method == "exact":
-        from sklearn.neighbors import NearestNeighbors
-
-        nn = NearestNeighbors(n_neighbors=n_neighbors, algorithm="auto", metric="euclidean")
-        nn.fit(ref_embedding)
-        distances, indices = nn.kneighbors(query_embedding)
-    else:
-        from pynndescent import NNDescent
-
-        index = NNDescent(
-            ref_embedding, metric="euclidean", n_neighbors=max(n_neighbors, 15), random_state=random_state
-        )
-        indices, distances = index.query(query_embedding, k=n_neighbors)
-    return np.asarray(distances, dtype=np.float64), np.asarray(indices, dtype=np.int64)
 
 
 def knn_weights(distances: np.ndarray) -> np.ndarray:
@@ -128,7 +79,7 @@ def transfer_labels(
     unknown_label
         The label of uncertain calls.
     method
-        Neighbour search: ``"auto"``, ``"exact"`` or ``"pynndescent"`` (see :func:`knn_query`).
+        Neighbour search: ``"auto"``, ``"exact"`` or ``"pynndescent"`` (see :func:`scaml.neighbors.query_neighbors`).
     return_probabilities
         Also return the query cells x labels probability table.
     query_index
@@ -188,7 +139,7 @@ def transfer_labels(
     if query.shape[0] == 0:
         proba = np.zeros((0, classes.size))
     else:
-        distances, indices = knn_query(ref, query, k, method=method, random_state=random_state)
+        distances, indices = query_neighbors(ref, query, k, method=method, random_state=random_state)
         weights = knn_weights(distances)
         neighbour_codes = codes[indices]
         rows = np.repeat(np.arange(query.shape[0]), k)

@@ -12,12 +12,12 @@ AnnData-level entry points are :func:`evaluate_embeddings` (a table) and
 
 from __future__ import annotations
 
+from ..neighbors import Neighbors, compute_neighbors, umap_connectivities
 from .clustering import isolated_label_asw, isolated_labels, leiden, nmi_ari_leiden_sweep
 from .evaluate import embedding_metrics, evaluate, evaluate_embeddings
 from .graph import graph_connectivity
 from .kbet import kbet_per_label, kbet_test
 from .lisi import clisi_scaled, ilisi_scaled, lisi_from_neighbors
-from .neighbors import Neighbors, compute_neighbors, umap_connectivities
 from .pcr import pc_regression, pcr_comparison
 from .plot import plot_metrics
 from .silhouette import batch_asw, label_asw, silhouette_samples

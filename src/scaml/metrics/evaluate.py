@@ -14,11 +14,11 @@ import pandas as pd
 
 from .._utils import Timer, info
 from ..errors import ScamlError
+from ..neighbors import compute_neighbors, umap_connectivities
 from .clustering import DEFAULT_RESOLUTIONS, isolated_label_asw, nmi_ari_leiden_sweep
 from .graph import graph_connectivity
 from .kbet import kbet_per_label
 from .lisi import clisi_scaled, ilisi_scaled, inverse_simpson, lisi_weights
-from .neighbors import compute_neighbors, umap_connectivities
 from .pcr import pcr_comparison
 from .silhouette import batch_asw, group_means, silhouette_samples, stratified_rows
 from .summary import BATCH_METRICS, BIO_METRICS, metrics_table, summarize

@@ -7,7 +7,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from .neighbors import Neighbors
+from ..neighbors import Neighbors
 
 #: Neighbours per cell in the graph, the cell excluded (scanpy's n_neighbors=15 counts the cell).
 GRAPH_K = 14

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .neighbors import Neighbors
+from ..neighbors import Neighbors
 
 
 def kbet_test(neighbor_batches: np.ndarray, expected_freq: np.ndarray, alpha: float = 0.05) -> tuple[float, np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .neighbors import Neighbors
+from ..neighbors import Neighbors
 
 
 def lisi_from_neighbors(
