@@ -6,22 +6,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import anndata as ad
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
 
-matplotlib.use("Agg")  # figures are files; no display needed
-
-import anndata as ad  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-
-from .io import save_figure  # noqa: E402
-
-plt.rcParams.update({
-    "font.size": 11, "axes.titlesize": 13, "axes.labelsize": 11, "legend.fontsize": 9,
-    "figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False,
-})
+from .io import save_figure
+from .style import styled
 
 
 def categorical_colors(n: int) -> list:
@@ -80,6 +72,7 @@ def scatter_categories(
                   frameon=False, ncol=1 if len(cats) <= 14 else 2, title=None)
 
 
+@styled
 def plot_integration_panels(
     adata: ad.AnnData,
     batch_key: str,
@@ -104,6 +97,7 @@ def plot_integration_panels(
     return save_figure(fig, path)
 
 
+@styled
 def plot_objective(objective: Sequence[float], path: str | os.PathLike, *, title: str = "Harmony objective") -> Path:
     """Line plot of the Harmony objective after each iteration."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -117,6 +111,7 @@ def plot_objective(objective: Sequence[float], path: str | os.PathLike, *, title
     return save_figure(fig, path)
 
 
+@styled
 def plot_gene_umaps(
     adata: ad.AnnData,
     genes: Sequence[str],
@@ -154,6 +149,7 @@ def plot_gene_umaps(
     return save_figure(fig, path)
 
 
+@styled
 def plot_marker_dotplot(adata: ad.AnnData, path: str | os.PathLike, *, groupby: str = "leiden",
                         n_genes: int = 3, key: str = "rank_genes_groups") -> Path:
     """scanpy's dot plot of the top ``n_genes`` Wilcoxon markers per cluster."""

@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    from ..style import use_file_backend
+
+    use_file_backend()  # the command writes figures to files only
     was_quiet = is_quiet()
     set_quiet(getattr(args, "quiet", False))
     try:
