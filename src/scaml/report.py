@@ -929,3 +929,27 @@ def write_report(outdir: str | os.PathLike, *, title: str | None = None) -> Path
     """
     page = render_report(outdir, title=title)
     return write_text(page, Path(outdir) / REPORT_FILE)
+
+
+def maybe_write_report(outdir: str | os.PathLike, *, title: str | None = None) -> Path | None:
+    """Write ``outdir/report.html`` at the end of a run; a failure becomes a warning, never an error.
+
+    Every library function that writes an output directory calls this last, so a run from a
+    notebook gets the same report as one from the command line. The report's path is printed.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The report's path, or None when it could not be written.
+    """
+    from ._utils import info, warn
+
+    if not Path(outdir).is_dir():
+        return None
+    try:
+        path = write_report(outdir, title=title)
+    except Exception as exc:  # noqa: BLE001 - the run succeeded; a broken report must not fail it
+        warn(f"could not write the HTML report in {str(outdir)!r}: {type(exc).__name__}: {exc}")
+        return None
+    info(f"report: {path}")
+    return path
