@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     parser.add_argument("--n-batches", type=int, default=4)
     parser.add_argument("--n-labels", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2, help="thread limit (BLAS, OpenMP, torch); 0 = no limit")
-    parser.add_argument("--neighbor-method", default="exact", choices=["exact", "pynndescent"])
+    parser.add_argument("--neighbor-method", default="exact", choices=["auto", "exact", "pynndescent"])
     parser.add_argument("--asw-max-cells", type=int, default=None,
                         help="silhouettes from a stratified sample of about this many cells (default: exact)")
     parser.add_argument("--peer-python", help="python of a venv with scib-metrics, to compare with")

@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--n-neighbors", type=int, default=15,
                    help="neighbours (counting the cell) for graph connectivity and Leiden (default 15)")
     p.add_argument("--perplexity", type=float, default=30, help="LISI perplexity (default 30)")
-    p.add_argument("--neighbor-method", choices=["exact", "pynndescent"], default="exact",
-                   help="nearest-neighbour search (default exact)")
+    p.add_argument("--neighbor-method", choices=["auto", "exact", "pynndescent"], default="auto",
+                   help="nearest-neighbour search (default auto: exact up to 50,000 cells, pynndescent above)")
     p.add_argument("--asw-max-cells", type=int, default=None, metavar="N",
                    help="above N cells, silhouette metrics use a stratified sample of about N cells (default: all)")
     p.add_argument("--subsample", type=int, default=None, metavar="N",

@@ -52,7 +52,7 @@ def embedding_metrics(
     n_neighbors: int = 15,
     perplexity: float = 30,
     resolutions: Sequence[float] = DEFAULT_RESOLUTIONS,
-    neighbor_method: str = "exact",
+    neighbor_method: str = "auto",
     asw_max_cells: int | None = None,
     random_state: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -76,7 +76,9 @@ def embedding_metrics(
     resolutions
         Leiden resolutions of the NMI / ARI sweep.
     neighbor_method
-        ``"exact"`` or ``"pynndescent"`` (see :func:`compute_neighbors`).
+        ``"auto"`` (exact up to 50,000 cells, pynndescent above), ``"exact"`` or
+        ``"pynndescent"`` (see :func:`scaml.neighbors.compute_neighbors`); the
+        ``neighbor_method`` of the result says which search ran.
     asw_max_cells
         With more cells than this, the silhouette metrics (label ASW, batch ASW,
         isolated label) average the exact silhouettes of a stratified random
@@ -107,6 +109,7 @@ def embedding_metrics(
     k = max(int(round(3 * perplexity)), n_neighbors)
     with timed("neighbors"):
         nb = compute_neighbors(X, k, method=neighbor_method, random_state=random_state)
+    out["neighbor_method"] = nb.method  # the search that ran ("auto" resolved)
     graph_k = min(n_neighbors - 1, nb.k)
 
     # --- batch mixing
@@ -209,7 +212,7 @@ def evaluate_embeddings(
     reference: str | None = "X_pca",
     n_neighbors: int = 15,
     perplexity: float = 30,
-    neighbor_method: str = "exact",
+    neighbor_method: str = "auto",
     asw_max_cells: int | None = None,
     random_state: int = 0,
     subsample: int | None = None,
@@ -242,7 +245,7 @@ def evaluate_embeddings(
     perplexity
         LISI perplexity (neighbourhoods of ``3 * perplexity`` cells).
     neighbor_method
-        ``"exact"`` or ``"pynndescent"``.
+        ``"auto"`` (exact up to 50,000 cells, pynndescent above), ``"exact"`` or ``"pynndescent"``.
     asw_max_cells
         Above this many cells, the silhouette metrics use the exact silhouettes
         of a stratified random sample of about this many cells (said in the

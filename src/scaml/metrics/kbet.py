@@ -8,11 +8,11 @@ random sampling would.
 
 scIB runs kBET within each cell-type label, with ``k0`` a quarter of the mean
 batch size of that label (clipped to 10..70), and averages the acceptance rates
-over labels. Here the within-label neighbours are exact: for each cell, the
-first ``k0`` cells of its own label in the shared (sorted) neighbour list are
-its ``k0`` nearest neighbours within the label; the few cells with fewer than
-``k0`` same-label cells among their shared neighbours get an exact search
-within the label. Every cell is tested (the R package tests repeated random
+over labels. Here the within-label neighbours come from the shared search: for
+each cell, the first ``k0`` cells of its own label in the shared (sorted)
+neighbour list are its ``k0`` nearest neighbours within the label (exact when
+the shared search is); the few cells with fewer than ``k0`` same-label cells
+among their shared neighbours get an exact search within the label. Every cell is tested (the R package tests repeated random
 10% samples: the same expected rate, without sampling noise). scIB's graph
 diffusion step (and scib-metrics' diffusion-map neighbours), needed only for
 methods that output a graph and no embedding, is not used, so values differ
@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..neighbors import Neighbors
+from ..neighbors import Neighbors, query_neighbors
 
 
 def kbet_test(neighbor_batches: np.ndarray, expected_freq: np.ndarray, alpha: float = 0.05) -> tuple[float, np.ndarray, np.ndarray]:
@@ -67,7 +67,14 @@ def kbet_k0(batches: np.ndarray) -> int:
 
 
 def _within_group_neighbors(X: np.ndarray, neighbors: Neighbors, cells: np.ndarray, k0: int) -> np.ndarray:
-    """The ``k0`` nearest neighbours of each of ``cells`` among ``cells`` (positions into ``cells``)."""
+    """The ``k0`` nearest neighbours of each of ``cells`` among ``cells`` (positions into ``cells``).
+
+    Read from the shared neighbour lists where they hold ``k0`` cells of the group; the other
+    cells get an exact search within the group (:func:`scaml.neighbors.query_neighbors`), which
+    the shared lists cannot answer. With an exact shared search the result is that of an exact
+    search within the group alone (cells at exactly equal distance may be ordered differently);
+    with an approximate one (pynndescent) it is as good as the shared lists.
+    """
     n_all = neighbors.n_cells
     position = np.full(n_all, -1, dtype=np.int64)
     position[cells] = np.arange(cells.size)
@@ -80,11 +87,9 @@ def _within_group_neighbors(X: np.ndarray, neighbors: Neighbors, cells: np.ndarr
     out[enough] = pos[enough][take[enough]].reshape(-1, k0)
     short = np.flatnonzero(~enough)
     if short.size:
-        from sklearn.neighbors import NearestNeighbors
-
+        # exact search within the label, for these cells only (the query search of scaml.neighbors)
         Xg = np.asarray(X[cells], dtype=np.float32)
-        nn = NearestNeighbors(n_neighbors=k0 + 1, algorithm="brute").fit(Xg)
-        idx = nn.kneighbors(Xg[short], return_distance=False)
+        _, idx = query_neighbors(Xg, Xg[short], k0 + 1, method="exact")
         is_self = idx == short[:, None]
         is_self[~is_self.any(axis=1), -1] = True
         out[short] = idx[~is_self].reshape(short.size, k0)
