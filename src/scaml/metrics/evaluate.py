@@ -14,7 +14,7 @@ import pandas as pd
 
 from .._utils import Timer, info
 from ..errors import ScamlError
-from ..neighbors import compute_neighbors, umap_connectivities
+from ..neighbors import Neighbors, compute_neighbors, umap_connectivities
 from .clustering import DEFAULT_RESOLUTIONS, isolated_label_asw, nmi_ari_leiden_sweep
 from .graph import graph_connectivity
 from .kbet import kbet_per_label
@@ -95,59 +95,86 @@ def embedding_metrics(
         ``timings`` (wall seconds per step), ``cpu_timings`` (CPU seconds per step), ``per_label`` (a DataFrame) and ``leiden_sweep``.
     """
     timed = _Steps()
-    notes: list[str] = []
-    out: dict[str, Any] = {m: float("nan") for m in (*BATCH_METRICS, *BIO_METRICS)}
-    b_codes = pd.factorize(np.asarray(batches), sort=True)[0]
-    n_batches = int(b_codes.max()) + 1
-    has_labels = labels is not None
-    l_codes = pd.factorize(np.asarray(labels), sort=True)[0] if has_labels else None
-    l_names = np.asarray(pd.factorize(np.asarray(labels), sort=True)[1]) if has_labels else None
-    n_labels = int(l_codes.max()) + 1 if has_labels else 0
-    out.update(n_cells=X.shape[0], n_dims=X.shape[1], n_batches=n_batches,
-               n_labels=n_labels if has_labels else np.nan, neighbor_method=neighbor_method)
-
+    run = _Run(X, batches, labels, timed)
+    out = run.out
     k = max(int(round(3 * perplexity)), n_neighbors)
     with timed("neighbors"):
         nb = compute_neighbors(X, k, method=neighbor_method, random_state=random_state)
-    out["neighbor_method"] = nb.method  # the search that ran ("auto" resolved)
+    out.update(n_cells=X.shape[0], n_dims=X.shape[1], n_batches=run.n_batches,
+               n_labels=run.n_labels if run.has_labels else np.nan, neighbor_method=nb.method)
     graph_k = min(n_neighbors - 1, nb.k)
-
-    # --- batch mixing
     with timed("lisi_kernel"):
-        lisi_p, lisi_idx = lisi_weights(nb, perplexity)
+        lisi = lisi_weights(nb, perplexity)
+    _batch_correction(run, nb, lisi, graph_k, X_reference, asw_max_cells, random_state)
+    _bio_conservation(run, nb, lisi, graph_k, resolutions, random_state)
+    return _finish(run)
+
+
+class _Run:
+    """One embedding's inputs (coded), results, notes and timings, shared by the steps of :func:`embedding_metrics`."""
+
+    def __init__(self, X: np.ndarray, batches: np.ndarray, labels: np.ndarray | None, timed: _Steps) -> None:
+        self.X = X
+        self.timed = timed
+        self.notes: list[str] = []
+        self.per_label: list[pd.DataFrame] = []
+        self.sweep: pd.DataFrame | None = None
+        self.out: dict[str, Any] = {m: float("nan") for m in (*BATCH_METRICS, *BIO_METRICS)}
+        self.b_codes = pd.factorize(np.asarray(batches), sort=True)[0]
+        self.n_batches = int(self.b_codes.max()) + 1
+        self.has_labels = labels is not None
+        self.l_codes: np.ndarray | None = None
+        self.n_labels = 0
+        if labels is not None:
+            codes, names = pd.factorize(np.asarray(labels), sort=True)
+            self.l_codes = codes
+            self.n_labels = int(codes.max()) + 1
+            #: each cell's label (all cells one group without labels), for the per-label metrics
+            self.group_names = np.asarray(names)[codes]
+        else:
+            self.group_names = np.full(X.shape[0], "all cells")
+        self.fraction = 1.0
+
+
+def _batch_correction(
+    run: _Run,
+    nb: Neighbors,
+    lisi: tuple[np.ndarray, np.ndarray],
+    graph_k: int,
+    X_reference: np.ndarray | None,
+    asw_max_cells: int | None,
+    random_state: int,
+) -> None:
+    """iLISI, kBET, batch ASW, graph connectivity and PCR comparison, into ``run``."""
+    X, out, notes, timed = run.X, run.out, run.notes, run.timed
+    b_codes, n_batches = run.b_codes, run.n_batches
     with timed("ilisi"):
-        lisi_b = inverse_simpson(lisi_p, lisi_idx, b_codes)
+        lisi_b = inverse_simpson(*lisi, b_codes)
         out["ilisi_median"] = float(np.nanmedian(lisi_b))
         if n_batches > 1:
             out["ilisi"] = ilisi_scaled(lisi_b, n_batches)
     if n_batches < 2:
         notes.append("one batch only: iLISI, kBET, batch ASW and PCR comparison need two or more batches")
-    group_names = l_names[l_codes] if has_labels else np.full(X.shape[0], "all cells")
-    if not has_labels:
+    if not run.has_labels:
         notes.append("no label key: kBET, batch ASW and graph connectivity treat all cells as one group; "
                       "bio-conservation metrics need a label key")
-    per_label = []
     with timed("kbet"):
         if n_batches > 1:
-            out["kbet"], tab, kb_notes = kbet_per_label(X, nb, b_codes, group_names)
+            out["kbet"], tab, kb_notes = kbet_per_label(X, nb, b_codes, run.group_names)
             notes += kb_notes
-            per_label.append(tab.set_index("label")[["n_cells", "n_batches", "k0", "acceptance_rate"]]
-                             .rename(columns={"acceptance_rate": "kbet"}))
-    n = X.shape[0]
-    fraction = 1.0 if not asw_max_cells or n <= asw_max_cells else asw_max_cells / n
-    if fraction < 1:
-        notes.append(f"silhouette metrics (label ASW, batch ASW, isolated label) average the exact silhouettes "
-                     f"of a stratified random {fraction:.0%} of the cells (asw_max_cells={asw_max_cells})")
+            run.per_label.append(tab.set_index("label")[["n_cells", "n_batches", "k0", "acceptance_rate"]]
+                                 .rename(columns={"acceptance_rate": "kbet"}))
+    run.fraction = _silhouette_fraction(X.shape[0], asw_max_cells, notes)
     with timed("batch_asw"):
         if n_batches > 1:
-            out["batch_asw"], tab, asw_notes = batch_asw(X, b_codes, group_names, fraction=fraction,
+            out["batch_asw"], tab, asw_notes = batch_asw(X, b_codes, run.group_names, fraction=run.fraction,
                                                          random_state=random_state)
             notes += asw_notes
-            per_label.append(tab.set_index("label")[["batch_asw"]])
+            run.per_label.append(tab.set_index("label")[["batch_asw"]])
     with timed("graph_connectivity"):
-        out["graph_connectivity"], tab = graph_connectivity(nb, group_names, k=graph_k)
-        per_label.append(tab.set_index("label")[["largest_component_fraction"]]
-                         .rename(columns={"largest_component_fraction": "graph_connectivity"}))
+        out["graph_connectivity"], tab = graph_connectivity(nb, run.group_names, k=graph_k)
+        run.per_label.append(tab.set_index("label")[["largest_component_fraction"]]
+                             .rename(columns={"largest_component_fraction": "graph_connectivity"}))
     with timed("pcr_comparison"):
         if X_reference is None:
             notes.append("PCR comparison: no unintegrated reference embedding given")
@@ -157,44 +184,75 @@ def embedding_metrics(
             if X_reference is X or (X_reference.shape == X.shape and np.array_equal(X_reference, X)):
                 notes.append("PCR comparison of the reference embedding with itself is 0 by definition")
 
-    # --- bio conservation
-    sweep = None
-    if has_labels and n_labels < 2:
+
+def _silhouette_fraction(n_cells: int, asw_max_cells: int | None, notes: list[str]) -> float:
+    """Fraction of the cells whose silhouettes the ASW metrics average (1: all), with a note when sampled."""
+    fraction = 1.0 if not asw_max_cells or n_cells <= asw_max_cells else asw_max_cells / n_cells
+    if fraction < 1:
+        notes.append(f"silhouette metrics (label ASW, batch ASW, isolated label) average the exact silhouettes "
+                     f"of a stratified random {fraction:.0%} of the cells (asw_max_cells={asw_max_cells})")
+    return fraction
+
+
+def _bio_conservation(
+    run: _Run,
+    nb: Neighbors,
+    lisi: tuple[np.ndarray, np.ndarray],
+    graph_k: int,
+    resolutions: Sequence[float],
+    random_state: int,
+) -> None:
+    """cLISI, NMI and ARI of Leiden clusters, label ASW and isolated-label ASW, into ``run``."""
+    out, notes, timed = run.out, run.notes, run.timed
+    l_codes, n_labels = run.l_codes, run.n_labels
+    if l_codes is None:
+        return
+    if n_labels < 2:
         notes.append("one label only: NMI, ARI, label ASW, cLISI and isolated label need two or more labels")
-    if has_labels:
-        with timed("clisi"):
-            lisi_l = inverse_simpson(lisi_p, lisi_idx, l_codes)
-            out["clisi_median"] = float(np.nanmedian(lisi_l))
-            if n_labels > 1:
-                out["clisi"] = clisi_scaled(lisi_l, n_labels)
-    if has_labels and n_labels > 1:
-        with timed("nmi_ari"):
-            conn = umap_connectivities(nb, k=graph_k)
-            nmi, ari, res, sweep = nmi_ari_leiden_sweep(conn, l_codes, tuple(resolutions), random_state=random_state)
-            out.update(nmi=nmi, ari=ari, leiden_resolution=res,
-                       leiden_n_clusters=int(sweep.loc[sweep["resolution"] == res, "n_clusters"].iloc[0]))
-        with timed("label_asw"):
-            sil_rows = stratified_rows(l_codes, fraction, random_state=random_state)
-            sil = silhouette_samples(X, l_codes, rows=sil_rows)
-            per_label_sil = group_means(sil, l_codes[sil_rows])  # indexed by label code
-            label_sizes = np.bincount(l_codes, minlength=n_labels)[per_label_sil.index]
-            mean_sil = float(np.dot(per_label_sil, label_sizes) / label_sizes.sum())
-            out["label_asw"] = (mean_sil + 1) / 2  # scIB scaling, as label_asw()
-        with timed("isolated_label"):
-            if n_batches > 1:
-                out["isolated_label"], iso_notes = isolated_label_asw(sil, group_names[sil_rows], b_codes[sil_rows],
-                                                                      all_labels=group_names, all_batches=b_codes)
-                notes += iso_notes
-            else:
-                notes.append("isolated label needs two or more batches")
+    with timed("clisi"):
+        lisi_l = inverse_simpson(*lisi, l_codes)
+        out["clisi_median"] = float(np.nanmedian(lisi_l))
+        if n_labels > 1:
+            out["clisi"] = clisi_scaled(lisi_l, n_labels)
+    if n_labels < 2:
+        return
+    with timed("nmi_ari"):
+        conn = umap_connectivities(nb, k=graph_k)
+        nmi, ari, res, sweep = nmi_ari_leiden_sweep(conn, l_codes, tuple(resolutions), random_state=random_state)
+        out.update(nmi=nmi, ari=ari, leiden_resolution=res,
+                   leiden_n_clusters=int(sweep.loc[sweep["resolution"] == res, "n_clusters"].iloc[0]))
+        run.sweep = sweep
+    with timed("label_asw"):
+        sil_rows = stratified_rows(l_codes, run.fraction, random_state=random_state)
+        sil = silhouette_samples(run.X, l_codes, rows=sil_rows)
+        per_label_sil = group_means(sil, l_codes[sil_rows])  # indexed by label code
+        label_sizes = np.bincount(l_codes, minlength=n_labels)[per_label_sil.index]
+        mean_sil = float(np.dot(per_label_sil, label_sizes) / label_sizes.sum())
+        out["label_asw"] = (mean_sil + 1) / 2  # scIB scaling, as label_asw()
+    with timed("isolated_label"):
+        if run.n_batches > 1:
+            out["isolated_label"], iso_notes = isolated_label_asw(
+                sil, run.group_names[sil_rows], run.b_codes[sil_rows],
+                all_labels=run.group_names, all_batches=run.b_codes,
+            )
+            notes += iso_notes
+        else:
+            notes.append("isolated label needs two or more batches")
+
+
+def _finish(run: _Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The summary scores, total time and notes in the metrics; the per-label table and the details."""
+    out = run.out
     scores, score_notes = summarize(out)
     out.update(scores)
-    notes += score_notes
-    out["seconds"] = round(sum(timed.seconds.values()), 3)
-    out["notes"] = notes
-    table = pd.concat(per_label, axis=1) if per_label else pd.DataFrame()
+    run.notes += score_notes
+    out["seconds"] = round(sum(run.timed.seconds.values()), 3)
+    out["notes"] = run.notes
+    table = pd.concat(run.per_label, axis=1) if run.per_label else pd.DataFrame()
     table.index.name = "label"
-    return out, {"timings": dict(timed.seconds), "cpu_timings": dict(timed.cpu_seconds), "per_label": table, "leiden_sweep": sweep}
+    details = {"timings": dict(run.timed.seconds), "cpu_timings": dict(run.timed.cpu_seconds),
+               "per_label": table, "leiden_sweep": run.sweep}
+    return out, details
 
 
 def _obs_column(adata, key: str, flag: str) -> pd.Series:
