@@ -12,7 +12,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anndata as ad
 import numpy as np
@@ -149,29 +149,12 @@ def run_split(
         ``unseen_test_classes`` and ``models`` (per model: metrics, plus in-memory
         ``predictions`` and ``proba`` DataFrames).
     """
-    index = {c: i for i, c in enumerate(classes)}
-    label_values = labels.to_numpy()
-    y_train = np.array([index[v] for v in label_values[train_rows]], dtype=np.int64)
-    y_test = np.array([index[v] for v in label_values[test_rows]], dtype=np.int64)
-    train_classes = np.unique(y_train)
-    if train_classes.size < 2:
-        raise ScamlError(
-            f"{name}: the training cells hold a single class ({classes[train_classes[0]]!r}); "
-            "a classifier needs at least two. Choose other --split-train levels or another --label-key."
-        )
-    unseen = [classes[k] for k in np.unique(y_test) if k not in set(train_classes.tolist())]
-    if unseen:
-        n_unseen = int(np.isin(y_test, [index[c] for c in unseen]).sum())
-        warn(
-            f"{name}: test classes unseen in training: {', '.join(unseen)} ({n_unseen} cells); "
-            "they are kept in every report and count as errors."
-        )
+    y_train, y_test, unseen = _encode_split(labels, classes, train_rows, test_rows, name)
     rows = np.concatenate([train_rows, test_rows])
     feats = build_features(
         adata, rows, train_rows, features=features, n_hvg=n_hvg, embedding=embedding, announce=announce
     )
     X_train, X_test = feats.X[: len(train_rows)], feats.X[len(train_rows):]
-    cells = adata.obs_names[test_rows].astype(str)
     counts = pd.DataFrame(
         {
             "train": np.bincount(y_train, minlength=len(classes)),
@@ -195,57 +178,127 @@ def run_split(
         write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(classes)), out / "classes.txt")
         write_text("".join(f"{f}\n" for f in feats.names), out / "features.txt")
         write_csv(counts, out / "class_counts.csv")
+    split_label = None
+    if split_key is not None:
+        split_label = adata.obs[split_key].iloc[test_rows].astype(str).to_numpy()
     with progress() as bar:
         task = bar.add_task(f"{name}", total=len(models), status="")
         for model in models:
             bar.update(task, status=f"fitting {model}")
-            start, cpu_start = time.perf_counter(), time.process_time()
-            proba, details = fit_predict_proba(
-                model, hyperparameters[model], X_train, y_train, X_test, len(classes),
-                class_weight=class_weight, random_state=random_state,
+            evaluated = _fit_evaluate(
+                model, hyperparameters[model], X_train, y_train, X_test, y_test, classes,
+                class_weight=class_weight, random_state=random_state, name=name,
             )
-            seconds = time.perf_counter() - start
-            cpu_seconds = time.process_time() - cpu_start
-            y_pred = proba.argmax(axis=1)
-            metrics = classification_metrics(y_test, y_pred, proba, classes, train_classes)
-            metrics.update(
-                model=model,
-                model_name=MODEL_NAMES[model],
-                n_train=int(len(train_rows)),
-                fit_predict_seconds=round(seconds, 3),
-                fit_predict_cpu_seconds=round(cpu_seconds, 3),
-                fit=details,
-                hyperparameters=hyperparameters[model],
-                class_weight=class_weight,
-                random_state=random_state,
+            metrics, predictions, proba_frame = _model_tables(
+                evaluated, y_test, classes, adata.obs_names[test_rows].astype(str), split_key, split_label
             )
-            if not details.get("converged", True):
-                warn(f"{name}: {model} did not fully converge (max_iter reached); results may improve with more iterations.")
-            predictions = pd.DataFrame(
-                {
-                    "cell": cells,
-                    "true_label": [classes[k] for k in y_test],
-                    "predicted_label": [classes[k] for k in y_pred],
-                    "true_index": y_test,
-                    "predicted_index": y_pred,
-                    "correct": y_test == y_pred,
-                    "max_probability": proba.max(axis=1),
-                }
-            )
-            if split_key is not None:
-                predictions.insert(1, split_key, adata.obs[split_key].iloc[test_rows].astype(str).to_numpy())
-            proba_frame = pd.DataFrame(proba, index=pd.Index(cells, name="cell"), columns=classes)
             if out is not None:
-                _write_model_artifacts(out / model, metrics, y_test, y_pred, classes, predictions, proba_frame)
+                _write_model_artifacts(out / model, metrics, y_test, evaluated["y_pred"], classes, predictions,
+                                       proba_frame)
             result["models"][model] = {**metrics, "predictions": predictions, "proba": proba_frame}
             info(
                 f"{name} {model}: accuracy {metrics['accuracy']:.3f}, F1 macro {metrics['f1_macro']:.3f}, "
-                f"ROC-AUC {metrics['roc_auc_macro_ovr']:.3f} ({seconds:.1f} s)"
+                f"ROC-AUC {metrics['roc_auc_macro_ovr']:.3f} ({metrics['fit_predict_seconds']:.1f} s)"
             )
             bar.advance(task)
     if out is not None:
         write_json(summary_of(result), out / "summary_metrics.json")
     return result
+
+
+def _encode_split(
+    labels: pd.Series, classes: list[str], train_rows: np.ndarray, test_rows: np.ndarray, name: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Encode the labels of a split; refuse a single training class, warn about unseen test classes.
+
+    Returns
+    -------
+    y_train, y_test, unseen
+        Class indices of the training and test cells, and the test classes absent from training.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    label_values = labels.to_numpy()
+    y_train = np.array([index[v] for v in label_values[train_rows]], dtype=np.int64)
+    y_test = np.array([index[v] for v in label_values[test_rows]], dtype=np.int64)
+    train_classes = np.unique(y_train)
+    if train_classes.size < 2:
+        raise ScamlError(
+            f"{name}: the training cells hold a single class ({classes[train_classes[0]]!r}); "
+            "a classifier needs at least two. Choose other --split-train levels or another --label-key."
+        )
+    unseen = [classes[k] for k in np.unique(y_test) if k not in set(train_classes.tolist())]
+    if unseen:
+        n_unseen = int(np.isin(y_test, [index[c] for c in unseen]).sum())
+        warn(
+            f"{name}: test classes unseen in training: {', '.join(unseen)} ({n_unseen} cells); "
+            "they are kept in every report and count as errors."
+        )
+    return y_train, y_test, unseen
+
+
+def _fit_evaluate(
+    model: str,
+    params: dict[str, Any],
+    X_train: Any,
+    y_train: np.ndarray,
+    X_test: Any,
+    y_test: np.ndarray,
+    classes: list[str],
+    *,
+    class_weight: str | None,
+    random_state: int,
+    name: str,
+) -> dict[str, Any]:
+    """Fit one model, predict the test cells and compute its metrics (with timings and fit details)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    proba, details = fit_predict_proba(
+        model, params, X_train, y_train, X_test, len(classes), class_weight=class_weight, random_state=random_state,
+    )
+    seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
+    y_pred = proba.argmax(axis=1)
+    metrics = classification_metrics(y_test, y_pred, proba, classes, np.unique(y_train))
+    metrics.update(
+        model=model,
+        model_name=MODEL_NAMES[model],
+        n_train=int(len(y_train)),
+        fit_predict_seconds=round(seconds, 3),
+        fit_predict_cpu_seconds=round(cpu_seconds, 3),
+        fit=details,
+        hyperparameters=params,
+        class_weight=class_weight,
+        random_state=random_state,
+    )
+    if not details.get("converged", True):
+        warn(f"{name}: {model} did not fully converge (max_iter reached); results may improve with more iterations.")
+    return {"metrics": metrics, "proba": proba, "y_pred": y_pred}
+
+
+def _model_tables(
+    evaluated: dict[str, Any],
+    y_test: np.ndarray,
+    classes: list[str],
+    cells: pd.Index,
+    split_key: str | None,
+    split_label: np.ndarray | None,
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """The metrics, the per-cell predictions table and the probability table of one fitted model."""
+    proba, y_pred = evaluated["proba"], evaluated["y_pred"]
+    predictions = pd.DataFrame(
+        {
+            "cell": cells,
+            "true_label": [classes[k] for k in y_test],
+            "predicted_label": [classes[k] for k in y_pred],
+            "true_index": y_test,
+            "predicted_index": y_pred,
+            "correct": y_test == y_pred,
+            "max_probability": proba.max(axis=1),
+        }
+    )
+    if split_key is not None:
+        predictions.insert(1, split_key, split_label)
+    proba_frame = pd.DataFrame(proba, index=pd.Index(cells, name="cell"), columns=classes)
+    return evaluated["metrics"], predictions, proba_frame
 
 
 def _write_model_artifacts(
@@ -293,6 +346,16 @@ def _strip(result: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the benchmark
 
+class SplitPlan(NamedTuple):
+    """One train -> test split of :func:`run_train`: its name, levels and (labelled) rows."""
+
+    name: str
+    train_levels: list[str]
+    test_levels: list[str]
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+
+
 def plan_splits(
     column: pd.Series,
     split_key: str,
@@ -332,6 +395,127 @@ def plan_splits(
         return "single", [(forward, split_train, split_test)]
     backward = "+".join(map(safe_name, split_test)) + "_to_" + "+".join(map(safe_name, split_train))
     return "reverse", [(forward, split_train, split_test), (backward, split_test, split_train)]
+
+
+def _check_model_options(
+    models: list[str], hyperparameters: dict[str, dict[str, Any]] | None, class_weight: str | None
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Validate the models, their hyperparameter overrides and ``class_weight``."""
+    model_list = check_models(list(models))
+    params = resolve_hyperparameters(model_list, hyperparameters)
+    if class_weight is not None and class_weight != "balanced":
+        raise ScamlError(f"--class-weight {class_weight!r} is not supported; use 'balanced' or leave it out.")
+    return model_list, params
+
+
+def _check_feature_input(adata: ad.AnnData, features: str, n_hvg: int, embedding: str | None) -> None:
+    """Validate the feature options against the data (before any work is done)."""
+    check_feature_options(features, n_hvg, embedding)
+    if embedding is not None:
+        from ..io import check_obsm_key
+
+        check_obsm_key(adata, embedding, flag="--embedding")
+    elif features == "hvg" and n_hvg > adata.n_vars:
+        raise ScamlError(
+            f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose --n-hvg <= "
+            f"{adata.n_vars} or use --features all."
+        )
+
+
+def _split_rows(
+    adata: ad.AnnData,
+    column: pd.Series,
+    splits: list[tuple[str, list[str], list[str]]],
+    *,
+    label_key: str,
+    split_key: str,
+    drop_missing_labels: bool,
+) -> tuple[np.ndarray, pd.Series, list[str], list[SplitPlan]]:
+    """The labelled rows of every split, checked once (no empty split, two training classes at least).
+
+    Returns
+    -------
+    used_rows, labels, classes, plans
+        Every labelled row used anywhere, the labels of every cell (None where unused), the
+        sorted class list and one :class:`SplitPlan` per split.
+    """
+    used_levels = sorted({lv for _, tr, te in splits for lv in tr + te})
+    used_rows = np.flatnonzero(column.isin(used_levels).to_numpy())
+    used_rows, used_labels = labels_for(adata, label_key, used_rows, drop_missing_labels=drop_missing_labels)
+    labels = pd.Series(np.full(adata.n_obs, None, dtype=object), index=adata.obs_names)
+    labels.iloc[used_rows] = used_labels
+    classes = sorted(pd.unique(used_labels).tolist())
+    level_of = column.to_numpy()
+    plans = []
+    for name, tr, te in splits:
+        train_rows = used_rows[np.isin(level_of[used_rows], tr)]
+        test_rows = used_rows[np.isin(level_of[used_rows], te)]
+        for rows, what, lv in ((train_rows, "training", tr), (test_rows, "test", te)):
+            if rows.size == 0:
+                raise ScamlError(
+                    f"{name}: the {what} split ({split_key} = {', '.join(lv)}) holds no labelled cells; "
+                    "choose levels that have labelled cells."
+                )
+        n_train_classes = len(pd.unique(labels.iloc[train_rows]))
+        if n_train_classes < 2:
+            raise ScamlError(
+                f"{name}: the training split ({split_key} = {', '.join(tr)}) holds a single class "
+                f"({labels.iloc[train_rows].iloc[0]!r}); a classifier needs at least two. Choose other "
+                "--split-train levels or another --label-key."
+            )
+        plans.append(SplitPlan(name, tr, te, train_rows, test_rows))
+    return used_rows, labels, classes, plans
+
+
+def _run_splits(
+    adata: ad.AnnData,
+    plans: list[SplitPlan],
+    labels: pd.Series,
+    classes: list[str],
+    *,
+    mode: str,
+    out: Path | None,
+    record: Any,
+    split_key: str,
+    **split_options: Any,
+) -> dict[str, Any]:
+    """Run :func:`run_split` for every plan (one subfolder each unless ``mode == "single"``)."""
+    runs: dict[str, Any] = {}
+    for i, plan in enumerate(plans):
+        run_dir = None if out is None else (out if mode == "single" else out / plan.name)
+        info(f"{plan.name}: train on {split_key} = {', '.join(plan.train_levels)} ({len(plan.train_rows)} cells), "
+             f"test on {', '.join(plan.test_levels)} ({len(plan.test_rows)} cells)")
+        with record.timer(plan.name):
+            result = run_split(
+                adata, plan.train_rows, plan.test_rows, labels, classes, split_key=split_key, outdir=run_dir,
+                name=plan.name, announce=i == 0, **split_options,
+            )
+        result.update(split_key=split_key, train_levels=plan.train_levels, test_levels=plan.test_levels)
+        runs[plan.name] = result
+        if out is not None and mode != "single":
+            write_json(_strip(result), run_dir / "run_details.json")
+    return runs
+
+
+def _write_train_outputs(
+    out: Path, results: dict[str, Any], *, models: list[str], plots: bool, record: Any
+) -> None:
+    """Write the run-level files (summary, hyperparameters, details or comparison), the figures and run.json."""
+    mode, runs, classes = results["mode"], results["runs"], results["classes"]
+    write_json(results["summary"], out / "summary_metrics.json")
+    write_json(results["hyperparameters"], out / "hyperparameters.json")
+    if mode == "single":
+        write_json(_strip(next(iter(runs.values()))), out / "run_details.json")
+    else:
+        write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(classes)), out / "classes.txt")
+        write_csv(comparison_table(runs), out / "comparison.csv", index=False)
+    if plots:
+        from .plots import plot_results
+
+        with record.timer("plots"):
+            plot_results(out, out / "plots", models=models)
+    record.data["input_kind"] = results["input_kind"]
+    record.save(out)
 
 
 def run_train(
@@ -418,51 +602,16 @@ def run_train(
     """
     from ..runinfo import RunRecord
 
-    model_list = check_models(list(models))
-    params = resolve_hyperparameters(model_list, hyperparameters)
-    if class_weight is not None and class_weight != "balanced":
-        raise ScamlError(f"--class-weight {class_weight!r} is not supported; use 'balanced' or leave it out.")
+    # validate every input before any work is done
+    model_list, params = _check_model_options(list(models), hyperparameters, class_weight)
     check_obs_key(adata, label_key, flag="--label-key")
     column = _level_strings(check_obs_key(adata, split_key, flag="--split-key"))
     split_train_l, split_test_l = _as_list(split_train), _as_list(split_test)
     mode, splits = plan_splits(column, split_key, split_train_l, split_test_l, reverse=reverse, cv=cv)
-    check_feature_options(features, n_hvg, embedding)
-    if embedding is not None:
-        from ..io import check_obsm_key
-
-        check_obsm_key(adata, embedding, flag="--embedding")
-    elif features == "hvg" and n_hvg > adata.n_vars:
-        raise ScamlError(
-            f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose --n-hvg <= "
-            f"{adata.n_vars} or use --features all."
-        )
-
-    # every cell used anywhere, labels checked once
-    used_levels = sorted({lv for _, tr, te in splits for lv in tr + te})
-    used_rows = np.flatnonzero(column.isin(used_levels).to_numpy())
-    used_rows, used_labels = labels_for(adata, label_key, used_rows, drop_missing_labels=drop_missing_labels)
-    labels = pd.Series(np.full(adata.n_obs, None, dtype=object), index=adata.obs_names)
-    labels.iloc[used_rows] = used_labels
-    classes = sorted(pd.unique(used_labels).tolist())
-    level_of = column.to_numpy()
-    plans = []
-    for name, tr, te in splits:
-        train_rows = used_rows[np.isin(level_of[used_rows], tr)]
-        test_rows = used_rows[np.isin(level_of[used_rows], te)]
-        for rows, what, lv in ((train_rows, "training", tr), (test_rows, "test", te)):
-            if rows.size == 0:
-                raise ScamlError(
-                    f"{name}: the {what} split ({split_key} = {', '.join(lv)}) holds no labelled cells; "
-                    "choose levels that have labelled cells."
-                )
-        n_train_classes = len(pd.unique(labels.iloc[train_rows]))
-        if n_train_classes < 2:
-            raise ScamlError(
-                f"{name}: the training split ({split_key} = {', '.join(tr)}) holds a single class "
-                f"({labels.iloc[train_rows].iloc[0]!r}); a classifier needs at least two. Choose other "
-                "--split-train levels or another --label-key."
-            )
-        plans.append((name, tr, te, train_rows, test_rows))
+    _check_feature_input(adata, features, n_hvg, embedding)
+    used_rows, labels, classes, plans = _split_rows(
+        adata, column, splits, label_key=label_key, split_key=split_key, drop_missing_labels=drop_missing_labels
+    )
 
     out = None
     if outdir is not None:
@@ -479,23 +628,11 @@ def run_train(
                    "n_classes": len(classes), "mode": mode}
     info(f"train: {len(classes)} classes, {len(plans)} split(s), models {', '.join(model_list)}")
 
-    runs: dict[str, Any] = {}
-    for i, (name, tr, te, train_rows, test_rows) in enumerate(plans):
-        run_dir = None if out is None else (out if mode == "single" else out / name)
-        info(f"{name}: train on {split_key} = {', '.join(tr)} ({len(train_rows)} cells), "
-             f"test on {', '.join(te)} ({len(test_rows)} cells)")
-        with record.timer(name):
-            result = run_split(
-                adata, train_rows, test_rows, labels, classes, models=model_list, hyperparameters=params,
-                features=features, n_hvg=n_hvg, embedding=embedding, class_weight=class_weight,
-                random_state=random_state, split_key=split_key, outdir=run_dir, name=name, announce=i == 0,
-            )
-        result.update(split_key=split_key, train_levels=tr, test_levels=te)
-        runs[name] = result
-        if out is not None and mode != "single":
-            write_json(_strip(result), run_dir / "run_details.json")
-
-    summary = _summary(mode, runs, model_list)
+    runs = _run_splits(
+        adata, plans, labels, classes, mode=mode, out=out, record=record, split_key=split_key, models=model_list,
+        hyperparameters=params, features=features, n_hvg=n_hvg, embedding=embedding, class_weight=class_weight,
+        random_state=random_state,
+    )
     results = {
         "mode": mode,
         "outdir": str(out) if out is not None else None,
@@ -504,23 +641,10 @@ def run_train(
         "hyperparameters": params,
         "input_kind": next(iter(runs.values()))["features"].get("input_kind"),
         "runs": runs,
-        "summary": summary,
+        "summary": _summary(mode, runs, model_list),
     }
     if out is not None:
-        write_json(summary, out / "summary_metrics.json")
-        write_json(params, out / "hyperparameters.json")
-        if mode == "single":
-            write_json(_strip(next(iter(runs.values()))), out / "run_details.json")
-        else:
-            write_text("".join(f"{i}\t{c}\n" for i, c in enumerate(classes)), out / "classes.txt")
-            write_csv(comparison_table(runs), out / "comparison.csv", index=False)
-        if plots:
-            from .plots import plot_results
-
-            with record.timer("plots"):
-                plot_results(out, out / "plots", models=model_list)
-        record.data["input_kind"] = results["input_kind"]
-        record.save(out)
+        _write_train_outputs(out, results, models=model_list, plots=plots, record=record)
     return results
 
 

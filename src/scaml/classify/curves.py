@@ -53,6 +53,124 @@ def _settings(groups: list[str], split_train: list[str], split_test: list[str]) 
     return [([g for g in pool_all if g != held], [held]) for held in pool_all]
 
 
+def _check_sizes(sizes: list[float] | None, sampling: str, settings: list[tuple[list[str], list[str]]]) -> list[float]:
+    """The training-set sizes (defaults per sampling scheme), validated."""
+    if sizes is None:
+        sizes = list(DEFAULT_FRACTIONS) if sampling == "fraction" else list(range(1, max(len(p) for p, _ in settings) + 1))
+    sizes = [float(s) for s in sizes]
+    if any(s <= 0 for s in sizes):
+        raise ScamlError(f"--sizes must be positive; got {sizes}.")
+    if sampling == "groups" and any(s != int(s) for s in sizes):
+        raise ScamlError(f"with --sampling groups, --sizes are numbers of groups (integers); got {sizes}.")
+    return sizes
+
+
+def _check_groups(
+    adata: ad.AnnData, group_key: str, split_train: list[str], split_test: list[str]
+) -> tuple[pd.Series, list[tuple[list[str], list[str]]]]:
+    """The group column (as strings) and the ``(pool, held_out)`` settings, validated."""
+    column = _level_strings(check_obs_key(adata, group_key, flag="--group-key"))
+    groups = sorted(pd.unique(column.dropna()).tolist(), key=str)
+    check_levels(split_train, column, group_key, "--split-train")
+    check_levels(split_test, column, group_key, "--split-test")
+    if set(split_train) & set(split_test):
+        raise ScamlError(f"groups {sorted(set(split_train) & set(split_test))} are both training and held out.")
+    return column, _settings(groups, split_train, split_test)
+
+
+def _draw_training_subset(
+    sampling: str,
+    size: float,
+    pool: list[str],
+    pool_groups: np.ndarray,
+    strata: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, list[str]] | None:
+    """Positions (in the pool) of one random training set and its groups; None when ``size`` exceeds the pool."""
+    if sampling == "fraction":
+        fraction = min(1.0, size if size <= 1 else size / pool_groups.size)
+        pick = stratified_subset(strata, fraction, rng)
+        return pick, sorted(set(pool_groups[pick]))
+    k = int(size)
+    if k > len(pool):
+        return None
+    chosen_groups = sorted(rng.choice(pool, size=k, replace=False).tolist())
+    return np.flatnonzero(np.isin(pool_groups, chosen_groups)), chosen_groups
+
+
+def _curve_setting(
+    adata: ad.AnnData,
+    s_i: int,
+    pool: list[str],
+    held: list[str],
+    data: dict[str, Any],
+    *,
+    opts: dict[str, Any],
+    record: Any,
+    bar: Any,
+    task: Any,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Every size and repeat of one held-out setting: one table row each, and the features used."""
+    rows_all, label_of, index, level_of = data["rows"], data["label_of"], data["index"], data["level_of"]
+    classes, model, params = data["classes"], opts["model"], opts["params"]
+    pool_rows = rows_all[np.isin(level_of[rows_all], pool)]
+    test_rows = rows_all[np.isin(level_of[rows_all], held)]
+    held_name = "+".join(held)
+    if pool_rows.size == 0 or test_rows.size == 0:
+        raise ScamlError(f"held out {held_name}: the training pool or the held-out groups hold no labelled cells.")
+    with record.timer("features"):
+        feats = build_features(adata, np.concatenate([pool_rows, test_rows]), pool_rows, features=opts["features"],
+                               n_hvg=opts["n_hvg"], embedding=opts["embedding"], announce=s_i == 0)
+    X_pool, X_test = feats.X[: pool_rows.size], feats.X[pool_rows.size:]
+    y_pool = np.array([index[v] for v in label_of.loc[pool_rows]])
+    y_test = np.array([index[v] for v in label_of.loc[test_rows]])
+    pool_groups = level_of[pool_rows].astype(str)
+    strata = np.char.add(np.char.add(pool_groups, "\x1f"), y_pool.astype(str))
+    records: list[dict[str, Any]] = []
+    for size_i, size in enumerate(opts["sizes"]):
+        for rep in range(opts["repeats"]):
+            rng = np.random.default_rng([opts["random_state"], s_i, size_i, rep])
+            drawn = _draw_training_subset(opts["sampling"], size, pool, pool_groups, strata, rng)
+            if drawn is None:
+                bar.advance(task)
+                continue
+            pick, chosen_groups = drawn
+            row = {"held_out": held_name, "size": size, "repeat": rep, "seed": opts["random_state"] + rep,
+                   "n_train_cells": int(pick.size), "n_train_groups": len(chosen_groups),
+                   "train_groups": "+".join(chosen_groups), "n_test_cells": int(test_rows.size)}
+            if np.unique(y_pool[pick]).size < 2:
+                warn(f"learning curve: held out {held_name}, size {size:g}, repeat {rep}: a single class in "
+                     "the training subset; skipped.")
+                records.append({**row, **{k: float("nan") for k in SCALAR_METRICS}})
+                bar.advance(task)
+                continue
+            bar.update(task, status=f"held out {held_name}, size {size:g}")
+            with record.timer("fit"):
+                proba, _ = fit_predict_proba(model, params, X_pool[pick], y_pool[pick], X_test, len(classes),
+                                             class_weight=opts["class_weight"],
+                                             random_state=opts["random_state"] + rep)
+            metrics = classification_metrics(y_test, proba.argmax(axis=1), proba, classes, np.unique(y_pool[pick]))
+            records.append({**row, **{k: metrics[k] for k in SCALAR_METRICS}})
+            bar.advance(task)
+    return records, feats
+
+
+def _write_curve_outputs(out: Path, result: dict[str, Any], *, features: Any, plots: bool, record: Any,
+                         n_cells: int, n_cells_used: int) -> None:
+    """Write the learning-curve tables, their JSON description, the figure and run.json."""
+    table, summary, parameters = result["table"], result["summary"], result["parameters"]
+    write_csv(table, out / "learning_curve.csv", index=False)
+    write_csv(summary, out / "learning_curve_summary.csv", index=False)
+    write_json({"classes": result["classes"], "parameters": parameters, "hyperparameters": result["hyperparameters"],
+                "features": features.description}, out / "learning_curve.json")
+    if plots:
+        plot_learning_curve(summary, out / "learning_curve.png", model=parameters["model"],
+                            sampling=parameters["sampling"])
+    record.data = {"n_cells": n_cells, "n_labelled_cells_used": n_cells_used,
+                   "n_classes": len(result["classes"]), "n_fits": int(table["accuracy"].notna().sum())}
+    record.save(out)
+
+
 def run_learning_curve(
     adata: ad.AnnData,
     *,
@@ -115,6 +233,7 @@ def run_learning_curve(
     """
     from ..runinfo import RunRecord
 
+    # validate every input before any work is done
     (model,) = check_models([model])[:1]
     params = resolve_hyperparameters([model], hyperparameters)[model]
     if sampling not in SAMPLING:
@@ -122,32 +241,20 @@ def run_learning_curve(
     if repeats < 1:
         raise ScamlError(f"--repeats must be at least 1; got {repeats}.")
     check_obs_key(adata, label_key, flag="--label-key")
-    column = _level_strings(check_obs_key(adata, group_key, flag="--group-key"))
-    groups = sorted(pd.unique(column.dropna()).tolist(), key=str)
     split_train_l, split_test_l = _as_list(split_train), _as_list(split_test)
-    check_levels(split_train_l, column, group_key, "--split-train")
-    check_levels(split_test_l, column, group_key, "--split-test")
-    if set(split_train_l) & set(split_test_l):
-        raise ScamlError(f"groups {sorted(set(split_train_l) & set(split_test_l))} are both training and held out.")
-    settings = _settings(groups, split_train_l, split_test_l)
+    column, settings = _check_groups(adata, group_key, split_train_l, split_test_l)
     check_feature_options(features, n_hvg, embedding)
     if embedding is None and features == "hvg" and n_hvg > adata.n_vars:
         raise ScamlError(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose a smaller --n-hvg.")
-    if sizes is None:
-        sizes = list(DEFAULT_FRACTIONS) if sampling == "fraction" else list(range(1, max(len(p) for p, _ in settings) + 1))
-    sizes = [float(s) for s in sizes]
-    if any(s <= 0 for s in sizes):
-        raise ScamlError(f"--sizes must be positive; got {sizes}.")
-    if sampling == "groups" and any(s != int(s) for s in sizes):
-        raise ScamlError(f"with --sampling groups, --sizes are numbers of groups (integers); got {sizes}.")
+    sizes = _check_sizes(sizes, sampling, settings)
 
+    # the labelled cells of every group used
     used = sorted({g for p, t in settings for g in p + t})
     rows_all = np.flatnonzero(column.isin(used).to_numpy())
     rows_all, labels_all = labels_for(adata, label_key, rows_all, drop_missing_labels=drop_missing_labels)
-    label_of = pd.Series(labels_all, index=rows_all)
     classes = sorted(pd.unique(labels_all).tolist())
-    index = {c: i for i, c in enumerate(classes)}
-    level_of = column.to_numpy()
+    data = {"rows": rows_all, "label_of": pd.Series(labels_all, index=rows_all), "classes": classes,
+            "index": {c: i for i, c in enumerate(classes)}, "level_of": column.to_numpy()}
 
     out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     parameters = {"label_key": label_key, "group_key": group_key, "model": model, "split_train": split_train_l,
@@ -156,54 +263,15 @@ def run_learning_curve(
                   "embedding": embedding, "class_weight": class_weight, "random_state": random_state}
     record = RunRecord("learning-curve", parameters={**parameters, "hyperparameters": {model: params}},
                        inputs={"adata": str(input_path)} if input_path else {})
+    opts = {"model": model, "params": params, "sizes": sizes, "repeats": repeats, "sampling": sampling,
+            "features": features, "n_hvg": n_hvg, "embedding": embedding, "class_weight": class_weight,
+            "random_state": random_state}
     records: list[dict[str, Any]] = []
-    n_jobs = len(settings) * len(sizes) * repeats
     with progress() as bar:
-        task = bar.add_task("learning curve", total=n_jobs, status="")
+        task = bar.add_task("learning curve", total=len(settings) * len(sizes) * repeats, status="")
         for s_i, (pool, held) in enumerate(settings):
-            pool_rows = rows_all[np.isin(level_of[rows_all], pool)]
-            test_rows = rows_all[np.isin(level_of[rows_all], held)]
-            held_name = "+".join(held)
-            if pool_rows.size == 0 or test_rows.size == 0:
-                raise ScamlError(f"held out {held_name}: the training pool or the held-out groups hold no labelled cells.")
-            with record.timer("features"):
-                feats = build_features(adata, np.concatenate([pool_rows, test_rows]), pool_rows, features=features,
-                                       n_hvg=n_hvg, embedding=embedding, announce=s_i == 0)
-            X_pool, X_test = feats.X[: pool_rows.size], feats.X[pool_rows.size:]
-            y_pool = np.array([index[v] for v in label_of.loc[pool_rows]])
-            y_test = np.array([index[v] for v in label_of.loc[test_rows]])
-            pool_groups = level_of[pool_rows].astype(str)
-            strata = np.char.add(np.char.add(pool_groups, "\x1f"), y_pool.astype(str))
-            for size_i, size in enumerate(sizes):
-                for rep in range(repeats):
-                    rng = np.random.default_rng([random_state, s_i, size_i, rep])
-                    if sampling == "fraction":
-                        fraction = min(1.0, size if size <= 1 else size / pool_rows.size)
-                        pick = stratified_subset(strata, fraction, rng)
-                        chosen_groups = sorted(set(pool_groups[pick]))
-                    else:
-                        k = int(size)
-                        if k > len(pool):
-                            bar.advance(task)
-                            continue
-                        chosen_groups = sorted(rng.choice(pool, size=k, replace=False).tolist())
-                        pick = np.flatnonzero(np.isin(pool_groups, chosen_groups))
-                    row = {"held_out": held_name, "size": size, "repeat": rep, "seed": random_state + rep,
-                           "n_train_cells": int(pick.size), "n_train_groups": len(chosen_groups),
-                           "train_groups": "+".join(chosen_groups), "n_test_cells": int(test_rows.size)}
-                    if np.unique(y_pool[pick]).size < 2:
-                        warn(f"learning curve: held out {held_name}, size {size:g}, repeat {rep}: a single class in "
-                             "the training subset; skipped.")
-                        records.append({**row, **{k: float("nan") for k in SCALAR_METRICS}})
-                        bar.advance(task)
-                        continue
-                    bar.update(task, status=f"held out {held_name}, size {size:g}")
-                    with record.timer("fit"):
-                        proba, _ = fit_predict_proba(model, params, X_pool[pick], y_pool[pick], X_test, len(classes),
-                                                     class_weight=class_weight, random_state=random_state + rep)
-                    metrics = classification_metrics(y_test, proba.argmax(axis=1), proba, classes, np.unique(y_pool[pick]))
-                    records.append({**row, **{k: metrics[k] for k in SCALAR_METRICS}})
-                    bar.advance(task)
+            rows, feats = _curve_setting(adata, s_i, pool, held, data, opts=opts, record=record, bar=bar, task=task)
+            records += rows
     table = pd.DataFrame(records)
     summary = summarize_curve(table)
     for _, r in summary.iterrows():
@@ -212,15 +280,8 @@ def run_learning_curve(
     result = {"table": table, "summary": summary, "classes": classes, "parameters": parameters,
               "hyperparameters": {model: params}, "outdir": str(out) if out else None}
     if out is not None:
-        write_csv(table, out / "learning_curve.csv", index=False)
-        write_csv(summary, out / "learning_curve_summary.csv", index=False)
-        write_json({"classes": classes, "parameters": parameters, "hyperparameters": {model: params},
-                    "features": feats.description}, out / "learning_curve.json")
-        if plots:
-            plot_learning_curve(summary, out / "learning_curve.png", model=model, sampling=sampling)
-        record.data = {"n_cells": int(adata.n_obs), "n_labelled_cells_used": int(rows_all.size),
-                       "n_classes": len(classes), "n_fits": int(table["accuracy"].notna().sum())}
-        record.save(out)
+        _write_curve_outputs(out, result, features=feats, plots=plots, record=record, n_cells=int(adata.n_obs),
+                             n_cells_used=int(rows_all.size))
     return result
 
 

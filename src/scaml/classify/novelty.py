@@ -136,6 +136,118 @@ def novelty_metrics(flag: np.ndarray, score: np.ndarray) -> dict[str, Any]:
     }
 
 
+def _method_parameters(
+    adata: ad.AnnData,
+    method: str,
+    hyperparameters: dict[str, dict[str, Any]],
+    *,
+    label_key: str | None,
+    classifier: str,
+    normal: np.ndarray,
+    drop_missing_labels: bool,
+) -> tuple[str, dict[str, Any], pd.Series | None]:
+    """The classifier, the hyperparameters of the method and (for ``method="classifier"``) the labels.
+
+    Returns
+    -------
+    classifier, params, labels
+        ``labels`` (indexed by row) is None unless ``method == "classifier"``.
+    """
+    if method == "classifier":
+        if label_key is None:
+            raise ScamlError("--method classifier needs --label-key (the labels of the non-flagged cells).")
+        (classifier,) = check_models([classifier])
+        params = resolve_hyperparameters([classifier], {k: v for k, v in hyperparameters.items() if k == classifier})[classifier]
+        kept, values = _labels(adata, label_key, normal, drop_missing_labels)
+        labels = pd.Series(values, index=kept)
+        if labels.nunique() < 2:
+            raise ScamlError(f"the non-flagged cells hold a single class in adata.obs[{label_key!r}]; a classifier needs two.")
+        return classifier, params, labels
+    params = copy.deepcopy(NOVELTY_HYPERPARAMETERS[method])
+    extra = hyperparameters.get(method, {})
+    unknown = [k for k in extra if k not in params]
+    if unknown:
+        raise ScamlError(f"unknown hyperparameter(s) {unknown} for {method}; known: {', '.join(params)}.")
+    params.update(extra)
+    return classifier, params, None
+
+
+def _assign_folds(
+    flag: np.ndarray, normal: np.ndarray, n_folds: int, random_state: int
+) -> tuple[np.ndarray, np.random.Generator]:
+    """Cross-fitting folds over the normal cells, the flagged cells spread over the same folds.
+
+    Returns the fold of every cell and the random generator (it also subsamples the one-class SVM's cells).
+    """
+    from sklearn.model_selection import KFold
+
+    fold = np.empty(flag.size, dtype=np.int64)
+    kfold = KFold(n_splits=n_folds, shuffle=True, random_state=random_state)
+    for k, (_, held) in enumerate(kfold.split(normal)):
+        fold[normal[held]] = k
+    flagged = np.flatnonzero(flag)
+    rng = np.random.default_rng(random_state)
+    fold[flagged] = rng.permutation(np.arange(flagged.size) % n_folds)
+    return fold, rng
+
+
+def _cross_fit_scores(
+    X: Any,
+    normal: np.ndarray,
+    fold: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    method: str,
+    params: dict[str, Any],
+    classifier: str,
+    labels: pd.Series | None,
+    n_pcs: int,
+    n_folds: int,
+    random_state: int,
+    record: Any,
+) -> np.ndarray:
+    """Novelty score of every cell from the model of its fold (fitted on the normal cells of the other folds)."""
+    score = np.empty(fold.size, dtype=np.float64)
+    classes = sorted(labels.unique().tolist()) if labels is not None else None
+    with progress() as bar:
+        task = bar.add_task(f"novelty {method}", total=n_folds, status="")
+        for k in range(n_folds):
+            fit_rows = normal[fold[normal] != k]
+            score_rows = np.flatnonzero(fold == k)
+            with record.timer("fit"):
+                if method == "classifier":
+                    fit_rows = fit_rows[np.isin(fit_rows, labels.index.to_numpy())]
+                    index = {c: i for i, c in enumerate(classes)}
+                    y = np.array([index[v] for v in labels.loc[fit_rows]])
+                    proba, _ = fit_predict_proba(classifier, params, X[fit_rows], y, X[score_rows], len(classes),
+                                                 random_state=random_state)
+                    score[score_rows] = 1.0 - proba.max(axis=1)
+                else:
+                    if method == "ocsvm" and fit_rows.size > params["max_fit_cells"]:
+                        fit_rows = np.sort(rng.choice(fit_rows, size=params["max_fit_cells"], replace=False))
+                    dense = X[fit_rows].toarray() if hasattr(X, "toarray") else X[fit_rows]
+                    detector = Detector(method, params, n_pcs, random_state).fit(dense)
+                    test = X[score_rows].toarray() if hasattr(X, "toarray") else X[score_rows]
+                    score[score_rows] = detector.score(test)
+            bar.advance(task)
+    return score
+
+
+def _write_novelty_outputs(
+    out: Path, result: dict[str, Any], *, flag: np.ndarray, hek_key: str, plots: bool, record: Any, data: dict[str, Any]
+) -> None:
+    """Write the scores, the metrics, the figures and run.json."""
+    scores, metrics = result["scores"], result["metrics"]
+    write_csv(scores, out / "novelty_scores.csv", index=False)
+    write_json(metrics, out / "novelty_metrics.json")
+    if plots:
+        with record.timer("plots"):
+            plot_novelty_histogram(scores, out / "novelty_histogram.png", metrics=metrics, hek_key=hek_key)
+            plot_novelty_curves(flag, scores["novelty_score"].to_numpy(), out / "novelty_curves.png", metrics=metrics)
+    record.data = data
+    record.save(out)
+
+
 def run_novelty(
     adata: ad.AnnData,
     *,
@@ -206,41 +318,27 @@ def run_novelty(
     dict
         ``metrics`` (AUROC, AUPRC, ...), ``scores`` (a per-cell DataFrame) and the parameters.
     """
-    from sklearn.model_selection import KFold
-
     from ..runinfo import RunRecord
 
+    # validate every input before any work is done
     if method not in METHODS:
         raise ScamlError(f"unknown --method {method!r}; use one of {', '.join(METHODS)}.")
     if hvg_cells not in ("not-flagged", "all"):
         raise ScamlError(f"unknown --hvg-cells {hvg_cells!r}; use 'not-flagged' or 'all'.")
     if n_folds < 2:
         raise ScamlError(f"--n-folds must be at least 2 (cross-fitting); got {n_folds}.")
-    hyperparameters = dict(hyperparameters or {})
     flag = flag_mask(check_obs_key(adata, hek_key, flag="--hek-key"), hek_positive, hek_key)
     normal = np.flatnonzero(~flag)
     if normal.size < 2 * n_folds:
         raise ScamlError(f"only {normal.size} cells are not flagged; at least {2 * n_folds} are needed for {n_folds} folds.")
-    labels = None
-    if method == "classifier":
-        if label_key is None:
-            raise ScamlError("--method classifier needs --label-key (the labels of the non-flagged cells).")
-        (classifier,) = check_models([classifier])
-        params = resolve_hyperparameters([classifier], {k: v for k, v in hyperparameters.items() if k == classifier})[classifier]
-        kept, values = _labels(adata, label_key, normal, drop_missing_labels)
-        labels = pd.Series(values, index=kept)
-        if labels.nunique() < 2:
-            raise ScamlError(f"the non-flagged cells hold a single class in adata.obs[{label_key!r}]; a classifier needs two.")
-    else:
-        params = copy.deepcopy(NOVELTY_HYPERPARAMETERS[method])
-        extra = hyperparameters.get(method, {})
-        unknown = [k for k in extra if k not in params]
-        if unknown:
-            raise ScamlError(f"unknown hyperparameter(s) {unknown} for {method}; known: {', '.join(params)}.")
-        params.update(extra)
+    classifier, params, labels = _method_parameters(
+        adata, method, dict(hyperparameters or {}), label_key=label_key, classifier=classifier, normal=normal,
+        drop_missing_labels=drop_missing_labels,
+    )
     check_feature_options(features, n_hvg, embedding)
     if embedding is None and features == "hvg" and n_hvg > adata.n_vars:
         raise ScamlError(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose a smaller --n-hvg.")
+
     out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     parameters = {"hek_key": hek_key, "hek_positive": str(hek_positive), "method": method, "label_key": label_key,
                   "classifier": classifier if method == "classifier" else None, "features": features if embedding is None else "embedding",
@@ -255,39 +353,9 @@ def run_novelty(
     with record.timer("features"):
         feats = build_features(adata, rows, normal if hvg_cells == "not-flagged" else rows, features=features,
                                n_hvg=n_hvg, embedding=embedding)
-    X = feats.X
-    # folds over the normal cells; flagged cells spread over the same folds
-    fold = np.empty(adata.n_obs, dtype=np.int64)
-    kfold = KFold(n_splits=n_folds, shuffle=True, random_state=random_state)
-    for k, (_, held) in enumerate(kfold.split(normal)):
-        fold[normal[held]] = k
-    flagged = np.flatnonzero(flag)
-    rng = np.random.default_rng(random_state)
-    fold[flagged] = rng.permutation(np.arange(flagged.size) % n_folds)
-
-    score = np.empty(adata.n_obs, dtype=np.float64)
-    classes = sorted(labels.unique().tolist()) if labels is not None else None
-    with progress() as bar:
-        task = bar.add_task(f"novelty {method}", total=n_folds, status="")
-        for k in range(n_folds):
-            fit_rows = normal[fold[normal] != k]
-            score_rows = np.flatnonzero(fold == k)
-            with record.timer("fit"):
-                if method == "classifier":
-                    fit_rows = fit_rows[np.isin(fit_rows, labels.index.to_numpy())]
-                    index = {c: i for i, c in enumerate(classes)}
-                    y = np.array([index[v] for v in labels.loc[fit_rows]])
-                    proba, _ = fit_predict_proba(classifier, params, X[fit_rows], y, X[score_rows], len(classes),
-                                                 random_state=random_state)
-                    score[score_rows] = 1.0 - proba.max(axis=1)
-                else:
-                    if method == "ocsvm" and fit_rows.size > params["max_fit_cells"]:
-                        fit_rows = np.sort(rng.choice(fit_rows, size=params["max_fit_cells"], replace=False))
-                    dense = X[fit_rows].toarray() if hasattr(X, "toarray") else X[fit_rows]
-                    detector = Detector(method, params, n_pcs, random_state).fit(dense)
-                    test = X[score_rows].toarray() if hasattr(X, "toarray") else X[score_rows]
-                    score[score_rows] = detector.score(test)
-            bar.advance(task)
+    fold, rng = _assign_folds(flag, normal, n_folds, random_state)
+    score = _cross_fit_scores(feats.X, normal, fold, rng, method=method, params=params, classifier=classifier,
+                              labels=labels, n_pcs=n_pcs, n_folds=n_folds, random_state=random_state, record=record)
     metrics = novelty_metrics(flag, score)
     metrics.update(method=method, n_folds=n_folds, evaluation="cross-fitted: every cell scored by a model that never saw it",
                    hyperparameters=params, features=feats.description)
@@ -298,14 +366,8 @@ def run_novelty(
         scores[label_key] = adata.obs[label_key].astype(str).to_numpy()
     result = {"metrics": metrics, "scores": scores, "parameters": parameters, "outdir": str(out) if out else None}
     if out is not None:
-        write_csv(scores, out / "novelty_scores.csv", index=False)
-        write_json(metrics, out / "novelty_metrics.json")
-        if plots:
-            with record.timer("plots"):
-                plot_novelty_histogram(scores, out / "novelty_histogram.png", metrics=metrics, hek_key=hek_key)
-                plot_novelty_curves(flag, score, out / "novelty_curves.png", metrics=metrics)
-        record.data = {"n_cells": int(adata.n_obs), "n_flagged": int(flag.sum()), "n_features": len(feats.names)}
-        record.save(out)
+        data = {"n_cells": int(adata.n_obs), "n_flagged": int(flag.sum()), "n_features": len(feats.names)}
+        _write_novelty_outputs(out, result, flag=flag, hek_key=hek_key, plots=plots, record=record, data=data)
     return result
 
 
