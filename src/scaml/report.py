@@ -718,110 +718,146 @@ def _escape_lines(lines: Iterable[str]) -> str:
 
 
 def _render(contents: _Contents, title: str | None) -> str:
-    run = contents.run or {}
-    command = str(run.get("command") or "")
-    versions = run.get("versions") if isinstance(run.get("versions"), dict) else {}
-    scaml_version = versions.get("scaml", "")
+    """The whole page: header, table of contents, the sections and the footer."""
+    command = str((contents.run or {}).get("command") or "")
     if title is None:
         title = f"scaml {command} report" if command else f"scaml report: {contents.outdir.name}"
-    started = _fmt_date(run.get("started"))
+    started = _started(contents)
+    warnings = _all_warnings(contents)
+    n_figures = sum(len(v) for v in contents.images.values())
+    n_tables = len(contents.tables) + len(contents.json_files)
+
+    sections = _sections(contents, started, warnings, n_tables)
+    counts = {"figures": _plural(n_figures, "figure"), "tables": _plural(n_tables, "table"),
+              "warnings": _plural(len(warnings), "warning"), "files": _plural(len(contents.files), "file")}
+    header = _header_html(contents, title, started, warnings, n_figures, n_tables)
+    return _page_html(contents, title, header, sections, counts)
+
+
+def _versions(run: dict[str, Any]) -> dict[str, Any]:
+    """The package versions a run.json recorded (empty when none)."""
+    versions = run.get("versions")
+    return versions if isinstance(versions, dict) else {}
+
+
+def _started(contents: _Contents) -> str:
+    """When the run started (run.json), else when its newest file was written."""
+    started = _fmt_date((contents.run or {}).get("started"))
     if not started:
         newest = max((os.path.getmtime(contents.outdir / rel) for rel, _, _ in contents.files), default=None)
         if newest is not None:
             started = _dt.datetime.fromtimestamp(newest).strftime("%d %b %Y, %H:%M")
+    return started
 
+
+def _all_warnings(contents: _Contents) -> list[str]:
+    """The run's warnings, then each sub-run's own (prefixed with its folder), none repeated."""
+    run = contents.run or {}
     warnings = run.get("warnings") if isinstance(run.get("warnings"), list) else []
-    n_figures = sum(len(v) for v in contents.images.values())
-    n_tables = len(contents.tables) + len(contents.json_files)
-
-    sections: list[tuple[str, str, str]] = []  # (anchor, title, html)
-
-    # --- what was run
     for rel, sub in contents.subruns:
         folder = rel.rsplit("/", 1)[0]
         sub_warnings = sub.get("warnings") if isinstance(sub.get("warnings"), list) else []
         warnings = warnings + [f"[{folder}/] {w}" for w in sub_warnings if w not in warnings]
-    if run or contents.subruns:
-        parts = []
-        if run:
-            parts.append(_run_panels(run, started, contents.outdir.name))
-        for rel, sub in contents.subruns:
-            folder = rel.rsplit("/", 1)[0]
-            name = f"scaml {sub.get('command')}" if sub.get("command") else "A run"
-            parts.append(
-                f'<h3>{_esc(name)} <span class="count mono">{_esc(folder)}/</span></h3>'
-                + _run_panels(
-                    sub, _fmt_date(sub.get("started")), folder, sub_run=True,
-                    parent_command_line=str(run.get("command_line") or ""),
-                )
-            )
-        sections.append(("run", "What was run", "\n".join(parts)))
+    return warnings
 
-    # --- warnings
+
+def _sections(contents: _Contents, started: str, warnings: list[str], n_tables: int) -> list[tuple[str, str, str]]:
+    """The page's sections in order, as ``(anchor, title, html)``; empty ones are left out."""
+    run = contents.run or {}
+    sections: list[tuple[str, str, str]] = []
     if run or contents.subruns:
+        sections.append(("run", "What was run", _what_was_run_html(contents, started)))
         if warnings:
             body = f'<ul class="warnings">{_escape_lines(warnings)}</ul>'
         else:
             body = '<p class="ok">No warnings were raised during this run.</p>'
         sections.append(("warnings", "Warnings", body))
-
-    # --- data
     data = run.get("data")
     if data:
         sections.append(("data", "Data before and after QC" if _qc_cards(data) else "Data", _sectioned_html(data)))
-
-    # --- summary.json
     if contents.summary is not None:
         sections.append(("summary", "Summary", _sectioned_html(contents.summary)))
-
-    # --- tables
     if n_tables:
-        boxes = []
-        for table in contents.tables:
-            boxes.append(
-                f'<div class="tablebox"><div class="name">{_esc(_label(Path(table.path).stem))}'
-                f'<span class="file">{_esc(table.path)}</span></div>{_table_html(table)}</div>'
-            )
-        for rel, value in contents.json_files:
-            boxes.append(
-                f'<div class="tablebox"><div class="name">{_esc(_label(Path(rel).stem))}'
-                f'<span class="file">{_esc(rel)}</span></div>{_value_html(value, depth=1)}</div>'
-            )
-        sections.append(("tables", "Metrics and tables", "\n".join(boxes)))
-
-    # --- figures
+        sections.append(("tables", "Metrics and tables", _tables_section_html(contents)))
     if contents.images:
-        parts = []
-        for folder, paths in contents.images.items():
-            if len(contents.images) > 1 or folder not in ("", "figures"):
-                heading = _label(folder.rsplit("/", 1)[-1]) if folder else "Other figures"
-                parts.append(f'<h3>{_esc(heading)} <span class="count mono">{_esc(folder + "/" if folder else "./")}</span></h3>')
-            parts.append('<div class="grid">' + "".join(_figure_html(p, contents.outdir) for p in paths) + "</div>")
-        sections.append(("figures", "Figures", "\n".join(parts)))
-
-    # --- timings, versions, files
+        sections.append(("figures", "Figures", _figures_section_html(contents)))
     timings = run.get("timings_seconds")
     if isinstance(timings, dict) and timings:
         sections.append(("timings", "Timings", _timings_html(timings, run.get("wall_seconds"))))
+    versions = _versions(run)
     if versions:
         sections.append(("versions", "Versions", _value_html(versions)))
     if contents.files:
-        rows = "".join(
-            f'<tr><td class="mono">{_esc(rel)}</td><td class="num">{_esc(_fmt_size(size))}</td>'
-            f'<td class="muted">{_esc(note)}</td></tr>'
-            for rel, size, note in contents.files
+        sections.append(("files", "Files", _files_section_html(contents)))
+    return sections
+
+
+def _what_was_run_html(contents: _Contents, started: str) -> str:
+    """The run's panels (command, inputs, parameters), then one heading and panels per sub-run."""
+    run = contents.run or {}
+    parts = []
+    if run:
+        parts.append(_run_panels(run, started, contents.outdir.name))
+    for rel, sub in contents.subruns:
+        folder = rel.rsplit("/", 1)[0]
+        name = f"scaml {sub.get('command')}" if sub.get("command") else "A run"
+        parts.append(
+            f'<h3>{_esc(name)} <span class="count mono">{_esc(folder)}/</span></h3>'
+            + _run_panels(
+                sub, _fmt_date(sub.get("started")), folder, sub_run=True,
+                parent_command_line=str(run.get("command_line") or ""),
+            )
         )
-        sections.append((
-            "files", "Files",
-            '<div class="scroll"><table class="data"><thead><tr><th>file</th><th>size</th><th></th></tr></thead>'
-            f"<tbody>{rows}</tbody></table></div>",
-        ))
+    return "\n".join(parts)
 
-    counts = {"figures": _plural(n_figures, "figure"), "tables": _plural(n_tables, "table"),
-              "warnings": _plural(len(warnings), "warning"), "files": _plural(len(contents.files), "file")}
-    closed = {"versions", "files"}
 
-    # --- header
+def _tables_section_html(contents: _Contents) -> str:
+    """One box per CSV table and per JSON file of metrics."""
+    boxes = []
+    for table in contents.tables:
+        boxes.append(
+            f'<div class="tablebox"><div class="name">{_esc(_label(Path(table.path).stem))}'
+            f'<span class="file">{_esc(table.path)}</span></div>{_table_html(table)}</div>'
+        )
+    for rel, value in contents.json_files:
+        boxes.append(
+            f'<div class="tablebox"><div class="name">{_esc(_label(Path(rel).stem))}'
+            f'<span class="file">{_esc(rel)}</span></div>{_value_html(value, depth=1)}</div>'
+        )
+    return "\n".join(boxes)
+
+
+def _figures_section_html(contents: _Contents) -> str:
+    """A grid of figures per folder, with a heading per folder unless there is only figures/ (or the top)."""
+    parts = []
+    for folder, paths in contents.images.items():
+        if len(contents.images) > 1 or folder not in ("", "figures"):
+            heading = _label(folder.rsplit("/", 1)[-1]) if folder else "Other figures"
+            parts.append(f'<h3>{_esc(heading)} <span class="count mono">{_esc(folder + "/" if folder else "./")}</span></h3>')
+        parts.append('<div class="grid">' + "".join(_figure_html(p, contents.outdir) for p in paths) + "</div>")
+    return "\n".join(parts)
+
+
+def _files_section_html(contents: _Contents) -> str:
+    """The table of every file in the run directory, with its size and why it is not shown."""
+    rows = "".join(
+        f'<tr><td class="mono">{_esc(rel)}</td><td class="num">{_esc(_fmt_size(size))}</td>'
+        f'<td class="muted">{_esc(note)}</td></tr>'
+        for rel, size, note in contents.files
+    )
+    return (
+        '<div class="scroll"><table class="data"><thead><tr><th>file</th><th>size</th><th></th></tr></thead>'
+        f"<tbody>{rows}</tbody></table></div>"
+    )
+
+
+def _header_html(
+    contents: _Contents, title: str, started: str, warnings: list[str], n_figures: int, n_tables: int
+) -> str:
+    """Title, command, date, version, the command line and the headline cards."""
+    run = contents.run or {}
+    command = str(run.get("command") or "")
+    scaml_version = _versions(run).get("scaml", "")
     meta = [f"<span>scaml {_esc(command)}</span>" if command else "<span>scaml</span>"]
     if started:
         meta.append(f"<span>{_esc(started)}</span>")
@@ -832,8 +868,14 @@ def _render(contents: _Contents, title: str | None) -> str:
     header = [f"<h1>{_esc(title)}</h1>", f'<p class="meta">{"".join(meta)}</p>']
     if command_line:
         header.append(f'<pre class="cmd"><code>$ {_esc(command_line)}</code></pre>')
+    header.append(_cards_html(contents, warnings, n_figures, n_tables))
+    return "".join(header)
 
-    cards = _qc_cards(data) or _qc_cards(contents.summary)
+
+def _cards_html(contents: _Contents, warnings: list[str], n_figures: int, n_tables: int) -> str:
+    """Headline numbers: cells and genes through QC, wall time, figures, tables, warnings."""
+    run = contents.run or {}
+    cards = _qc_cards(run.get("data")) or _qc_cards(contents.summary)
     if isinstance(run.get("wall_seconds"), (int, float)):
         cards.append((_fmt_seconds(run["wall_seconds"]), "wall time"))
     cards.append((str(n_figures), "figure" if n_figures == 1 else "figures"))
@@ -842,8 +884,14 @@ def _render(contents: _Contents, title: str | None) -> str:
     if run:
         cls = "card warn" if warnings else "card"
         card_html += f'<div class="{cls}"><div class="v">{len(warnings)}</div><div class="k"><a href="#warnings">{"warning" if len(warnings) == 1 else "warnings"}</a></div></div>'
-    header.append(f'<div class="cards">{card_html}</div>')
+    return f'<div class="cards">{card_html}</div>'
 
+
+def _page_html(
+    contents: _Contents, title: str, header: str, sections: list[tuple[str, str, str]], counts: dict[str, str]
+) -> str:
+    """The HTML document: head with the style sheet, header, table of contents, sections, footer."""
+    closed = {"versions", "files"}
     toc = "".join(
         f'<li><a href="#{anchor}">{_esc(name)}</a>'
         + (f' <span class="muted">· {_esc(counts[anchor])}</span>' if anchor in counts else "")
@@ -855,6 +903,7 @@ def _render(contents: _Contents, title: str | None) -> str:
                  open_=anchor not in closed)
         for anchor, name, html_ in sections
     )
+    scaml_version = _versions(contents.run or {}).get("scaml", "")
     generated = _dt.datetime.now().strftime("%d %b %Y, %H:%M")
     footer = (
         f"<footer>Generated by scaml{(' ' + _esc(str(scaml_version))) if scaml_version else ''} on {_esc(generated)} "
@@ -866,7 +915,7 @@ def _render(contents: _Contents, title: str | None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="color-scheme" content="light dark">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f'<header class="top">{"".join(header)}</header>\n'
+        f'<header class="top">{header}</header>\n'
         f'<nav class="toc"><strong>Contents</strong><ol>{toc}</ol></nav>\n'
         f"{body}\n{footer}\n</main>\n</body>\n</html>\n"
     )
