@@ -10,7 +10,7 @@ non-integer values) and the reference's 2,000 highly variable genes (Seurat flav
 values, per batch). The VAEs of both packages use the same architecture (scArches' surgery settings:
 n_latent 10, two hidden layers of 128, layer norm, no batch norm, covariates in the encoder), the same
 number of reference and query epochs without early stopping, and the same torch thread count. Labels
-are transferred with the same weighted kNN (scaml.transfer, k = 50, no Unknown call) from each
+are transferred with the same weighted kNN (scaml.mapping.transfer, k = 50, no Unknown call) from each
 package's embedding; scANVI models also predict with their own classifier; CellTypist trains a
 logistic regression on the log-normalised reference.
 
@@ -239,7 +239,7 @@ def run_peers(ref, query, args, workdir: Path, seeds: list[int]) -> list[dict]:
     """scvi-tools models once per seed, CellTypist once; rows (with a ``seed`` key) for the table."""
     import numpy as np
 
-    from scaml.transfer import transfer_labels
+    from scaml.mapping.transfer import transfer_labels
 
     rows = []
     true = query.obs["cell_type"].astype(str).to_numpy()
@@ -282,7 +282,7 @@ def symphony_10k(threads: int) -> dict:
     import numpy as np
 
     from scaml.datasets import simulate
-    from scaml.harmony.reference import build_symphony_reference
+    from scaml.mapping.symphony import build_symphony_reference
 
     adata = simulate(n_cells=20000, n_genes=2000, n_batches=4, n_cell_types=8, random_state=0)
     is_query = adata.obs["batch"].isin(["batch3", "batch4"]).to_numpy()
@@ -293,7 +293,7 @@ def symphony_10k(threads: int) -> dict:
     start = time.perf_counter()
     mapped = reference.map(query, query_batch_key="batch", random_state=0)
     seconds = time.perf_counter() - start
-    from scaml.transfer import transfer_labels
+    from scaml.mapping.transfer import transfer_labels
 
     start = time.perf_counter()
     calls = transfer_labels(reference.embedding, ref.obs["cell_type"].to_numpy(), mapped.embedding, threshold=1.0)

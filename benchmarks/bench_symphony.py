@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(int(THREADS))
     from scaml._utils import set_quiet
     from scaml.datasets import simulate
-    from scaml.harmony.reference import build_symphony_reference
+    from scaml.mapping.symphony import build_symphony_reference
 
     set_quiet(True)
     n_batches = 4

@@ -13,7 +13,7 @@ from conftest import shared_file
 from sklearn.neighbors import KNeighborsClassifier
 
 from scaml.errors import ScamlError
-from scaml.harmony.reference import SymphonyReference, build_symphony_reference
+from scaml.mapping.symphony import SymphonyReference, build_symphony_reference
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def sim_single():
 
 def _uncorrected_projection(ref: SymphonyReference, q_ad) -> np.ndarray:
     """The query's coordinates in the reference PCA before the mixture-of-experts correction."""
-    from scaml.harmony.reference import _expression, _scale
+    from scaml.mapping.symphony import _expression, _scale
 
     X, _ = _expression(q_ad, "query")
     pos = [list(q_ad.var_names).index(g) for g in ref.var_names]
@@ -271,7 +271,7 @@ def test_single_batch_reference_errors(sim_single):
 
 @pytest.mark.realdata
 def test_kang_ctrl_reference_stim_query(shared_data):
-    from scaml.transfer import transfer_labels
+    from scaml.mapping.transfer import transfer_labels
 
     adata = ad.read_h5ad(shared_file(shared_data, "h5ad", "kang_ifnb1k.h5ad"))
     is_query = (adata.obs["batch"] == "STIM").to_numpy()

@@ -102,7 +102,6 @@ def test_scanvi_predicts_directly_and_by_knn(split, tmp_path):
 
 
 def test_symphony_maps_in_one_step_with_confidence(split, tmp_path):
-    pytest.importorskip("scaml.harmony.reference")
     ref_dir = build_reference(split["ref"], "symphony", "batch", "cell_type", tmp_path / "ref", n_hvg=200,
                               n_comps=15)
     mapped = map_query(ref_dir, split["query"], tmp_path / "map", label_key="cell_type", umap=False)
@@ -114,7 +113,6 @@ def test_symphony_maps_in_one_step_with_confidence(split, tmp_path):
 
 
 def test_demo_mapping_writes_reference_and_query(small_counts, tmp_path):
-    pytest.importorskip("scaml.harmony.reference")
     from scaml.mapping import demo_mapping
 
     before = small_counts.obs.copy()

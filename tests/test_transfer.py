@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from scaml.errors import ScamlError
-from scaml.transfer import knn_weights, transfer_labels, transfer_labels_adata
+from scaml.mapping.transfer import knn_weights, transfer_labels, transfer_labels_adata
 
 
 def _clusters(n_per: int, centers: np.ndarray, sd: float, rng: np.random.Generator):

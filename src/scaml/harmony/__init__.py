@@ -2,7 +2,7 @@
 
 ``run_harmony`` works on arrays and is a drop-in for ``harmonypy.run_harmony``;
 ``harmony_integrate`` works on AnnData (``obsm["X_pca"]`` -> ``obsm["X_pca_harmony"]``).
-Reference building and query mapping live in :mod:`scaml.harmony.reference`.
+Symphony-style reference building and query mapping live in :mod:`scaml.mapping.symphony`.
 """
 
 from __future__ import annotations

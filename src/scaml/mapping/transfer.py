@@ -19,10 +19,10 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ._utils import info, warn
-from .errors import ScamlError
-from .io import check_finite
-from .neighbors import query_neighbors
+from .._utils import info, warn
+from ..errors import ScamlError
+from ..io import check_finite
+from ..neighbors import query_neighbors
 
 
 def _as_embedding(x: Any, what: str) -> np.ndarray:
@@ -209,7 +209,7 @@ def transfer_labels_adata(
     AnnData or None
         The query copy when ``copy``; otherwise None.
     """
-    from .io import check_obs_key, check_obsm_key
+    from ..io import check_obs_key, check_obsm_key
 
     labels = check_obs_key(adata_ref, label_key, flag="--label-key")
     ref_emb = check_obsm_key(adata_ref, use_rep)

@@ -130,7 +130,7 @@ def _soft_kmeans(
     the objective (k-means error + sigma-weighted entropy, as Harmony's without the diversity term)
     changes by less than ``tol`` (relative). Returns ``R`` (cells x K) and a summary.
     """
-    from .core import kmeans_centroids, make_backend
+    from ..harmony.core import kmeans_centroids, make_backend
 
     be = make_backend("numpy", "cpu", "float32")
     rng = np.random.default_rng(random_state)
@@ -516,8 +516,8 @@ def build_symphony_reference(
     import scanpy as sc
 
     from .._utils import info
+    from ..harmony import run_harmony
     from ..io import check_obs_key
-    from .api import run_harmony
 
     n_cells, n_genes = adata_ref.shape
     if batch_key is None:

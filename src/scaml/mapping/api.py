@@ -4,14 +4,14 @@ A *reference directory* (written by :func:`build_reference`) holds:
 
 - ``reference.json``: the manifest (kind, format version, method, keys, sizes, scaml version);
 - ``model/`` (scVI / trVAE / scANVI-like models, :mod:`scaml.vae`) or ``symphony/``
-  (a Symphony-style Harmony reference, :mod:`scaml.harmony.reference`);
+  (a Symphony-style Harmony reference, :mod:`scaml.mapping.symphony`);
 - ``reference_latent.npz`` (the reference cells' embedding and names) and
   ``reference_obs.csv`` (their batch and label), used for label transfer and joint UMAPs;
 - ``run.json`` and figures.
 
 :func:`map_query` maps a query onto it (architecture surgery and query training for
 the VAEs; Symphony's projection and correction otherwise), transfers labels by
-weighted kNN (:mod:`scaml.transfer`; scANVI also predicts directly), and writes
+weighted kNN (:mod:`scaml.mapping.transfer`; scANVI also predicts directly), and writes
 ``mapped.h5ad``, a joint UMAP and, when the query carries true labels, the metrics.
 """
 
@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import __version__
-from ._utils import info, warn
-from .errors import ScamlError
-from .io import (
+from .. import __version__
+from .._utils import info, warn
+from ..errors import ScamlError
+from ..io import (
     check_obs_key,
     count_matrix_problem,
     prepare_outdir,
@@ -39,7 +39,7 @@ from .io import (
     write_h5ad,
     write_json,
 )
-from .runinfo import RunRecord
+from ..runinfo import RunRecord
 
 #: Mapping methods and what they build.
 METHODS = ("scvi", "trvae", "scanvi", "symphony")
@@ -121,7 +121,7 @@ def _epoch_summary(history: dict) -> dict:
 def _plot_history(history: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from ..io import save_figure
 
     train = history.get("train_loss") or []
     if not train:
@@ -169,7 +169,7 @@ def build_reference(
         else X). Not modified.
     method
         ``"scvi"``, ``"trvae"``, ``"scanvi"`` (conditional VAEs, :mod:`scaml.vae`) or
-        ``"symphony"`` (a Harmony reference, :mod:`scaml.harmony.reference`).
+        ``"symphony"`` (a Harmony reference, :mod:`scaml.mapping.symphony`).
     batch_key
         ``obs`` column with the reference's batches (the conditions).
     label_key
@@ -268,7 +268,7 @@ def build_reference(
 
 
 def _write_npz(path: Path, **arrays: np.ndarray) -> None:
-    from .io import write_atomic
+    from ..io import write_atomic
 
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
@@ -279,7 +279,7 @@ def _write_npz(path: Path, **arrays: np.ndarray) -> None:
 
 def _build_vae(adata, method, batch_key, label_key, outdir, record, random_state, max_epochs, n_hvg,
                likelihood, unlabeled_category, train_params, model_params):
-    from . import vae
+    from .. import vae
 
     cls = getattr(vae, VAE_METHODS[method])
     data = adata
@@ -306,7 +306,7 @@ def _build_vae(adata, method, batch_key, label_key, outdir, record, random_state
 
 
 def _build_symphony(adata, batch_key, label_key, outdir, record, random_state, n_hvg, model_params):
-    from .harmony.reference import build_symphony_reference
+    from .symphony import build_symphony_reference
 
     kwargs = dict(model_params)
     kwargs.pop("gene_likelihood", None)
@@ -578,7 +578,7 @@ def _check_gene_overlap(query: ad.AnnData, genes: list[str]) -> int:
 
 def _map_vae(path, manifest, query, batch_key, record, max_epochs, allow_existing, min_gene_overlap, force,
              train_params, outdir):
-    from .vae import load_model, load_query
+    from ..vae import load_model, load_query
 
     with record.timer("load_model"):
         model = load_model(path / manifest["model_dir"])
@@ -608,7 +608,7 @@ def _map_vae(path, manifest, query, batch_key, record, max_epochs, allow_existin
 
 
 def _map_symphony(path, manifest, query, batch_key, record, random_state, min_gene_overlap, force):
-    from .harmony.reference import SymphonyReference
+    from .symphony import SymphonyReference
 
     with record.timer("load_model"):
         ref = SymphonyReference.load(path / manifest["model_dir"])
@@ -696,7 +696,7 @@ def _score(mapped, label_key, predicted_key, calls, scanvi, outdir, record) -> d
 def _plot_confusion(confusion: pd.DataFrame, path: Path, label_key: str) -> None:
     import matplotlib.pyplot as plt
 
-    from .io import save_figure
+    from ..io import save_figure
 
     counts = confusion.to_numpy()
     frac = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
@@ -722,8 +722,8 @@ def _joint_umap(ref_latent, ref_obs, mapped, predicted_key, outdir, method, rand
     import matplotlib.pyplot as plt
     import umap
 
-    from .io import save_figure
-    from .plotting import scatter_categories
+    from ..io import save_figure
+    from ..plotting import scatter_categories
 
     rng = np.random.default_rng(random_state)
     n_ref = ref_latent.shape[0]
@@ -763,7 +763,7 @@ def _joint_umap(ref_latent, ref_obs, mapped, predicted_key, outdir, method, rand
         else:
             values = mapped.obs[f"{predicted_key}_uncertainty"].to_numpy()
             name, cmap = "label-transfer uncertainty", "magma_r"
-        from .plotting import point_size
+        from ..plotting import point_size
 
         points = ax.scatter(coords[keep.size:, 0], coords[keep.size:, 1], c=values, cmap=cmap, vmin=0, vmax=1,
                             s=point_size(query_latent.shape[0]), linewidths=0, rasterized=True)
