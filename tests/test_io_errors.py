@@ -26,18 +26,49 @@ def h5ad_file(tmp_path, small_counts) -> Path:
     return path
 
 
+def _error_line(raw: str, command: str = "integrate") -> str:
+    """The one error line of a failed command's raw stderr (info messages may precede it)."""
+    errors = [line for line in raw.splitlines() if line.startswith(f"scaml {command}: error:")]
+    assert len(errors) == 1, raw
+    # nothing of the message spills onto further lines
+    assert raw.rstrip("\n").endswith(errors[0]), raw
+    return errors[0]
+
+
 def _run(capsys, *argv: str) -> tuple[int, str]:
+    """Run the CLI; return the exit status and the error line (or the raw stderr when it succeeded)."""
     code = main(list(argv))
-    err = capsys.readouterr().err
-    return code, " ".join(err.split())
+    raw = capsys.readouterr().err
+    return code, (_error_line(raw, argv[0]) if code == 2 else raw)
 
 
 def test_misspelt_batch_key_lists_columns(capsys, tmp_path, h5ad_file):
     code, err = _run(capsys, "integrate", str(h5ad_file), "--batch-key", "Batch", "--out", str(tmp_path / "o"))
     assert code == 2
-    assert "'Batch'" in err and "'batch'" in err and "cell_type" in err
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1
+    assert err.startswith("scaml integrate: error: adata.obs has no key 'Batch'. Did you mean 'batch'?")
+    assert "'batch'" in err and "'cell_type'" in err and "--batch-key" in err
+
+
+def test_unexpected_exception_is_one_line_with_a_debug_hint(capsys, tmp_path, h5ad_file, monkeypatch):
+    from scaml import pipeline
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(pipeline, "integrate", broken)
+    argv = ["integrate", str(h5ad_file), "--batch-key", "batch", "--out", str(tmp_path / "o")]
+    code = main(argv)
+    raw = capsys.readouterr().err
+    assert code == 2
+    line = _error_line(raw)
+    assert "unexpected RuntimeError: boom second line" in line and "--debug" in line
+    assert "Traceback" not in raw
+
+    code = main([*argv, "--debug"])
+    raw = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback (most recent call last)" in raw and 'raise RuntimeError("boom' in raw
+    assert "unexpected RuntimeError" in raw.splitlines()[-1]
 
 
 def test_single_level_batch_key(capsys, tmp_path, small_counts):
@@ -83,7 +114,7 @@ def test_counts_required_but_not_counts(capsys, tmp_path, small_counts):
     norm.X.data = np.log1p(norm.X.data)
     path = tmp_path / "norm.h5ad"
     norm.write_h5ad(path)
-    code, err = _run(capsys, "integrate", str(path), "--batch-key", "batch", "--input", "counts",
+    code, err = _run(capsys, "integrate", str(path), "--batch-key", "batch", "--input-kind", "counts",
                      "--out", str(tmp_path / "o"))
     assert code == 2 and "counts are required" in err and "not integers" in err
 

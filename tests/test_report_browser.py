@@ -50,11 +50,11 @@ def _scatter(path: Path, title: str, spread: float, rng: np.random.Generator) ->
 
 
 def _make_run(outdir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from scaml import cli
+    from scaml import runinfo
 
     rng = np.random.default_rng(0)
     outdir.mkdir(parents=True)
-    monkeypatch.setattr(cli, "COMMAND_LINE", [
+    monkeypatch.setattr(runinfo, "_COMMAND_LINE", [
         "scaml", "integrate", "pbmc_3batches.h5ad", "--batch-key", "batch", "--label-key", "cell_type",
         "--out", "run",
     ])

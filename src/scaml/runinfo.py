@@ -15,6 +15,21 @@ from .io import write_json
 
 RUN_FILE = "run.json"
 
+#: The command line of the current run (set by the ``scaml`` command; empty from Python).
+_COMMAND_LINE: list[str] = []
+
+
+def set_command_line(argv: list[str]) -> None:
+    """Remember the command line of the current run, for run.json and the report."""
+    _COMMAND_LINE[:] = [str(a) for a in argv]
+
+
+def command_string() -> str:
+    """The current command line as one shell-quoted string ("" when run from Python)."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in _COMMAND_LINE)
+
 
 @dataclass
 class RunRecord:
@@ -47,8 +62,6 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict."""
-        from .cli import command_string
-
         return {
             "command": self.command,
             "command_line": command_string(),

@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import shlex
 import sys
+import traceback
 from collections.abc import Sequence
 
-from .. import __version__
+from .. import __version__, runinfo
 from .._utils import console, is_quiet, set_quiet
 from ..errors import ScamlError
 
 #: Modules that register subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES = ("demo", "integrate", "evaluate", "classify", "mapping", "report")
-
-#: The command line of the current run (for summaries and reports).
-COMMAND_LINE: list[str] = []
-
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with every subcommand."""
@@ -37,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"scaml {__version__}")
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    parent.add_argument("--debug", action="store_true",
+                        help="on an unexpected error, print the full traceback (for a bug report)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:
@@ -50,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``scaml`` command; returns the exit status (2 for bad input)."""
+    """Run the ``scaml`` command; returns the exit status.
+
+    Bad input (a :class:`~scaml.errors.ScamlError`) prints one line and returns 2. Any other
+    exception also prints one line (its type and message, and a hint to rerun with ``--debug``)
+    and returns 2; with ``--debug`` the full traceback is printed as well.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    COMMAND_LINE[:] = ["scaml", *argv]
+    runinfo.set_command_line(["scaml", *argv])
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -68,15 +71,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not result:
             _write_report(args)
     except ScamlError as exc:
-        message = " ".join(str(exc).split())
-        console.print(f"[bold red]scaml {args.command}: error:[/bold red] {message}", soft_wrap=True)
+        _print_error(args.command, str(exc))
         return 2
     except KeyboardInterrupt:
         console.print("interrupted")
         return 130
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure still ends as one line
+        if getattr(args, "debug", False):
+            traceback.print_exc(file=sys.stderr)
+        _print_error(
+            args.command,
+            f"unexpected {type(exc).__name__}: {exc}. This is a bug in scaml or a case it does not handle; "
+            "rerun with --debug for the traceback and report it.",
+        )
+        return 2
     finally:  # --quiet lasts for this command only (main() may run many times in one process)
         set_quiet(was_quiet)
     return int(result or 0)
+
+
+def _print_error(command: str, message: str) -> None:
+    """Print an error as exactly one line on stderr (whitespace and newlines folded)."""
+    line = " ".join(message.split())
+    console.print(f"[bold red]scaml {command}: error:[/bold red] {line}", soft_wrap=True, markup=True,
+                  highlight=False, emoji=False)
 
 
 def _write_report(args: argparse.Namespace) -> None:
@@ -86,11 +104,6 @@ def _write_report(args: argparse.Namespace) -> None:
     from .report import maybe_write_report
 
     maybe_write_report(args)
-
-
-def command_string() -> str:
-    """The current command line as one shell-quoted string."""
-    return " ".join(shlex.quote(a) for a in COMMAND_LINE) if COMMAND_LINE else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_output
+
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     """Add the ``demo`` subcommand."""
@@ -14,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
             "integration pipeline, a cross-batch classifier benchmark and reference mapping on them."
         ),
     )
-    p.add_argument("--out", default="scaml-demo", help="output directory (default scaml-demo)")
+    add_output(p, "output directory (default scaml-demo)", required=False, default="scaml-demo")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--n-cells", type=int, default=4000, help="simulated cells (default 4000)")
     p.add_argument("--n-genes", type=int, default=2000, help="simulated genes (default 2000)")

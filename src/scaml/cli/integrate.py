@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_input, add_output, resolve_input
+
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     """Add the ``integrate`` subcommand."""
@@ -16,18 +18,18 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
             "DIR/summary.json, DIR/figures/*.png and DIR/report.html."
         ),
     )
-    p.add_argument("input", help="h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
+    add_input(p, "h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
     p.add_argument("--batch-key", action="append", required=True, metavar="KEY",
                    help="obs column to correct for; repeat for several covariates")
     p.add_argument("--theta", type=float, nargs="+", default=None,
                    help="diversity penalty per batch key (default 2 each), e.g. --theta 2 1")
-    p.add_argument("--out", required=True, help="output directory")
+    add_output(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--label-key", default=None, help="cell-type column: adds bio-conservation metrics")
     p.add_argument("--use-rep", default=None, metavar="OBSM_KEY",
                    help="correct this existing embedding (e.g. X_pca) and skip QC/normalise/HVG/PCA")
-    p.add_argument("--input", dest="input_kind", choices=["auto", "counts", "normalized"], default="auto",
-                   help="what X holds (default: detect)")
+    p.add_argument("--input-kind", "--input", dest="input_kind", choices=["auto", "counts", "normalized"],
+                   default="auto", help="what X holds (default: detect; --input is the old spelling)")
     qc = p.add_argument_group("QC (raw counts only)")
     qc.add_argument("--mito-prefix", nargs="+", default=["MT-", "mt-"], help="mitochondrial gene prefixes")
     qc.add_argument("--min-genes", type=int, default=200, help="minimum genes per cell (default 200)")
@@ -51,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     hg.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--no-metrics", action="store_true", help="skip the integration metrics")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    p.set_defaults(func=run, report_dir_attr="out")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                       "max_iter_harmony": args.max_iter_harmony, "device": args.device,
                       "verbose": not args.quiet}
     integrate(
-        args.input, args.batch_key, args.out, theta=args.theta, label_key=args.label_key,
+        resolve_input(args), args.batch_key, args.out, theta=args.theta, label_key=args.label_key,
         use_rep=args.use_rep, input_kind=args.input_kind, mito_prefix=args.mito_prefix,
         min_genes=args.min_genes, max_genes=args.max_genes, max_pct_mito=args.max_pct_mito,
         min_cells=args.min_cells, n_top_genes=args.n_hvg, n_pcs=args.n_pcs, n_neighbors=args.n_neighbors,
