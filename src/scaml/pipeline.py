@@ -109,18 +109,7 @@ def integrate(
         ``obsm["X_umap"]``, ``obsm["X_umap_uncorrected"]``, ``obs["leiden*"]`` and
         ``uns["rank_genes_groups"]``, ``uns["harmony"]``.
     """
-    import scanpy as sc
-
-    batch_keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
-    if not batch_keys:
-        raise ScamlError("no batch key given; pass --batch-key with a column of obs.")
-    resolutions = [float(r) for r in resolutions]
-    if not resolutions:
-        raise ScamlError("no Leiden resolution given; pass --resolutions 0.3 0.5 0.8.")
-    chosen = float(resolution) if resolution is not None else resolutions[len(resolutions) // 2]
-    if chosen not in resolutions:
-        resolutions.append(chosen)
-    thetas = _thetas(theta, len(batch_keys))
+    batch_keys, thetas, resolutions, chosen = _check_settings(batch_key, theta, resolutions, resolution)
     params = {
         "batch_key": batch_keys, "theta": thetas, "label_key": label_key, "use_rep": use_rep,
         "input_kind": input_kind, "mito_prefix": list(mito_prefix), "min_genes": min_genes,
@@ -140,6 +129,49 @@ def integrate(
 
     with record.timer("read"):
         adata = data.copy() if isinstance(data, ad.AnnData) else read_input(input_path)
+    _check_keys(adata, batch_keys, label_key)
+    record.data["before_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+
+    basis = _prepare_embedding(adata, record, use_rep=use_rep, input_kind=input_kind, mito_prefix=mito_prefix,
+                               min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
+                               min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
+                               batch_keys=batch_keys, random_state=random_state)
+    adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state)
+    _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state)
+    _leiden(adata, record, resolutions, chosen, random_state)
+    marker_genes = _markers(adata, record)
+
+    metrics_table = None
+    if evaluate:
+        with record.timer("metrics"):
+            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state)
+
+    if outdir is not None:
+        _write_outputs(adata, outdir, record, batch_keys[0], adjusted, markers, marker_genes, metrics_table)
+        from .report import maybe_write_report
+
+        maybe_write_report(outdir)
+    return adata
+
+
+def _check_settings(batch_key: str | Sequence[str], theta: float | Sequence[float] | None,
+                    resolutions: Sequence[float], resolution: float | None
+                    ) -> tuple[list[str], list[float], list[float], float]:
+    """Batch keys, one theta per key, the Leiden resolutions and the chosen one (checked up front)."""
+    batch_keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
+    if not batch_keys:
+        raise ScamlError("no batch key given; pass --batch-key with a column of obs.")
+    resolutions = [float(r) for r in resolutions]
+    if not resolutions:
+        raise ScamlError("no Leiden resolution given; pass --resolutions 0.3 0.5 0.8.")
+    chosen = float(resolution) if resolution is not None else resolutions[len(resolutions) // 2]
+    if chosen not in resolutions:
+        resolutions.append(chosen)
+    return batch_keys, _thetas(theta, len(batch_keys)), resolutions, chosen
+
+
+def _check_keys(adata: ad.AnnData, batch_keys: list[str], label_key: str | None) -> None:
+    """Every batch key exists with 2+ levels and no missing values (stored as categories); the label key exists."""
     for key in batch_keys:
         check_obs_key(adata, key, flag="--batch-key", min_levels=2)
         if adata.obs[key].isna().any():
@@ -149,22 +181,29 @@ def integrate(
         adata.obs[key] = adata.obs[key].astype(str).astype("category")
     if label_key is not None:
         check_obs_key(adata, label_key, flag="--label-key")
-    record.data["before_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
-    skipped: list[str] = []
 
-    basis = use_rep or "X_pca"
-    kind = pp.detect_input(adata, input_kind)
-    record.data["input_assumed"] = kind.kind
-    info(f"input: {adata.n_obs} cells x {adata.n_vars} genes; {kind.reason}")
+
+def _prepare_embedding(adata: ad.AnnData, record: RunRecord, *, use_rep: str | None, input_kind: str,
+                       mito_prefix: Sequence[str], min_genes: int, max_genes: int | None,
+                       max_pct_mito: float | None, min_cells: int, n_top_genes: int, n_pcs: int,
+                       batch_keys: list[str], random_state: int) -> str:
+    """QC -> layers["counts"] -> normalise -> HVG -> PCA (or an existing embedding); returns its obsm key."""
+    skipped: list[str] = []
+    found = pp.find_expression(adata, input_kind)
+    record.data["input_assumed"] = found.kind
+    record.data["expression_source"] = found.source
+    info(f"input: {adata.n_obs} cells x {adata.n_vars} genes; {found.reason}")
+    if found.kind == "counts" and found.source != "X":
+        adata.X = found.matrix.copy()  # QC and normalisation start from the counts layer
     if use_rep is not None:
         check_obsm_key(adata, use_rep, flag="--use-rep")
         skipped += ["qc", "normalize", "hvg", "pca"]
         info(f"using the existing embedding obsm[{use_rep!r}]: QC, normalisation, HVG selection and PCA are skipped")
-        if kind.kind == "counts":
+        if found.kind == "counts":
             with record.timer("normalize"):
                 pp.normalize_log1p(adata)
     else:
-        if kind.kind == "counts":
+        if found.kind == "counts":
             with record.timer("qc"):
                 removed = pp.qc_filter(adata, mito_prefix=mito_prefix, min_genes=min_genes,
                                        max_genes=max_genes, max_pct_mito=max_pct_mito, min_cells=min_cells)
@@ -184,25 +223,47 @@ def integrate(
             pp.run_pca(adata, n_pcs, random_state=random_state)
     record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
     record.data["skipped_steps"] = skipped
-
+    basis = use_rep or "X_pca"
     embedding = check_obsm_key(adata, basis, flag="--use-rep")
     adata.obsm[basis] = np.ascontiguousarray(embedding, dtype=np.float32)
-    adjusted = "X_pca_harmony" if basis == "X_pca" else f"{basis}_harmony"
+    return basis
+
+
+def _harmony(adata: ad.AnnData, record: RunRecord, basis: str, batch_keys: list[str], thetas: list[float],
+             harmony_params: dict[str, Any] | None, random_state: int) -> str:
+    """scaml's Harmony on ``obsm[basis]``; returns the key of the corrected embedding."""
     from .harmony import harmony_integrate
 
+    adjusted = "X_pca_harmony" if basis == "X_pca" else f"{basis}_harmony"
     hp = dict(harmony_params or {})
     hp.setdefault("random_state", random_state)
     with record.timer("harmony"):
         harmony_integrate(adata, batch_keys if len(batch_keys) > 1 else batch_keys[0], basis=basis,
                           adjusted_basis=adjusted, theta=thetas if len(thetas) > 1 else thetas[0], **hp)
+    return adjusted
+
+
+def _graphs_and_umaps(adata: ad.AnnData, record: RunRecord, basis: str, adjusted: str, n_neighbors: int,
+                      random_state: int) -> None:
+    """kNN graphs (scaml's search, scanpy's keys) and UMAPs of the uncorrected and corrected embeddings."""
+    import scanpy as sc
+
+    from .neighbors import neighbors_graph
 
     with record.timer("neighbors_umap_uncorrected"):
-        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=basis, key_added="uncorrected",
-                        random_state=random_state)
+        neighbors_graph(adata, basis, n_neighbors, key_added="uncorrected", random_state=random_state)
         sc.tl.umap(adata, neighbors_key="uncorrected", key_added="X_umap_uncorrected", random_state=random_state)
     with record.timer("neighbors_umap"):
-        sc.pp.neighbors(adata, n_neighbors=n_neighbors, use_rep=adjusted, random_state=random_state)
+        nb = neighbors_graph(adata, adjusted, n_neighbors, random_state=random_state)
         sc.tl.umap(adata, random_state=random_state)
+    record.data["neighbors"] = {"n_neighbors": int(n_neighbors), "search": nb.method}
+
+
+def _leiden(adata: ad.AnnData, record: RunRecord, resolutions: list[float], chosen: float,
+            random_state: int) -> None:
+    """Leiden clusters at every resolution (``obs["leiden_<res>"]``); the chosen one copied to ``obs["leiden"]``."""
+    import scanpy as sc
+
     clusters: dict[str, int] = {}
     with record.timer("leiden"):
         for res in resolutions:
@@ -214,6 +275,11 @@ def integrate(
     record.data["clusters_per_resolution"] = clusters
     info(f"Leiden clusters per resolution: {clusters}; obs['leiden'] is resolution {chosen:g}")
 
+
+def _markers(adata: ad.AnnData, record: RunRecord) -> list[str]:
+    """Wilcoxon marker genes per Leiden cluster (``uns["rank_genes_groups"]``); returns the top ones."""
+    import scanpy as sc
+
     marker_genes: list[str] = []
     with record.timer("markers"):
         if adata.obs["leiden"].nunique() >= 2:
@@ -222,15 +288,7 @@ def integrate(
         else:
             warn("only one Leiden cluster: marker genes are not computed; try a higher --resolution")
     record.data["top_markers"] = marker_genes
-
-    metrics_table = None
-    if evaluate:
-        with record.timer("metrics"):
-            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state)
-
-    if outdir is not None:
-        _write_outputs(adata, outdir, record, batch_keys[0], adjusted, markers, marker_genes, metrics_table)
-    return adata
+    return marker_genes
 
 
 def _thetas(theta: float | Sequence[float] | None, n: int) -> list[float]:
