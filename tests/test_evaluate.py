@@ -85,6 +85,9 @@ def test_evaluate_writes_outputs(embedded, tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     run = json.loads((out / "run.json").read_text())
     assert run["command"] == "evaluate" and any("kbet" in k for k in run["timings_seconds"])
+    # the library writes the report (not only the CLI): the page shows this run's table and figure
+    page = (out / "report.html").read_text()
+    assert "scaml evaluate report" in page and "metrics_comparison.png" in page and "X_pca_harmony" in page
     with pytest.raises(ScamlError, match="overwrite"):
         evaluate(embedded, "batch", "cell_type", ["X_pca"], out)
     evaluate(embedded, "batch", "cell_type", ["X_pca"], out, overwrite=True)

@@ -397,7 +397,9 @@ def evaluate(
     Writes ``out/metrics.csv`` and ``out/metrics.json`` (one row per embedding),
     ``out/metrics_per_label.csv`` (kBET, batch ASW and graph connectivity per
     label), ``out/metrics_leiden_sweep.csv`` (NMI / ARI per Leiden resolution,
-    with labels), ``out/figures/metrics_comparison.png`` and ``out/run.json``.
+    with labels), ``out/figures/metrics_comparison.png``, ``out/run.json`` and last
+    ``out/report.html`` (:func:`scaml.report.maybe_write_report`: a report that cannot
+    be built is a warning, not an error).
 
     Parameters
     ----------
@@ -419,6 +421,7 @@ def evaluate(
         The metrics table.
     """
     from ..io import prepare_outdir, read_input, write_csv, write_json
+    from ..report import maybe_write_report
     from ..runinfo import RunRecord
     from .plot import plot_metrics
 
@@ -457,4 +460,5 @@ def evaluate(
         plot_metrics(table, Path(outdir) / "figures" / "metrics_comparison.png")
     record.save(outdir)
     info(f"metrics written to {outdir}")
+    maybe_write_report(outdir)
     return table
