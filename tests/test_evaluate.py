@@ -94,11 +94,19 @@ def test_evaluate_writes_outputs(embedded, tmp_path):
     assert len(pd.read_csv(out / "metrics.csv")) == 1
 
 
-def test_plot_metrics_with_missing_values(tmp_path):
+def test_plot_metrics_with_missing_values(tmp_path, monkeypatch):
+    import matplotlib
+
+    def no_backend_change(*args, **kwargs):
+        raise AssertionError("plot_metrics must not select matplotlib's backend")
+
+    monkeypatch.setattr(matplotlib, "use", no_backend_change)
+    before = dict(matplotlib.rcParams)
     table = pd.DataFrame({"embedding": ["a", "b"], "ilisi": [0.2, float("nan")], "kbet": [0.5, 0.9],
                           "batch_score": [0.35, 0.9], "notes": ["", ""]})
     path = plot_metrics(table, tmp_path / "m.png")
     assert path.exists() and path.stat().st_size > 5_000
+    assert dict(matplotlib.rcParams) == before  # scaml's style applies to its figure only
 
 
 def test_cli_evaluate(embedded, tmp_path, capsys):

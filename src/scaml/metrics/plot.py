@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..style import styled
 from .summary import BATCH_METRICS, BIO_METRICS, DISPLAY_NAMES, SCORES
 
 
@@ -16,6 +17,7 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+@styled
 def plot_metrics(table: pd.DataFrame, path: str | os.PathLike | None = None, *, title: str | None = None):
     """Draw the metrics table as a figure: circles coloured by value, bars for the aggregate scores.
 
@@ -24,6 +26,8 @@ def plot_metrics(table: pd.DataFrame, path: str | os.PathLike | None = None, *, 
     metrics share one 0-1 colour scale, so colours compare across columns.
     Metrics that could not be computed show "n/a". Columns that are missing or
     NaN for every embedding (e.g. bio metrics without labels) are left out.
+    Drawn in scaml's figure style (:func:`scaml.style.figure_style`), without
+    changing matplotlib's global settings or backend.
 
     Parameters
     ----------
@@ -40,8 +44,6 @@ def plot_metrics(table: pd.DataFrame, path: str | os.PathLike | None = None, *, 
         The figure when ``path`` is None, else the written path.
     """
     import matplotlib
-
-    matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
