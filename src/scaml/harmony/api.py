@@ -11,10 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScamlError, missing_key_error
-from .core import Design, HarmonyState, harmonize
-
-_BACKENDS = ("auto", "numpy", "torch")
-_DTYPES = ("float32", "float64")
+from .core import Design, HarmonyParams, HarmonyState, harmonize
 
 
 class Harmony:
@@ -182,28 +179,6 @@ def _design(meta: pd.DataFrame, vars_use: list[str]) -> tuple[Design, list[str]]
     return Design(codes=codes, n_levels=n_levels), names
 
 
-def _per_batch(
-    value: Any, n_levels: list[int], name: str, *, allow_intercept: bool = False
-) -> np.ndarray:
-    """One number, one per covariate, one per batch (or, for lamb, intercept + one per batch)."""
-    arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
-    B = sum(n_levels)
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ScamlError(f"{name} must be finite and not negative; got {arr.tolist()}.")
-    if arr.size == 1:
-        return np.repeat(arr, B)
-    if arr.size == len(n_levels):
-        return np.repeat(arr, n_levels)
-    if arr.size == B:
-        return arr
-    if allow_intercept and arr.size == B + 1:
-        return arr
-    forms = f"one number, one per covariate ({len(n_levels)}) or one per batch level ({B})"
-    if allow_intercept:
-        forms += f", or the intercept's penalty then one per batch level ({B + 1})"
-    raise ScamlError(f"{name} must be {forms}; got {arr.size} values.")
-
-
 # ----------------------------------------------------------------------------- run_harmony
 
 
@@ -294,103 +269,36 @@ def run_harmony(
         For NaN / infinite values, a missing or single-level batch column, mismatched sizes or a bad
         parameter.
     """
+    hp = HarmonyParams(
+        theta=theta,
+        lamb=lamb,
+        sigma=sigma,
+        nclust=nclust,
+        tau=tau,
+        block_size=block_size,
+        max_iter_harmony=max_iter_harmony,
+        max_iter_kmeans=max_iter_kmeans,
+        epsilon_cluster=epsilon_cluster,
+        epsilon_harmony=epsilon_harmony,
+        alpha=alpha,
+        batch_prop_cutoff=batch_prop_cutoff,
+        random_state=random_state,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+    )
     Z = _as_embedding(data_mat)
     N = Z.shape[0]
     meta, vars_use = _as_meta(meta_data, vars_use, N)
     design, batch_names = _design(meta, vars_use)
-    n_levels = design.n_levels
-
-    if nclust is None:
-        nclust = int(min(round(N / 30.0), 100))
-        nclust = max(nclust, 1)
-    if isinstance(nclust, bool) or not isinstance(nclust, (int, np.integer)) or nclust < 1:
-        raise ScamlError(f"nclust must be a positive integer; got {nclust!r}.")
-    nclust = int(nclust)
-    if nclust > N:
-        raise ScamlError(
-            f"nclust ({nclust}) is larger than the number of cells ({N}); use a smaller nclust."
-        )
-    if backend not in _BACKENDS:
-        raise ScamlError(f"backend must be one of {_BACKENDS}; got {backend!r}.")
-    if str(dtype) not in _DTYPES:
-        raise ScamlError(f"dtype must be one of {_DTYPES}; got {dtype!r}.")
-    dev = str(device)
-    if not (dev in ("auto", "cpu") or dev.startswith("cuda")):
-        raise ScamlError(f"device must be 'auto', 'cpu' or 'cuda[:N]'; got {device!r}.")
-    if dev.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ScamlError(
-                f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu' or 'auto'."
-            )
-        if backend == "numpy":
-            raise ScamlError(
-                "backend='numpy' runs on the CPU only; use backend='torch' (or 'auto') with a CUDA device."
-            )
-    for name, value, lo, hi in (
-        ("block_size", block_size, 0.0, 1.0),
-        ("batch_prop_cutoff", batch_prop_cutoff, 0.0, 1.0),
-    ):
-        if not (lo < float(value) <= hi) and not (
-            name == "batch_prop_cutoff" and float(value) == 0.0
-        ):
-            raise ScamlError(f"{name} must be in ({lo}, {hi}]; got {value!r}.")
-    for name, value in (
-        ("max_iter_harmony", max_iter_harmony),
-        ("max_iter_kmeans", max_iter_kmeans),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ScamlError(f"{name} must be a positive integer; got {value!r}.")
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise ScamlError(f"alpha must be a positive number; got {alpha!r}.")
-    if tau < 0:
-        raise ScamlError(f"tau must be >= 0; got {tau!r}.")
-
-    theta_b = _per_batch(2.0 if theta is None else theta, n_levels, "theta")
-    N_b = np.bincount(design.codes.ravel(), minlength=design.B).astype(np.float64)
-    if tau > 0:
-        theta_b = theta_b * (1.0 - np.exp(-((N_b / (nclust * tau)) ** 2)))
-    if lamb is None or (np.ndim(lamb) == 0 and float(lamb) == -1):
-        lamb_b = None
-    else:
-        lamb_b = _per_batch(lamb, n_levels, "lamb", allow_intercept=True)
-        if lamb_b.size == design.B:
-            lamb_b = np.concatenate([[0.0], lamb_b])
-    sigma_k = np.atleast_1d(np.asarray(sigma, dtype=np.float64)).reshape(-1)
-    if sigma_k.size == 1:
-        sigma_k = np.repeat(sigma_k, nclust)
-    if sigma_k.size != nclust:
-        raise ScamlError(
-            f"sigma must be one number or one per cluster ({nclust}); got {sigma_k.size} values."
-        )
-    if not np.all(np.isfinite(sigma_k)) or np.any(sigma_k <= 0):
-        raise ScamlError(f"sigma must be positive; got {sigma_k[:5].tolist()}.")
-
-    from .core import make_backend
-
-    be = make_backend(backend, dev, str(dtype))
+    N_b = np.bincount(design.codes.ravel(), minlength=design.B)
+    resolved = hp.resolve(N, design.n_levels, N_b)
     params: dict[str, Any] = {
         "vars_use": vars_use,
-        "theta": theta_b.tolist(),
-        "lamb": "auto (alpha * E)" if lamb_b is None else lamb_b.tolist(),
-        "sigma": float(sigma_k[0]) if np.all(sigma_k == sigma_k[0]) else sigma_k.tolist(),
-        "nclust": nclust,
-        "tau": float(tau),
-        "block_size": float(block_size),
-        "max_iter_harmony": int(max_iter_harmony),
-        "max_iter_kmeans": int(max_iter_kmeans),
-        "epsilon_cluster": float(epsilon_cluster),
-        "epsilon_harmony": float(epsilon_harmony),
-        "alpha": float(alpha),
-        "batch_prop_cutoff": float(batch_prop_cutoff),
-        "random_state": random_state,
-        "backend": be.name,
-        "device": str(be.device),
-        "dtype": str(dtype),
+        **resolved.as_dict(),
         "n_cells": int(N),
         "n_dims": int(Z.shape[1]),
-        "n_batches": [int(n) for n in n_levels],
+        "n_batches": [int(n) for n in design.n_levels],
     }
 
     from .._utils import is_quiet, progress
@@ -400,33 +308,14 @@ def run_harmony(
     task = None
     if bar is not None:
         bar.start()
-        task = bar.add_task("Harmony", total=int(max_iter_harmony), status="")
+        task = bar.add_task("Harmony", total=resolved.max_iter_harmony, status="")
 
     def callback(it: int, objective: float) -> None:
         if bar is not None:
             bar.update(task, completed=it, status=f"objective {objective:.4g}")
 
     try:
-        state = harmonize(
-            Z,
-            design,
-            theta=theta_b,
-            lamb=lamb_b,
-            sigma=sigma_k,
-            K=nclust,
-            block_size=float(block_size),
-            max_iter_harmony=int(max_iter_harmony),
-            max_iter_kmeans=int(max_iter_kmeans),
-            epsilon_cluster=float(epsilon_cluster),
-            epsilon_harmony=float(epsilon_harmony),
-            alpha=float(alpha),
-            batch_prop_cutoff=float(batch_prop_cutoff),
-            random_state=random_state,
-            backend=be.name,
-            device=str(be.device),
-            dtype=str(dtype),
-            callback=callback,
-        )
+        state = harmonize(Z, design, resolved, callback=callback)
     finally:
         if bar is not None:
             bar.stop()
@@ -438,7 +327,10 @@ def run_harmony(
             if state.converged
             else f"stopped after {state.n_iter}"
         )
-        info(f"Harmony {status} iteration(s) ({be.name} on {be.device}, {nclust} clusters).")
+        info(
+            f"Harmony {status} iteration(s) ({resolved.backend} on {resolved.device}, "
+            f"{resolved.nclust} clusters)."
+        )
     return Harmony(state, Z, params, batch_names)
 
 

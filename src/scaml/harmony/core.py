@@ -11,7 +11,8 @@ The notation follows the paper:
 ``R``
     cells x K soft cluster assignments (each row sums to one).
 ``Phi``
-    the one-hot design of the batch covariates (kept as integer codes, never as a dense matrix).
+    the one-hot design of the batch covariates (kept as integer codes, never as a cells x B matrix;
+    ``Phi_g`` holds its G distinct rows, one per group of cells with the same batch levels).
 ``O``, ``E``
     K x B observed and expected (``N_k * Pr_b``) number of cells of batch b in cluster k.
 ``theta``, ``sigma``, ``lamb``
@@ -35,6 +36,13 @@ One Harmony iteration (R harmony 2.x):
    intercepts become the new centroids ``Y``.
 4. Stop when the relative decrease of the objective is below ``epsilon_harmony``.
 
+In the code: :class:`HarmonyParams` validates the parameters and :meth:`HarmonyParams.resolve`
+resolves them for a data set (:class:`ResolvedHarmonyParams`); :func:`harmonize` runs
+:func:`initialize` (:func:`cell_layout`, :func:`cosine_normalize`, :func:`init_centroids`), then
+per iteration :func:`soft_assign` (step 1), :func:`cluster` (step 2: :func:`update_R`,
+:func:`diversity_penalty`, :func:`compute_objective`) and :func:`moe_correct_ridge` (step 3:
+:func:`ridge_regressions`), and finally :func:`corrected_embedding`.
+
 Implementation notes (speed and memory): cells are stored internally sorted by their combination of
 batch levels ("group") and, within a group, by block, in a seeded random order; so every group is
 a contiguous row range (the ridge step works on slices, with per-group sums of ``R``; no ``Phi``
@@ -56,14 +64,19 @@ is freed before the output ``Z_corr`` is written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import numbers
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from ..errors import ScamlError
 
 _WINDOW = 3  # k-means convergence window (R harmony)
 _CHUNK = 1 << 14  # rows per chunk for cells x K elementwise work
@@ -131,6 +144,411 @@ class HarmonyState:
     @property
     def R(self) -> np.ndarray:  # noqa: N802 - paper notation
         return self.internal_R[self.inverse]
+
+
+# ----------------------------------------------------------------------------- parameters
+
+BACKENDS = ("auto", "numpy", "torch")
+DTYPES = ("float32", "float64")
+_CUDA_DEVICE = re.compile(r"cuda(:[0-9]+)?")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _positive_int(name: str, value: Any, hint: str) -> int:
+    if not _is_int(value) or value < 1:
+        raise ScamlError(f"{name} must be a positive integer ({hint}); got {value!r}.")
+    return int(value)
+
+
+def _real(name: str, value: Any, ok: Callable[[float], bool], must: str) -> float:
+    """``value`` as a finite float for which ``ok`` holds; else a ScamlError saying what it ``must`` be."""
+    if not (_is_real(value) and math.isfinite(float(value)) and ok(float(value))):
+        raise ScamlError(f"{name} must be {must}; got {value!r}.")
+    return float(value)
+
+
+def _values(name: str, value: Any, *, positive: bool, hint: str) -> tuple[float, ...]:
+    """One number or a sequence of numbers, finite and > 0 (``positive``) or >= 0, as a tuple."""
+    arr = None
+    if not isinstance(value, (str, bytes, bool, np.bool_, dict)):
+        try:
+            arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
+        except (TypeError, ValueError):
+            arr = None
+    if arr is None or arr.size == 0:
+        raise ScamlError(f"{name} must be a number or a list of numbers ({hint}); got {value!r}.")
+    bad = ~np.isfinite(arr) | ((arr <= 0) if positive else (arr < 0))
+    if bad.any():
+        sign = "positive" if positive else "not negative"
+        raise ScamlError(
+            f"{name} must be finite and {sign} ({hint}); got {arr[bad][:5].tolist()} among "
+            f"its {arr.size} value(s)."
+        )
+    return tuple(float(v) for v in arr)
+
+
+def _is_minus_one(value: Any) -> bool:
+    """Whether ``value`` is the number -1 (R harmony's "estimate lambda")."""
+    if isinstance(value, (str, bytes, bool, np.bool_)) or np.ndim(value) != 0:
+        return False
+    try:
+        return float(value) == -1
+    except (TypeError, ValueError):
+        return False
+
+
+def _per_batch(
+    name: str, values: tuple[float, ...], n_levels: Sequence[int], *, intercept: bool = False
+) -> np.ndarray:
+    """One number, one per covariate, one per batch level (or, for lamb, intercept + one per level)."""
+    arr = np.asarray(values, dtype=np.float64)
+    B = int(sum(n_levels))
+    if arr.size == 1:
+        return np.repeat(arr, B)
+    if arr.size == len(n_levels):
+        return np.repeat(arr, n_levels)
+    if arr.size == B:
+        return arr
+    if intercept and arr.size == B + 1:
+        return arr
+    forms = f"one number, one per covariate ({len(n_levels)}) or one per batch level ({B})"
+    if intercept:
+        forms += f", or the intercept's penalty then one per batch level ({B + 1})"
+    raise ScamlError(f"{name} must be {forms}; got {arr.size} values.")
+
+
+def resolve_backend(backend: str, device: str) -> tuple[str, str]:
+    """The backend and device a run uses: ``("numpy", "cpu")`` or ``("torch", device)``.
+
+    Parameters
+    ----------
+    backend
+        ``"numpy"``, ``"torch"`` or ``"auto"``: torch on a CUDA device when ``device`` allows it
+        (``"auto"``, ``"cuda"``, ``"cuda:N"``) and one is present, numpy otherwise (numpy is the
+        faster of the two on CPU, see benchmarks/README.md).
+    device
+        ``"auto"`` (torch: CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns
+    -------
+    tuple of str
+        The backend's name and the device, as torch writes it.
+    """
+    device = str(device)
+    if backend == "auto":
+        if device == "auto" or device.startswith("cuda"):
+            try:
+                import torch
+
+                if torch.cuda.is_available():
+                    return "torch", "cuda" if device == "auto" else str(torch.device(device))
+            except ImportError:  # pragma: no cover - torch is a dependency
+                pass
+        backend = "numpy"
+    if backend == "numpy":
+        return "numpy", "cpu"
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "torch", str(torch.device(device))
+
+
+@dataclass(frozen=True)
+class HarmonyParams:
+    """Harmony's parameters as the user gives them (R harmony / harmonypy names), validated.
+
+    Creating one checks every parameter that does not depend on the data (types, ranges, backend,
+    device, dtype) and raises :class:`~scaml.errors.ScamlError` naming the bad value and the fix;
+    :meth:`resolve` checks the rest against the data (how many values ``theta``, ``lamb`` and
+    ``sigma`` have, ``nclust`` against the number of cells) and resolves the defaults.
+    See :func:`scaml.harmony.run_harmony` for the meaning of each parameter; ``theta``, ``lamb`` and
+    ``sigma`` are stored as tuples of floats, numbers as ``int`` / ``float``.
+
+    Parameters
+    ----------
+    theta
+        Diversity penalty: one number, one per covariate or one per batch level (>= 0); None is 2.
+    lamb
+        Ridge penalty (>= 0): one number, one per covariate, one per batch level, or the intercept's
+        penalty then one per batch level; None (or -1) estimates it as ``alpha * E``.
+    sigma
+        Soft k-means width (> 0): one number or one per cluster.
+    nclust
+        Number of clusters (positive integer); None is ``min(round(N / 30), 100)``.
+    tau
+        Protection of small batches (>= 0; 0 turns it off).
+    block_size
+        Fraction of cells updated together, in (0, 1].
+    max_iter_harmony, max_iter_kmeans
+        Positive integers.
+    epsilon_cluster, epsilon_harmony
+        Convergence tolerances (any number; -inf never stops early).
+    alpha
+        Factor of the automatic ridge penalty (> 0).
+    batch_prop_cutoff
+        In [0, 1].
+    random_state
+        None or a non-negative integer seed.
+    backend, device, dtype
+        ``"auto"`` / ``"numpy"`` / ``"torch"``; ``"auto"`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:N"``;
+        ``"float32"`` / ``"float64"``.
+
+    Raises
+    ------
+    ScamlError
+        For a parameter of the wrong type or out of range, an unknown backend, device or dtype, or
+        a CUDA device that torch cannot see.
+    """
+
+    theta: float | Sequence[float] | None = None
+    lamb: float | Sequence[float] | None = None
+    sigma: float | Sequence[float] = 0.1
+    nclust: int | None = None
+    tau: float = 0
+    block_size: float = 0.05
+    max_iter_harmony: int = 10
+    max_iter_kmeans: int = 4
+    epsilon_cluster: float = 1e-3
+    epsilon_harmony: float = 1e-2
+    alpha: float = 0.2
+    batch_prop_cutoff: float = 1e-5
+    random_state: int | None = 0
+    backend: str = "auto"
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name, value in self._validated().items():
+            object.__setattr__(self, name, value)
+
+    def _validated(self) -> dict[str, Any]:
+        """Every field checked and normalised; raises ScamlError for the first bad one."""
+        out: dict[str, Any] = {}
+        out["theta"] = (
+            None
+            if self.theta is None
+            else _values(
+                "theta",
+                self.theta,
+                positive=False,
+                hint="0 turns the diversity penalty off; default 2",
+            )
+        )
+        lamb = self.lamb
+        auto = lamb is None or _is_minus_one(lamb)
+        out["lamb"] = (
+            None
+            if auto
+            else _values(
+                "lamb", lamb, positive=False, hint="or None (or -1) to estimate it as alpha * E"
+            )
+        )
+        out["sigma"] = _values("sigma", self.sigma, positive=True, hint="default 0.1")
+        out["nclust"] = (
+            None
+            if self.nclust is None
+            else _positive_int("nclust", self.nclust, "or None for min(round(N / 30), 100)")
+        )
+        out["tau"] = _real(
+            "tau", self.tau, lambda v: v >= 0, "a finite number >= 0 (0 turns it off)"
+        )
+        out["block_size"] = _real(
+            "block_size", self.block_size, lambda v: 0 < v <= 1, "a number in (0, 1] (default 0.05)"
+        )
+        for name in ("max_iter_harmony", "max_iter_kmeans"):
+            out[name] = _positive_int(name, getattr(self, name), "at least 1 round")
+        for name in ("epsilon_cluster", "epsilon_harmony"):
+            value = getattr(self, name)
+            if not _is_real(value) or math.isnan(float(value)):
+                raise ScamlError(
+                    f"{name} must be a number (a relative decrease of the objective; -inf never stops "
+                    f"early); got {value!r}."
+                )
+            out[name] = float(value)
+        out["alpha"] = _real(
+            "alpha", self.alpha, lambda v: v > 0, "a finite number > 0 (default 0.2)"
+        )
+        out["batch_prop_cutoff"] = _real(
+            "batch_prop_cutoff",
+            self.batch_prop_cutoff,
+            lambda v: 0 <= v <= 1,
+            "a number in [0, 1] (default 1e-5)",
+        )
+        seed = self.random_state
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ScamlError(
+                f"random_state must be None or a non-negative integer seed; got {seed!r}."
+            )
+        out["random_state"] = None if seed is None else int(seed)
+        out.update(self._validated_backend())
+        return out
+
+    def _validated_backend(self) -> dict[str, str]:
+        if self.backend not in BACKENDS:
+            raise ScamlError(f"backend must be one of {BACKENDS}; got {self.backend!r}.")
+        if str(self.dtype) not in DTYPES:
+            raise ScamlError(f"dtype must be one of {DTYPES}; got {self.dtype!r}.")
+        device = str(self.device)
+        cuda = _CUDA_DEVICE.fullmatch(device) is not None
+        if device not in ("auto", "cpu") and not cuda:
+            raise ScamlError(
+                f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {self.device!r}."
+            )
+        if cuda:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ScamlError(
+                    f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu' "
+                    "or 'auto'."
+                )
+            if self.backend == "numpy":
+                raise ScamlError(
+                    "backend='numpy' runs on the CPU only; use backend='torch' (or 'auto') with a "
+                    f"CUDA device (device={device!r})."
+                )
+        return {"backend": self.backend, "device": device, "dtype": str(self.dtype)}
+
+    def resolve(
+        self, n_cells: int, n_levels: Sequence[int], cells_per_batch: np.ndarray
+    ) -> ResolvedHarmonyParams:
+        """Check the parameters against the data and resolve the defaults.
+
+        Parameters
+        ----------
+        n_cells
+            Number of cells N.
+        n_levels
+            Number of batch levels of each covariate.
+        cells_per_batch
+            ``N_b``: number of cells of each batch level (covariates one after the other).
+
+        Returns
+        -------
+        ResolvedHarmonyParams
+            ``nclust`` (default ``min(round(N / 30), 100)``, at least 1), ``theta`` per batch level
+            (scaled by ``1 - exp(-(N_b / (nclust * tau)) ** 2)`` when ``tau > 0``), ``lamb`` as the
+            intercept's penalty then one per batch level (or None: ``alpha * E``), ``sigma`` per
+            cluster, and the backend and device a run uses.
+
+        Raises
+        ------
+        ScamlError
+            When ``nclust`` exceeds the number of cells or ``theta``, ``lamb`` or ``sigma`` has a
+            number of values that fits neither form.
+        """
+        N = int(n_cells)
+        nclust = self.nclust
+        if nclust is None:
+            nclust = max(int(min(round(N / 30.0), 100)), 1)
+        if nclust > N:
+            raise ScamlError(
+                f"nclust ({nclust}) is larger than the number of cells ({N}); use a smaller nclust."
+            )
+        N_b = np.asarray(cells_per_batch, dtype=np.float64)
+        theta = _per_batch("theta", (2.0,) if self.theta is None else self.theta, n_levels)
+        if self.tau > 0:
+            theta = theta * (1.0 - np.exp(-((N_b / (nclust * self.tau)) ** 2)))
+        lamb = None
+        if self.lamb is not None:
+            lamb = _per_batch("lamb", self.lamb, n_levels, intercept=True)
+            if lamb.size == int(sum(n_levels)):
+                lamb = np.concatenate([[0.0], lamb])
+        sigma = np.asarray(self.sigma, dtype=np.float64)
+        if sigma.size == 1:
+            sigma = np.repeat(sigma, nclust)
+        if sigma.size != nclust:
+            raise ScamlError(
+                f"sigma must be one number or one per cluster ({nclust}); got {sigma.size} values."
+            )
+        backend, device = resolve_backend(self.backend, self.device)
+        for arr in (theta, lamb, sigma):
+            if arr is not None:
+                arr.flags.writeable = False
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields.update(
+            theta=theta, lamb=lamb, sigma=sigma, nclust=int(nclust), backend=backend, device=device
+        )
+        return ResolvedHarmonyParams(**fields, n_cells=N, n_levels=tuple(int(n) for n in n_levels))
+
+
+@dataclass(frozen=True, eq=False)
+class ResolvedHarmonyParams:
+    """Harmony's parameters resolved for one data set (made by :meth:`HarmonyParams.resolve`).
+
+    Attributes
+    ----------
+    theta
+        Diversity penalty per batch level, (B,) float64 (``tau`` applied).
+    lamb
+        Ridge penalty, intercept first then per batch level, (B + 1,) float64; None for the
+        automatic ``alpha * E[k, b]``.
+    sigma
+        Soft k-means width per cluster, (K,) float64.
+    nclust
+        Number of clusters K.
+    backend, device
+        The backend used (``"numpy"`` or ``"torch"``) and its device (``"cpu"``, ``"cuda"`` ...).
+    n_cells, n_levels
+        Number of cells and number of levels of each covariate.
+    tau, block_size, max_iter_harmony, max_iter_kmeans, epsilon_cluster, epsilon_harmony, alpha, \
+batch_prop_cutoff, random_state, dtype
+        As given (validated).
+    """
+
+    theta: np.ndarray
+    lamb: np.ndarray | None
+    sigma: np.ndarray
+    nclust: int
+    tau: float
+    block_size: float
+    max_iter_harmony: int
+    max_iter_kmeans: int
+    epsilon_cluster: float
+    epsilon_harmony: float
+    alpha: float
+    batch_prop_cutoff: float
+    random_state: int | None
+    backend: str
+    device: str
+    dtype: str
+    n_cells: int
+    n_levels: tuple[int, ...]
+
+    @property
+    def K(self) -> int:  # noqa: N802 - paper notation
+        """Number of clusters (``nclust``)."""
+        return self.nclust
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parameters as plain JSON-like values (``ho.params`` without the data's shape)."""
+        sigma = self.sigma
+        return {
+            "theta": self.theta.tolist(),
+            "lamb": "auto (alpha * E)" if self.lamb is None else self.lamb.tolist(),
+            "sigma": float(sigma[0]) if np.all(sigma == sigma[0]) else sigma.tolist(),
+            "nclust": self.nclust,
+            "tau": self.tau,
+            "block_size": self.block_size,
+            "max_iter_harmony": self.max_iter_harmony,
+            "max_iter_kmeans": self.max_iter_kmeans,
+            "epsilon_cluster": self.epsilon_cluster,
+            "epsilon_harmony": self.epsilon_harmony,
+            "alpha": self.alpha,
+            "batch_prop_cutoff": self.batch_prop_cutoff,
+            "random_state": self.random_state,
+            "backend": self.backend,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
 
 
 # ----------------------------------------------------------------------------- backends
@@ -565,22 +983,19 @@ class _TorchBackend:
 
 
 def make_backend(backend: str, device: str, dtype: str):
-    """Build the array backend: ``"numpy"``, ``"torch"`` or ``"auto"``.
+    """Build the array backend: ``"numpy"``, ``"torch"`` or ``"auto"`` (see :func:`resolve_backend`).
 
-    ``"auto"`` picks torch on a CUDA device (when ``device`` allows it and one is present) and numpy
-    otherwise (numpy is the faster of the two on CPU, see benchmarks/README.md).
+    Parameters
+    ----------
+    backend
+        ``"numpy"``, ``"torch"`` or ``"auto"``.
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (torch only).
+    dtype
+        ``"float32"`` or ``"float64"``.
     """
-    if backend == "auto":
-        if device in ("auto", "cuda") or str(device).startswith("cuda"):
-            try:
-                import torch
-
-                if torch.cuda.is_available():
-                    return _TorchBackend(dtype, "cuda" if device == "auto" else device)
-            except ImportError:  # pragma: no cover - torch is a dependency
-                pass
-        backend = "numpy"
-    if backend == "numpy":
+    name, device = resolve_backend(backend, device)
+    if name == "numpy":
         return _NumpyBackend(dtype)
     return _TorchBackend(dtype, device)
 
@@ -652,47 +1067,64 @@ def _kmeans_plusplus(X: np.ndarray, K: int, rng: np.random.Generator) -> np.ndar
 # ----------------------------------------------------------------------------- the algorithm
 
 
-def harmonize(
-    Z: np.ndarray,
-    design: Design,
-    *,
-    theta: np.ndarray,
-    lamb: np.ndarray | None,
-    sigma: np.ndarray,
-    K: int,
-    block_size: float = 0.05,
-    max_iter_harmony: int = 10,
-    max_iter_kmeans: int = 4,
-    epsilon_cluster: float = 1e-3,
-    epsilon_harmony: float = 1e-2,
-    alpha: float = 0.2,
-    batch_prop_cutoff: float = 1e-5,
-    random_state: int | None = 0,
-    backend: str = "numpy",
-    device: str = "auto",
-    dtype: str = "float32",
-    callback: Callable[[int, float], None] | None = None,
-) -> HarmonyState:
-    """Run Harmony on a cells x d array with a validated design.
+class _Clock:
+    """Seconds spent in each phase of a run; ``lap(name)`` books the time since the last lap."""
 
-    Parameters are resolved per batch / per cluster by :func:`scaml.harmony.run_harmony`:
-    ``theta`` (B,), ``lamb`` (B + 1,) with the intercept's penalty first, or None for the
-    automatic ``alpha * E``, ``sigma`` (K,). ``callback(iteration, objective)`` is called after each
-    Harmony iteration.
+    PHASES = ("setup", "kmeans", "kernel", "clustering", "objective", "correction")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] += now - self._last
+        self._last = now
+
+
+@dataclass
+class CellLayout:
+    """The internal cell order, the groups and the update blocks of one run.
+
+    Attributes
+    ----------
+    order
+        ``order[i]`` is the caller's row of internal row i.
+    inverse
+        The internal row of each of the caller's rows.
+    Phi_g
+        G x B, the rows of the one-hot design ``Phi`` of the G groups (combinations of batch
+        levels), one 1 per covariate.
+    segments
+        ``(start, stop, g)``: the contiguous internal rows of each group g.
+    blocks
+        ``(row ranges, group ids, counts)`` of each update block: one row range per group present
+        in the block.
     """
-    be = make_backend(backend, device, dtype)
-    rng = np.random.default_rng(random_state)
-    N, d = Z.shape
-    B = design.B
+
+    order: np.ndarray
+    inverse: np.ndarray
+    Phi_g: np.ndarray
+    segments: list[tuple[int, int, int]]
+    blocks: list[tuple[list[tuple[int, int]], np.ndarray, np.ndarray]]
+
+    @property
+    def G(self) -> int:  # noqa: N802 - paper notation
+        return int(self.Phi_g.shape[0])
+
+
+def _groups(design: Design) -> tuple[np.ndarray, np.ndarray]:
+    """The group (combination of batch levels) of every cell and the rows of ``Phi`` per group.
+
+    Returns
+    -------
+    gcode : np.ndarray
+        (N,) group index of each cell.
+    Phi_g : np.ndarray
+        G x B group -> batch level indicator.
+    """
     codes = design.codes
     n_cov = codes.shape[1]
-    N_b = np.bincount(codes.ravel(), minlength=B).astype(np.float64)
-    Pr_b = N_b / N
-    theta = np.asarray(theta, dtype=np.float64)
-    sigma = np.asarray(sigma, dtype=np.float64)
-    norm_const = 2000.0 / N
-
-    # --- groups (combinations of levels)
     if n_cov == 1:
         uniq, gcode = np.unique(codes[:, 0], return_inverse=True)
         group_levels = uniq[:, None]
@@ -700,13 +1132,36 @@ def harmonize(
         group_levels, gcode = np.unique(codes, axis=0, return_inverse=True)
     gcode = np.asarray(gcode, dtype=np.int64).reshape(-1)
     G = group_levels.shape[0]
-    A = np.zeros((G, B))  # group -> batch indicator (one 1 per covariate)
+    Phi_g = np.zeros((G, design.B))
     for c in range(n_cov):
-        A[np.arange(G), group_levels[:, c]] = 1.0
+        Phi_g[np.arange(G), group_levels[:, c]] = 1.0
+    return gcode, Phi_g
 
-    # --- internal cell order: by group, then by block, random within. Every group is a contiguous
-    # row range (the ridge step works on whole groups) and so is every (group, block) piece. The
-    # blocks are random cell subsets stratified by group (cells dealt round-robin within a group).
+
+def cell_layout(design: Design, block_size: float, rng: np.random.Generator) -> CellLayout:
+    """Sort the cells by group, then by block, in a seeded random order within.
+
+    Every group is then a contiguous row range (the correction works on whole groups) and so is
+    every (group, block) piece. The ``ceil(1 / block_size)`` blocks are random cell subsets
+    stratified by group (a group's cells are dealt round-robin to the blocks); tiny data sets can
+    leave a block empty, and empty blocks are dropped.
+
+    Parameters
+    ----------
+    design
+        The batch design.
+    block_size
+        Fraction of the cells in one block.
+    rng
+        The run's random generator (draws N numbers).
+
+    Returns
+    -------
+    CellLayout
+    """
+    gcode, Phi_g = _groups(design)
+    G = Phi_g.shape[0]
+    N = gcode.size
     n_blocks = min(max(1, int(math.ceil(1.0 / block_size - 1e-9))), N)
     order0 = np.lexsort((rng.random(N), gcode))  # by group, random within
     gsorted = gcode[order0]
@@ -723,176 +1178,336 @@ def harmonize(
         n_g = int(group_start[g + 1] - group_start[g])
         per = np.bincount(np.arange(n_g) % n_blocks, minlength=n_blocks)
         pieces[g] = group_start[g] + np.concatenate([[0], np.cumsum(per)])
-    blocks = []  # (row ranges, group ids, counts)
+    blocks = []
     for j in range(n_blocks):
         lo, hi = pieces[:, j], pieces[:, j + 1]
         gids = np.flatnonzero(hi > lo)
         ranges = [(int(lo[g]), int(hi[g])) for g in gids]
-        if ranges:  # tiny data: a block can be empty
+        if ranges:
             blocks.append((ranges, gids, (hi - lo)[gids]))
-    n_blocks = len(blocks)
+    return CellLayout(order, inverse, Phi_g, segments, blocks)
 
-    # soft assignment exp(-dist / sigma) = exp(z.(2 y / sigma)) * exp(-2 / sigma): without a row
-    # shift when no overflow / underflow is possible (|z.y| <= 1), else the shifted (safe) form
+
+@dataclass
+class HarmonyFit:
+    """The working arrays of one run, in the internal cell order (see :class:`CellLayout`).
+
+    Attributes
+    ----------
+    be
+        The array backend.
+    layout
+        Cell order, groups and blocks.
+    Z_orig
+        The input rows in the internal order (numpy: gathered chunk by chunk, no copy).
+    Z_cos
+        N x d, rows of the current ``Z_corr`` at unit length (None once ``Z_corr`` is written).
+    R
+        N x K soft cluster assignments.
+    Y
+        d x K centroids (float64, unit columns); ``Yw`` in the working dtype and
+        ``Ys = Y * 2 / sigma`` (see :func:`soft_kernel`) are kept with it by :meth:`set_Y`.
+    O, Nk
+        K x B observed cells per cluster and batch, and ``N_k`` (K,), cells per cluster; the
+        expected counts are ``E = N_k Pr_b`` (:attr:`E`).
+    cache
+        Per block, the per-group sums of its rows of ``R`` (so taking a block out of ``O`` is free).
+    V
+        G x K x d: the correction of a cell of group g in cluster k is ``R_ik V[g, k]``
+        (``V[g, k] = Phi_g W_k`` without the intercept).
+    theta, sigma
+        Per batch level and per cluster (float64).
+    Pr_b, N_b
+        Fraction and number of cells of each batch level.
+    scale, offset, kernel_factor
+        The soft-assignment kernel (:func:`soft_kernel`).
+    """
+
+    be: Any
+    layout: CellLayout
+    Z_orig: Any
+    Z_cos: Any
+    R: Any
+    theta: np.ndarray
+    sigma: np.ndarray
+    Pr_b: np.ndarray
+    N_b: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray | None
+    kernel_factor: np.ndarray
+    Y: np.ndarray | None = None
+    Yw: Any = None
+    Ys: Any = None
+    O: np.ndarray | None = None  # noqa: E741 - paper notation
+    Nk: np.ndarray | None = None
+    cache: list[np.ndarray] = field(default_factory=list)
+    V: np.ndarray | None = None
+
+    @property
+    def N(self) -> int:  # noqa: N802 - paper notation
+        return int(self.R.shape[0])
+
+    @property
+    def K(self) -> int:  # noqa: N802 - paper notation
+        return int(self.R.shape[1])
+
+    @property
+    def E(self) -> np.ndarray:  # noqa: N802 - paper notation
+        """K x B expected cells per cluster and batch, ``N_k Pr_b``."""
+        return np.outer(self.Nk, self.Pr_b)
+
+    def set_Y(self, Y: np.ndarray) -> None:  # noqa: N802 - paper notation
+        """Take ``Y`` (d x K) as the centroids, with its working-dtype and scaled copies."""
+        self.Y = Y
+        self.Yw, self.Ys = self.be.small(Y), self.be.small(Y * self.scale[None, :])
+
+
+def soft_kernel(sigma: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The form of the soft-assignment kernel ``exp(-dist / sigma)``, ``dist = 2 (1 - z . y)``.
+
+    ``exp(-dist / sigma) = exp(z . (2 y / sigma)) * exp(-2 / sigma)``: without a row shift when no
+    overflow / underflow is possible (``|z . y| <= 1``), else the shifted (safe) form.
+
+    Parameters
+    ----------
+    sigma
+        (K,) soft k-means width per cluster.
+    dtype
+        The working dtype.
+
+    Returns
+    -------
+    scale : np.ndarray
+        ``2 / sigma``; the kernel's exponent is ``z . (y * scale)``.
+    offset : np.ndarray or None
+        None on the fast path, else ``-scale`` (added before the row shift).
+    kernel_factor : np.ndarray
+        ``exp(-scale)`` on the fast path (multiplies the kernel), else ones.
+    """
     scale = 2.0 / sigma
     fast = float(scale.max()) <= 0.25 * math.log(np.finfo(np.dtype(dtype)).max)
     offset = None if fast else -scale
-    kernel_factor = np.exp(-scale) if fast else np.ones(K)
+    kernel_factor = np.exp(-scale) if fast else np.ones(sigma.size)
+    return scale, offset, kernel_factor
 
-    # --- arrays (internal order)
-    Z_orig = be.source(Z, order)  # rows of the input in the internal order (numpy: no copy)
-    del Z
-    Z_cos = be.empty((N, d))
+
+def cosine_normalize(be, Z_orig: Any) -> Any:
+    """``Z_cos``: the rows of ``Z_orig`` scaled to unit length, chunk by chunk (N x d, working dtype)."""
+    N = Z_orig.shape[0]
+    Z_cos = be.empty(Z_orig.shape)
     for a in range(0, N, _CHUNK):
         be.l2_rows(Z_orig.rows(a, min(a + _CHUNK, N)), Z_cos[a : a + _CHUNK])
-    R = be.empty((N, K))
+    return Z_cos
 
-    seconds = {
-        "setup": 0.0,
-        "kmeans": 0.0,
-        "kernel": 0.0,
-        "clustering": 0.0,
-        "objective": 0.0,
-        "correction": 0.0,
-    }
-    clock = time.perf_counter()
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] += now - clock
-        clock = now
-
-    lap("setup")
+def init_centroids(be, Z_cos: Any, K: int, rng: np.random.Generator) -> np.ndarray:
+    """The initial centroids ``Y`` (d x K, unit columns): seeded k-means of ``Z_cos``."""
     with be.parallel():
         Y = kmeans_centroids(be, Z_cos, K, rng)  # K x d
     Y /= np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-30)
-    Y = Y.T.copy()  # d x K
-
-    state = HarmonyState()
-    obj_k = state.objective_kmeans
-    obj_h = state.objective_harmony
-
-    def objective(O: np.ndarray, Nk: np.ndarray, Yw) -> float:
-        E = np.outer(Nk, Pr_b)
-        cross, ent = be.objective_terms(R, Z_cos, Yw)
-        kmeans_error = 2.0 * Nk.sum() - 2.0 * cross.sum()
-        entropy = float(sigma @ ent)
-        ratio = np.log((O + E + 1.0) / (2.0 * E + 1.0))
-        cross_entropy = float(np.sum(sigma[:, None] * O * theta[None, :] * ratio))
-        return float((kmeans_error + entropy + cross_entropy) * norm_const)
-
-    def cold_start(Yw, Ys):
-        be.cold_start(Z_cos, Ys, offset, R, kernel_factor)
-        cache = be.block_sums(R, blocks)
-        gs = np.zeros((G, K))
-        for (_, gids, _), sums in zip(blocks, cache, strict=True):
-            gs[gids] += sums
-        return (A.T @ gs).T, gs.sum(axis=0), cache  # O (K x B), N_k, per-block group sums
-
-    Yw, Ys = be.small(Y), be.small(Y * scale[None, :])
-    lap("kmeans")
-    with be.parallel():  # numpy: thread pool for row pieces, BLAS single-threaded inside
-        O, Nk, cache = cold_start(Yw, Ys)
-        lap("kernel")
-        obj_k.append(objective(O, Nk, Yw))
-        obj_h.append(obj_k[-1])
-        lap("objective")
-
-        converged = False
-        n_iter = 0
-        V = np.zeros((G, K, d))
-        check = max_iter_kmeans > _WINDOW + 1  # else no convergence check can ever happen
-        for it in range(1, max_iter_harmony + 1):
-            n_iter = it
-            if it > 1:
-                O, Nk, cache = cold_start(Yw, Ys)
-                lap("kernel")
-            # ---- clustering: block updates of R with the diversity penalty
-            rounds = 0
-            for i in range(max_iter_kmeans):
-                rounds = i + 1
-                for j in rng.permutation(n_blocks):
-                    ranges, gids, counts = blocks[j]
-                    Ag = A[gids]
-                    old = cache[j]  # group sums of the block's current R
-                    O -= (Ag.T @ old).T
-                    Nk -= old.sum(axis=0)
-                    E = np.outer(Nk, Pr_b)
-                    pen_b = ((2.0 * E + 1.0) / (O + E + 1.0)) ** theta[None, :]  # K x B
-                    pen_g = (Ag @ pen_b.T) * kernel_factor[None, :]  # G' x K
-                    new = be.block_update(R, Z_cos, Ys, offset, ranges, counts, pen_g)
-                    cache[j] = new
-                    O += (Ag.T @ new).T
-                    Nk += new.sum(axis=0)
-                lap("clustering")
-                if check or i == max_iter_kmeans - 1:
-                    obj_k.append(objective(O, Nk, Yw))
-                    lap("objective")
-                if check and i > _WINDOW:
-                    old_w = sum(obj_k[-2 - w] for w in range(_WINDOW))
-                    new_w = sum(obj_k[-1 - w] for w in range(_WINDOW))
-                    if (old_w - new_w) / abs(old_w) < epsilon_cluster:
-                        break
-            state.kmeans_rounds.append(rounds)
-            obj_h.append(obj_k[-1])
-
-            # ---- mixture-of-experts ridge correction
-            rsum, zsum = be.ridge_sums(R, Z_orig, segments, G)  # G x K, G x d x K
-            Y, V = _ridge(rsum, zsum, A, design, Nk, Pr_b, N_b, lamb, alpha, batch_prop_cutoff, Y)
-            Yw, Ys = be.small(Y), be.small(Y * scale[None, :])
-            be.correct(
-                R, Z_orig, segments, V, Z_cos, normalise=True
-            )  # Z_cos = rows of Z_corr at unit length
-            lap("correction")
-
-            if callback is not None:
-                callback(it, obj_h[-1])
-            if (obj_h[-2] - obj_h[-1]) / abs(obj_h[-2]) < epsilon_harmony:
-                converged = True
-                break
-
-        # Z_corr = Z_orig - sum_k R_k (Phi W_k) of the last correction, written in the caller's order
-        Z_cos = None  # freed; Z_cos is recomputed from Z_corr when asked for
-        Z_corr = np.empty((N, d), dtype=np.dtype(dtype))
-        if be.name == "numpy":
-            be.correct(R, Z_orig, segments, V, Z_corr, rows=order)
-        else:
-            out = be.empty((N, d))
-            be.correct(R, Z_orig, segments, V, out, rows=order)
-            Z_corr[...] = be.to_numpy(out)
-            del out
-    del Z_orig
-    state.Z_corr = Z_corr
-    state.internal_R = be.to_numpy(R)
-    state.inverse = inverse
-    state.Y = np.asarray(Y)
-    state.O = O
-    state.E = np.outer(Nk, Pr_b)
-    state.n_iter = n_iter
-    state.converged = converged
-    lap("setup")
-    state.seconds = {k: round(v, 4) for k, v in seconds.items()}
-    return state
+    return Y.T.copy()
 
 
-def _ridge(rsum, zsum, A, design: Design, Nk, Pr_b, N_b, lamb, alpha, cutoff, Y_prev):
-    """Per-cluster ridge regressions from per-group sums.
+def initialize(
+    Z: np.ndarray,
+    design: Design,
+    params: ResolvedHarmonyParams,
+    be,
+    rng: np.random.Generator,
+    clock: _Clock,
+) -> HarmonyFit:
+    """Harmony's initialisation, up to the centroids: cell layout, ``Z_cos`` and ``Y``.
 
-    Returns the new centroids Y (d x K, unit columns) and V (G x K x d): the correction of a cell of
-    group g in cluster k is ``R_ik * V[g, k]``.
+    The first soft assignment ``R`` (and with it ``O`` and ``E``) is made by :func:`soft_assign`.
+
+    Parameters
+    ----------
+    Z
+        N x d input embedding (read in place with numpy).
+    design
+        The batch design.
+    params
+        Resolved parameters.
+    be
+        The array backend.
+    rng
+        The run's random generator (used by the layout, then the k-means).
+    clock
+        Books the "setup" and "kmeans" phases.
+
+    Returns
+    -------
+    HarmonyFit
+    """
+    N = Z.shape[0]
+    N_b = np.bincount(design.codes.ravel(), minlength=design.B).astype(np.float64)
+    sigma = np.asarray(params.sigma, dtype=np.float64)
+    layout = cell_layout(design, params.block_size, rng)
+    scale, offset, kernel_factor = soft_kernel(sigma, params.dtype)
+    Z_orig = be.source(Z, layout.order)
+    fit = HarmonyFit(
+        be=be,
+        layout=layout,
+        Z_orig=Z_orig,
+        Z_cos=cosine_normalize(be, Z_orig),
+        R=be.empty((N, params.nclust)),
+        theta=np.asarray(params.theta, dtype=np.float64),
+        sigma=sigma,
+        Pr_b=N_b / N,
+        N_b=N_b,
+        scale=scale,
+        offset=offset,
+        kernel_factor=kernel_factor,
+        V=np.zeros((layout.G, params.nclust, Z.shape[1])),
+    )
+    clock.lap("setup")
+    fit.set_Y(init_centroids(be, fit.Z_cos, params.nclust, rng))
+    clock.lap("kmeans")
+    return fit
+
+
+def soft_assign(fit: HarmonyFit) -> None:
+    """``R = softmax(-dist / sigma)`` without the diversity penalty, then ``O``, ``N_k`` and the
+    per-block sums (R harmony recomputes the distances at the start of each clustering)."""
+    be, layout = fit.be, fit.layout
+    be.cold_start(fit.Z_cos, fit.Ys, fit.offset, fit.R, fit.kernel_factor)
+    cache = be.block_sums(fit.R, layout.blocks)
+    gs = np.zeros((layout.G, fit.K))
+    for (_, gids, _), sums in zip(layout.blocks, cache, strict=True):
+        gs[gids] += sums
+    fit.O = (layout.Phi_g.T @ gs).T
+    fit.Nk = gs.sum(axis=0)
+    fit.cache = cache
+
+
+def diversity_penalty(O: np.ndarray, E: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """K x B penalty ``((2 E + 1) / (O + E + 1)) ** theta`` (R harmony 2.x)."""
+    return ((2.0 * E + 1.0) / (O + E + 1.0)) ** theta[None, :]
+
+
+def update_R(fit: HarmonyFit, rng: np.random.Generator) -> None:  # noqa: N802 - paper notation
+    """One round of block updates of ``R`` with the diversity penalty, blocks in a random order.
+
+    Each block is taken out of ``O`` / ``N_k``, its cells are re-assigned with the penalty of their
+    batch levels (summed over the covariates of the cell, as R's ``penalty %*% Phi`` does) and the
+    block is put back.
+    """
+    be, layout = fit.be, fit.layout
+    O, Nk = fit.O, fit.Nk
+    for j in rng.permutation(len(layout.blocks)):
+        ranges, gids, counts = layout.blocks[j]
+        Phi_b = layout.Phi_g[gids]
+        old = fit.cache[j]  # group sums of the block's current R
+        O -= (Phi_b.T @ old).T
+        Nk -= old.sum(axis=0)
+        E = np.outer(Nk, fit.Pr_b)
+        pen_g = (Phi_b @ diversity_penalty(O, E, fit.theta).T) * fit.kernel_factor[None, :]
+        new = be.block_update(fit.R, fit.Z_cos, fit.Ys, fit.offset, ranges, counts, pen_g)
+        fit.cache[j] = new
+        O += (Phi_b.T @ new).T
+        Nk += new.sum(axis=0)
+
+
+def compute_objective(fit: HarmonyFit) -> float:
+    """Harmony's objective: k-means error + sigma-weighted entropy + sigma-weighted cross entropy.
+
+    ``sum_ik R_ik dist_ik + sum_k sigma_k sum_i R_ik log R_ik
+    + sum_kb sigma_k theta_b O_kb log((O_kb + E_kb + 1) / (2 E_kb + 1))``, times ``2000 / N``
+    (R harmony 2.x); the k-means error is ``2 sum(R) - 2 tr(Y^T Z_cos^T R)``.
+    """
+    O, Nk, sigma, theta = fit.O, fit.Nk, fit.sigma, fit.theta
+    E = np.outer(Nk, fit.Pr_b)
+    cross, ent = fit.be.objective_terms(fit.R, fit.Z_cos, fit.Yw)
+    kmeans_error = 2.0 * Nk.sum() - 2.0 * cross.sum()
+    entropy = float(sigma @ ent)
+    ratio = np.log((O + E + 1.0) / (2.0 * E + 1.0))
+    cross_entropy = float(np.sum(sigma[:, None] * O * theta[None, :] * ratio))
+    return float((kmeans_error + entropy + cross_entropy) * (2000.0 / fit.N))
+
+
+def _window_converged(objective: list[float], epsilon: float) -> bool:
+    """R harmony's k-means check: relative decrease of the sum over a window of 3 objectives."""
+    old_w = sum(objective[-2 - w] for w in range(_WINDOW))
+    new_w = sum(objective[-1 - w] for w in range(_WINDOW))
+    return (old_w - new_w) / abs(old_w) < epsilon
+
+
+def cluster(
+    fit: HarmonyFit,
+    params: ResolvedHarmonyParams,
+    rng: np.random.Generator,
+    objective_kmeans: list[float],
+    clock: _Clock,
+) -> int:
+    """The clustering step: up to ``max_iter_kmeans`` rounds of :func:`update_R`.
+
+    The objective is appended to ``objective_kmeans`` after the last round and, when an early stop
+    is possible (``max_iter_kmeans > 4``), after every round; the rounds stop early when
+    :func:`_window_converged` (``epsilon_cluster``). The centroids ``Y`` are not moved here: they
+    are the intercepts of the correction step (:func:`moe_correct_ridge`).
+
+    Returns
+    -------
+    int
+        The number of rounds run.
+    """
+    check = params.max_iter_kmeans > _WINDOW + 1  # else no convergence check can ever happen
+    rounds = 0
+    for i in range(params.max_iter_kmeans):
+        rounds = i + 1
+        update_R(fit, rng)
+        clock.lap("clustering")
+        if check or i == params.max_iter_kmeans - 1:
+            objective_kmeans.append(compute_objective(fit))
+            clock.lap("objective")
+        if check and i > _WINDOW and _window_converged(objective_kmeans, params.epsilon_cluster):
+            break
+    return rounds
+
+
+def ridge_regressions(
+    rsum: np.ndarray,
+    zsum: np.ndarray,
+    fit: HarmonyFit,
+    design: Design,
+    params: ResolvedHarmonyParams,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The mixture of experts: per cluster k, the weighted ridge regression of ``Z_orig`` on ``[1, Phi]``.
+
+    Solves ``(Phi_k^T diag(R_k) Phi_k + lambda_k) W_k = Phi_k^T diag(R_k) Z_orig`` from per-group
+    sums; the intercept is not penalised and ``lamb=None`` uses ``alpha * E[k, b]``. Batch levels
+    with at most ``batch_prop_cutoff`` of their cells in the cluster are left out of its regression,
+    with the covariates left with a single such level and the cells of the dropped levels.
+
+    Parameters
+    ----------
+    rsum, zsum
+        Per group g: ``sum R[g]`` (G x K) and ``Z_orig[g]^T R[g]`` (G x d x K).
+    fit
+        The run (``Phi_g``, ``N_k``, ``Pr_b``, ``N_b`` and the current ``Y``).
+    design
+        The batch design.
+    params
+        ``lamb``, ``alpha`` and ``batch_prop_cutoff``.
+
+    Returns
+    -------
+    Y : np.ndarray
+        d x K new centroids, the normalised intercepts (clusters without correction keep theirs).
+    V : np.ndarray
+        G x K x d, ``Phi_g W_k`` without the intercept.
     """
     G, d, K = zsum.shape
-    B = design.B
+    Phi_g = fit.layout.Phi_g
     cov_of_b = design.covariate_of_batch
     n_cov = len(design.n_levels)
-    X = np.hstack([np.ones((G, 1)), A])  # G x (B + 1)
-    O = (A.T @ rsum).T  # K x B
-    E = np.outer(Nk, Pr_b)
-    Y = Y_prev.copy()
+    Phi_moe = np.hstack([np.ones((G, 1)), Phi_g])  # G x (B + 1), [1, Phi] per group
+    O = (Phi_g.T @ rsum).T  # K x B
+    E = np.outer(fit.Nk, fit.Pr_b)
+    Y = fit.Y.copy()
     V = np.zeros((G, K, d))
     for k in range(K):
-        qualifies = O[k] / N_b > cutoff
+        qualifies = O[k] / fit.N_b > params.batch_prop_cutoff
         n_ok = np.bincount(cov_of_b[qualifies], minlength=n_cov)
         active = n_ok > 1
         keep_b = qualifies & active[cov_of_b]
@@ -900,24 +1515,122 @@ def _ridge(rsum, zsum, A, design: Design, Nk, Pr_b, N_b, lamb, alpha, cutoff, Y_
             continue  # no covariate to correct in this cluster
         # cells enter the regression when all their active covariates' levels are kept
         dropped = active[cov_of_b] & ~keep_b
-        g_in = ~(A[:, dropped].any(axis=1)) if dropped.any() else np.ones(G, dtype=bool)
+        g_in = ~(Phi_g[:, dropped].any(axis=1)) if dropped.any() else np.ones(G, dtype=bool)
         cols = np.concatenate([[0], 1 + np.flatnonzero(keep_b)])
-        Xg = X[g_in][:, cols]  # G' x p
+        X = Phi_moe[g_in][:, cols]  # G' x p
         w = rsum[g_in, k]
-        cov = (Xg * w[:, None]).T @ Xg
-        if lamb is None:
-            pen = np.concatenate([[0.0], alpha * E[k, keep_b]])
+        cov = (X * w[:, None]).T @ X
+        if params.lamb is None:
+            pen = np.concatenate([[0.0], params.alpha * E[k, keep_b]])
         else:
-            pen = lamb[cols]
+            pen = params.lamb[cols]
         cov[np.diag_indices_from(cov)] += pen
-        rhs = Xg.T @ zsum[g_in, :, k]  # p x d
+        rhs = X.T @ zsum[g_in, :, k]  # p x d
         try:
             W = np.linalg.solve(cov, rhs)
         except np.linalg.LinAlgError:
             W = np.linalg.lstsq(cov, rhs, rcond=None)[0]
         Y[:, k] = W[0]
-        Wb = np.zeros((B, d))
-        Wb[keep_b] = W[1:]
-        V[g_in, k] = A[g_in] @ Wb
+        W_b = np.zeros((design.B, d))
+        W_b[keep_b] = W[1:]
+        V[g_in, k] = Phi_g[g_in] @ W_b
     Y /= np.maximum(np.linalg.norm(Y, axis=0, keepdims=True), 1e-30)
     return Y, V
+
+
+def moe_correct_ridge(fit: HarmonyFit, design: Design, params: ResolvedHarmonyParams) -> None:
+    """The correction step: ``Z_corr = Z_orig - sum_k R_k (Phi W_k)`` (intercept excluded).
+
+    The ridge regressions (:func:`ridge_regressions`) give the new ``Y`` and ``V``; the unit-length
+    rows of ``Z_corr`` are written straight into ``Z_cos`` (``Z_corr`` itself is only formed at the
+    end, by :func:`corrected_embedding`).
+    """
+    be, layout = fit.be, fit.layout
+    rsum, zsum = be.ridge_sums(fit.R, fit.Z_orig, layout.segments, layout.G)  # G x K, G x d x K
+    Y, fit.V = ridge_regressions(rsum, zsum, fit, design, params)
+    fit.set_Y(Y)
+    be.correct(fit.R, fit.Z_orig, layout.segments, fit.V, fit.Z_cos, normalise=True)
+
+
+def corrected_embedding(fit: HarmonyFit, dtype: str) -> np.ndarray:
+    """``Z_corr`` of the last correction in the caller's cell order; frees ``Z_cos`` first."""
+    be, layout = fit.be, fit.layout
+    fit.Z_cos = None  # freed; Z_cos is recomputed from Z_corr when asked for
+    Z_corr = np.empty(fit.Z_orig.shape, dtype=np.dtype(dtype))
+    if be.name == "numpy":
+        be.correct(fit.R, fit.Z_orig, layout.segments, fit.V, Z_corr, rows=layout.order)
+    else:
+        out = be.empty(fit.Z_orig.shape)
+        be.correct(fit.R, fit.Z_orig, layout.segments, fit.V, out, rows=layout.order)
+        Z_corr[...] = be.to_numpy(out)
+        del out
+    return Z_corr
+
+
+def harmonize(
+    Z: np.ndarray,
+    design: Design,
+    params: HarmonyParams | ResolvedHarmonyParams,
+    callback: Callable[[int, float], None] | None = None,
+) -> HarmonyState:
+    """Run Harmony on a cells x d array with a validated design.
+
+    Initialisation (:func:`initialize`, :func:`soft_assign`), then up to ``max_iter_harmony``
+    iterations of clustering (:func:`cluster`) and correction (:func:`moe_correct_ridge`), stopping
+    when the relative decrease of the objective is below ``epsilon_harmony``.
+
+    Parameters
+    ----------
+    Z
+        N x d embedding.
+    design
+        The batch design (see :class:`Design`).
+    params
+        Harmony's parameters; :class:`HarmonyParams` are resolved for ``Z`` and ``design`` first.
+    callback
+        ``callback(iteration, objective)``, called after each Harmony iteration.
+
+    Returns
+    -------
+    HarmonyState
+    """
+    if isinstance(params, HarmonyParams):
+        N_b = np.bincount(design.codes.ravel(), minlength=design.B)
+        params = params.resolve(Z.shape[0], design.n_levels, N_b)
+    clock = _Clock()
+    be = make_backend(params.backend, params.device, params.dtype)
+    rng = np.random.default_rng(params.random_state)
+    fit = initialize(Z, design, params, be, rng, clock)
+    del Z
+    state = HarmonyState()
+    obj_k, obj_h = state.objective_kmeans, state.objective_harmony
+    with be.parallel():  # numpy: thread pool for row pieces, BLAS single-threaded inside
+        soft_assign(fit)
+        clock.lap("kernel")
+        obj_k.append(compute_objective(fit))
+        obj_h.append(obj_k[-1])
+        clock.lap("objective")
+        for it in range(1, params.max_iter_harmony + 1):
+            state.n_iter = it
+            if it > 1:
+                soft_assign(fit)
+                clock.lap("kernel")
+            state.kmeans_rounds.append(cluster(fit, params, rng, obj_k, clock))
+            obj_h.append(obj_k[-1])
+            moe_correct_ridge(fit, design, params)
+            clock.lap("correction")
+            if callback is not None:
+                callback(it, obj_h[-1])
+            if (obj_h[-2] - obj_h[-1]) / abs(obj_h[-2]) < params.epsilon_harmony:
+                state.converged = True
+                break
+        state.Z_corr = corrected_embedding(fit, params.dtype)
+    fit.Z_orig = None
+    state.internal_R = be.to_numpy(fit.R)
+    state.inverse = fit.layout.inverse
+    state.Y = np.asarray(fit.Y)
+    state.O = fit.O
+    state.E = fit.E
+    clock.lap("setup")
+    state.seconds = {k: round(v, 4) for k, v in clock.seconds.items()}
+    return state
