@@ -337,15 +337,6 @@ def run_harmony(
 # ----------------------------------------------------------------------------- AnnData
 
 
-def _h5ad_safe(value: Any) -> Any:
-    """JSON-like params with None written as the string "None" (h5ad cannot store None)."""
-    if isinstance(value, dict):
-        return {k: _h5ad_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_h5ad_safe(v) for v in value]
-    return "None" if value is None else value
-
-
 def harmony_integrate(
     adata: Any,
     key: str | Sequence[str],
@@ -379,7 +370,7 @@ def harmony_integrate(
         ``uns["harmony"]`` = {key, basis, adjusted_basis, params (resolved), objective_harmony,
         n_iter, converged, seconds}.
     """
-    from ..io import check_obs_key, check_obsm_key
+    from ..io import check_obs_key, check_obsm_key, h5ad_safe_value
 
     keys = [key] if isinstance(key, str) else list(key)
     if not keys:
@@ -393,13 +384,11 @@ def harmony_integrate(
     result = run_harmony(np.asarray(X), adata.obs[keys], keys, **params)
     seconds = time.perf_counter() - start
     adata.obsm[adjusted_basis] = np.asarray(result.Z_corr, dtype=np.float32)
-    from .._utils import jsonable
-
     adata.uns["harmony"] = {
         "key": keys[0] if isinstance(key, str) else keys,
         "basis": basis,
         "adjusted_basis": adjusted_basis,
-        "params": _h5ad_safe(jsonable(result.params)),
+        "params": h5ad_safe_value(result.params),
         "objective_harmony": np.asarray(result.objective_harmony, dtype=np.float64),
         "n_iter": int(result.n_iter),
         "converged": bool(result.converged),
