@@ -109,15 +109,29 @@ def test_plot_metrics_with_missing_values(tmp_path, monkeypatch):
     assert dict(matplotlib.rcParams) == before  # scaml's style applies to its figure only
 
 
-def test_cli_evaluate(embedded, tmp_path, capsys):
+@pytest.mark.parametrize(("input_flag", "out_flag"), [(None, "--out"), ("--adata", "--outdir")])
+def test_cli_evaluate(embedded, tmp_path, capsys, input_flag, out_flag):
+    """The input positionally or as --adata; --out and --outdir are the same option."""
     path = tmp_path / "data.h5ad"
     embedded.write_h5ad(path)
     out = tmp_path / "cli"
-    status = main(["evaluate", str(path), "--batch-key", "batch", "--label-key", "cell_type",
-                   "--embeddings", "X_pca", "X_pca_harmony", "--out", str(out), "--quiet"])
+    given = [str(path)] if input_flag is None else [input_flag, str(path)]
+    status = main(["evaluate", *given, "--batch-key", "batch", "--label-key", "cell_type",
+                   "--embeddings", "X_pca", "X_pca_harmony", out_flag, str(out), "--quiet"])
     assert status == 0
-    assert (out / "metrics.csv").exists() and (out / "figures" / "metrics_comparison.png").exists()
-    assert json.loads((out / "run.json").read_text())["inputs"]["input"] == "data.h5ad"
+    assert list(pd.read_csv(out / "metrics.csv")["embedding"]) == ["X_pca", "X_pca_harmony"]
+    assert (out / "figures" / "metrics_comparison.png").exists() and (out / "report.html").exists()
+    run = json.loads((out / "run.json").read_text())
+    assert run["inputs"]["input"] == "data.h5ad" and run["parameters"]["neighbor_method"] == "auto"
+
+
+def test_cli_evaluate_input_given_twice_or_not_at_all(tmp_path, capsys):
+    common = ["--batch-key", "batch", "--out", str(tmp_path / "o")]
+    assert main(["evaluate", "a.h5ad", "--adata", "b.h5ad", *common]) == 2
+    assert "two inputs given: 'a.h5ad' and --adata 'b.h5ad'" in capsys.readouterr().err
+    assert main(["evaluate", *common]) == 2
+    assert "no input file given" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

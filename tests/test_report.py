@@ -151,6 +151,17 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "<title>Rebuilt</title>" in (outdir / REPORT_FILE).read_text()
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # the run directory as a flag, spelled like the run's own --out / --outdir (or --results)
+    for flag in ("--out", "--outdir", "--results"):
+        (outdir / REPORT_FILE).unlink()
+        assert main(["report", flag, str(outdir)]) == 0
+        assert Path(capsys.readouterr().out.strip()) == outdir / REPORT_FILE and (outdir / REPORT_FILE).exists()
+    assert main(["report", str(outdir), "--out", str(outdir)]) == 0  # the same directory twice is fine
+    capsys.readouterr()
+    assert main(["report", str(outdir), "--out", str(tmp_path)]) == 2
+    assert "two run directories given" in capsys.readouterr().err
+    assert main(["report"]) == 2
+    assert "no run directory given" in capsys.readouterr().err
 
 
 def test_maybe_write_report(tmp_path: Path) -> None:

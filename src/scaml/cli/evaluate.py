@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_input, add_output, resolve_input
+
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     """Add the ``evaluate`` subcommand."""
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
             "DIR/run.json and DIR/report.html."
         ),
     )
-    p.add_argument("input", metavar="FILE", help="h5ad file (or 10x .h5 / 10x folder / CSV) with the embeddings in obsm")
+    add_input(p, "h5ad file (or 10x .h5 / 10x folder / CSV) with the embeddings in obsm")
     p.add_argument("--batch-key", required=True, help="obs column of the batches")
     p.add_argument("--label-key", default=None,
                    help="obs column of the cell types (without it: batch-mixing metrics only)")
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                    help="obsm keys to compare (default: X_pca X_pca_harmony)")
     p.add_argument("--reference", default="X_pca", metavar="OBSM_KEY",
                    help="unintegrated embedding for the PCR comparison (default X_pca)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_output(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--n-neighbors", type=int, default=15,
                    help="neighbours (counting the cell) for graph connectivity and Leiden (default 15)")
@@ -48,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics import evaluate
 
     evaluate(
-        args.input, args.batch_key, args.label_key, args.embeddings, args.out, overwrite=args.overwrite,
+        resolve_input(args), args.batch_key, args.label_key, args.embeddings, args.out, overwrite=args.overwrite,
         reference=args.reference, n_neighbors=args.n_neighbors, perplexity=args.perplexity,
-        neighbor_method=args.neighbor_method, asw_max_cells=args.asw_max_cells, subsample=args.subsample, random_state=args.random_state,
+        neighbor_method=args.neighbor_method, asw_max_cells=args.asw_max_cells, subsample=args.subsample,
+        random_state=args.random_state,
     )
     return 0

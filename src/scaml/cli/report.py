@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import ScamlError
+
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     """Add the ``report`` subcommand."""
@@ -19,16 +21,31 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "directory already does this; use it to rebuild the page."
         ),
     )
-    parser.add_argument("outdir", metavar="DIR", help="the output directory of a scaml run")
+    parser.add_argument("outdir", nargs="?", default=None, metavar="DIR", help="the output directory of a scaml run")
+    parser.add_argument("--out", "--outdir", "--results", dest="outdir_flag", default=None, metavar="DIR",
+                        help="the run directory, as a flag (same as the positional DIR; the run's --out)")
     parser.add_argument("--title", default=None, help="page title (default: 'scaml <command> report')")
     parser.set_defaults(func=run_report)
+
+
+def run_directory(args: argparse.Namespace) -> str:
+    """The run directory given positionally or by flag; a ScamlError when none, or two different ones."""
+    positional, flagged = args.outdir, getattr(args, "outdir_flag", None)
+    if positional and flagged and positional != flagged:
+        raise ScamlError(
+            f"two run directories given: {positional!r} and --out {flagged!r}; give it once, as DIR or with --out."
+        )
+    outdir = positional or flagged
+    if not outdir:
+        raise ScamlError("no run directory given; pass the --out directory of a scaml run as DIR (or with --out DIR).")
+    return outdir
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report and print its path on stdout."""
     from ..report import write_report
 
-    path = write_report(args.outdir, title=args.title)
+    path = write_report(run_directory(args), title=args.title)
     print(path)
     return 0
 
@@ -37,29 +54,21 @@ def maybe_write_report(args: argparse.Namespace) -> Path | None:
     """Write the report of a subcommand's output directory, if it has one.
 
     The subcommand names the attribute of ``args`` that holds its output
-    directory in ``args.report_dir_attr`` (e.g. ``"out"``). The report's path
-    is printed; a failure of the report itself becomes a warning and never
-    fails a run that succeeded.
+    directory in ``args.report_dir_attr`` (e.g. ``"out"``); the report itself is
+    :func:`scaml.report.maybe_write_report`: its path is printed, and a failure
+    becomes a warning and never fails a run that succeeded.
 
     Returns
     -------
     pathlib.Path or None
         The report's path, or None when no report was written.
     """
-    from .._utils import info, warn
+    from ..report import maybe_write_report as write_if_possible
 
     attr = getattr(args, "report_dir_attr", None)
     if not attr:
         return None
     outdir = getattr(args, attr, None)
-    if not outdir or not Path(outdir).is_dir():
+    if not outdir:
         return None
-    try:
-        from ..report import write_report
-
-        path = write_report(outdir)
-    except Exception as exc:  # noqa: BLE001 - the run succeeded; a broken report must not fail it
-        warn(f"could not write the HTML report in {str(outdir)!r}: {type(exc).__name__}: {exc}")
-        return None
-    info(f"report: {path}")
-    return path
+    return write_if_possible(outdir)
