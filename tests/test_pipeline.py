@@ -91,3 +91,21 @@ def test_use_rep_skips_count_steps(tmp_path, capsys):
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["cells_after_qc"] == 400
     assert set(summary["skipped_steps"]) >= {"qc", "pca"}
+
+
+def test_pipeline_never_calls_scanpy_neighbors(monkeypatch, small_counts):
+    """The kNN graph is scaml's own: scanpy's size-dependent search (and its crash above 8,192 cells
+    with pynndescent's sparse arrays) is never reached."""
+    import scanpy as sc
+
+    from scaml.pipeline import integrate
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("scanpy.pp.neighbors was called")
+
+    monkeypatch.setattr(sc.pp, "neighbors", refuse)
+    adata = integrate(small_counts, "batch", None, min_genes=20, n_top_genes=300, n_pcs=10,
+                      resolutions=[0.5], evaluate=False)
+    assert adata.uns["neighbors"]["params"]["search"] == "exact"
+    assert adata.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
+    assert adata.obs["leiden"].nunique() >= 2
