@@ -207,21 +207,6 @@ def test_input_errors(blobs):
         run_harmony(X, meta.assign(one="x"), "one", verbose=False)
     with pytest.raises(ScamlError, match="rows"):
         run_harmony(X[:-1], meta, "batch", verbose=False)
-    with pytest.raises(ScamlError, match="nclust"):
-        run_harmony(X[:50], meta.iloc[:50], "batch", nclust=60, verbose=False)
-    with pytest.raises(ScamlError, match="theta"):
-        run_harmony(X, meta, ["batch", "donor"], theta=[1, 2, 3], verbose=False)
-    with pytest.raises(ScamlError, match="sigma"):
-        run_harmony(X, meta, "batch", nclust=10, sigma=[0.1, 0.2], verbose=False)
-    with pytest.raises(ScamlError, match="backend"):
-        run_harmony(X, meta, "batch", backend="jax", verbose=False)
-    import torch
-
-    if not torch.cuda.is_available():
-        with pytest.raises(ScamlError, match="no CUDA GPU"):
-            run_harmony(X, meta, "batch", device="cuda", verbose=False)
-    with pytest.raises(ScamlError, match="dtype"):
-        run_harmony(X, meta, "batch", dtype="float16", verbose=False)
     with pytest.raises(ScamlError, match="missing"):
         run_harmony(
             X,
@@ -229,8 +214,135 @@ def test_input_errors(blobs):
             "batch",
             verbose=False,
         )
-    with pytest.raises(ScamlError, match="lamb"):
-        run_harmony(X, meta, "batch", lamb=-1.0 * np.ones(2), verbose=False)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"theta": -1}, r"^theta must be finite and not negative.*got -1\.0\."),
+        ({"theta": [1, np.nan]}, r"^theta must be finite.*got \[nan\] among its 2 values"),
+        ({"theta": "2"}, r"^theta must be a number or a list"),
+        ({"theta": []}, r"^theta must be a number or a list"),
+        (
+            {"vars_use": ["batch", "donor"], "theta": [1, 2, 3]},
+            r"^theta must be one number.*3 values",
+        ),
+        ({"lamb": -1.0 * np.ones(2)}, r"^lamb must be finite and not negative"),
+        ({"lamb": [1.0, np.inf]}, r"^lamb must be finite"),
+        ({"lamb": [1.0] * 7}, r"^lamb must be one number.*intercept.*got 7 values"),
+        ({"sigma": 0}, r"^sigma must be finite and positive"),
+        ({"sigma": -0.1}, r"^sigma must be finite and positive"),
+        ({"sigma": None}, r"^sigma must be a number or a list of numbers"),
+        (
+            {"nclust": 10, "sigma": [0.1, 0.2]},
+            r"^sigma must be one number or one per cluster \(10\)",
+        ),
+        ({"nclust": 0}, r"^nclust must be a positive integer.*got 0"),
+        ({"nclust": 2.5}, r"^nclust must be a positive integer"),
+        ({"nclust": True}, r"^nclust must be a positive integer"),
+        ({"nclust": "10"}, r"^nclust must be a positive integer"),
+        ({"nclust": 2000}, r"^nclust \(2000\) is larger than the number of cells \(1200\)"),
+        ({"tau": -1}, r"^tau must be a finite number >= 0.*got -1"),
+        ({"tau": np.inf}, r"^tau must be a finite number"),
+        ({"block_size": 0}, r"^block_size must be a number in \(0, 1\]"),
+        ({"block_size": 1.5}, r"^block_size must be a number in \(0, 1\]"),
+        ({"max_iter_harmony": 0}, r"^max_iter_harmony must be a positive integer"),
+        ({"max_iter_harmony": 2.0}, r"^max_iter_harmony must be a positive integer"),
+        ({"max_iter_kmeans": -3}, r"^max_iter_kmeans must be a positive integer"),
+        ({"epsilon_cluster": np.nan}, r"^epsilon_cluster must be a number"),
+        ({"epsilon_harmony": "small"}, r"^epsilon_harmony must be a number"),
+        ({"alpha": 0}, r"^alpha must be a finite number > 0"),
+        ({"alpha": np.inf}, r"^alpha must be a finite number > 0"),
+        ({"batch_prop_cutoff": -0.1}, r"^batch_prop_cutoff must be a number in \[0, 1\]"),
+        ({"batch_prop_cutoff": 2}, r"^batch_prop_cutoff must be a number in \[0, 1\]"),
+        ({"random_state": -1}, r"^random_state must be None or a non-negative integer"),
+        ({"random_state": 1.5}, r"^random_state must be None or a non-negative integer"),
+        ({"backend": "jax"}, r"^backend must be one of \('auto', 'numpy', 'torch'\); got 'jax'"),
+        ({"device": "gpu"}, r"^device must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got 'gpu'"),
+        ({"dtype": "float16"}, r"^dtype must be one of \('float32', 'float64'\); got 'float16'"),
+    ],
+)
+def test_parameter_errors(blobs, params, match):
+    """Every bad parameter is a ScamlError that names it and the bad value."""
+    X, meta = blobs
+    params = dict(params)
+    vars_use = params.pop("vars_use", "batch")
+    with pytest.raises(ScamlError, match=match):
+        run_harmony(X, meta, vars_use, verbose=False, **params)
+
+
+def test_parameters_checked_up_front(blobs):
+    """Parameters are checked before the data; a CUDA device torch cannot see is refused."""
+    import torch
+
+    X, meta = blobs
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ScamlError, match="^alpha"):
+        run_harmony(bad, meta, "batchh", alpha=-1, verbose=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ScamlError, match="no CUDA GPU"):
+            run_harmony(X, meta, "batch", device="cuda", verbose=False)
+    else:
+        with pytest.raises(ScamlError, match="^backend='numpy' runs on the CPU only"):
+            run_harmony(X, meta, "batch", backend="numpy", device="cuda", verbose=False)
+
+
+def test_harmony_params_resolve():
+    """Defaults and per-batch / per-cluster forms resolved by HarmonyParams.resolve."""
+    import dataclasses
+
+    from scaml.harmony.core import HarmonyParams
+
+    N_b = np.array([100, 100, 100])
+    r = HarmonyParams(random_state=np.int64(3), alpha=np.float32(0.5)).resolve(300, [3], N_b)
+    assert r.nclust == r.K == 10  # min(round(N / 30), 100)
+    assert r.theta.tolist() == [2.0] * 3 and r.lamb is None and r.sigma.tolist() == [0.1] * 10
+    assert r.random_state == 3 and type(r.random_state) is int and r.alpha == 0.5
+    assert r.backend == "numpy" and r.device == "cpu" and r.dtype == "float32"
+    assert HarmonyParams().resolve(10, [2], np.array([5, 5])).nclust == 1
+    assert HarmonyParams().resolve(10**6, [2], np.array([5, 5]) * 10**5).nclust == 100
+    # theta per covariate, lamb per batch level (intercept 0 added), -1 = automatic lamb
+    p = HarmonyParams(theta=(2, 1), lamb=[1, 2, 3, 4, 5], nclust=4, sigma=[0.1, 0.2, 0.3, 0.4])
+    r = p.resolve(50, [3, 2], np.array([10, 20, 20, 25, 25]))
+    assert r.theta.tolist() == [2, 2, 2, 1, 1] and r.lamb.tolist() == [0, 1, 2, 3, 4, 5]
+    assert r.sigma.tolist() == [0.1, 0.2, 0.3, 0.4] and p.theta == (2.0, 1.0)
+    assert r.as_dict()["sigma"] == [0.1, 0.2, 0.3, 0.4] and r.as_dict()["lamb"] == r.lamb.tolist()
+    assert HarmonyParams(lamb=-1).lamb is None
+    assert HarmonyParams(lamb=[7, 1, 2]).resolve(9, [2], np.array([4, 5])).lamb.tolist() == [
+        7,
+        1,
+        2,
+    ]
+    # tau shrinks theta of small batches
+    r = HarmonyParams(tau=5, nclust=2).resolve(110, [2], np.array([100, 10]))
+    expected = 2 * (1 - np.exp(-((np.array([100, 10]) / 10) ** 2)))
+    np.testing.assert_array_equal(r.theta, expected)
+    assert r.as_dict()["theta"] == expected.tolist()
+    # edge values that are allowed
+    HarmonyParams(
+        theta=0, block_size=1, batch_prop_cutoff=0, epsilon_harmony=-np.inf, random_state=None
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.theta = 3
+    with pytest.raises(ValueError):  # resolved arrays are read-only
+        r.theta[0] = 1.0
+
+
+def test_harmonize_takes_params(blobs):
+    """core.harmonize resolves HarmonyParams itself and gives run_harmony's result."""
+    from scaml.harmony.api import _design
+    from scaml.harmony.core import HarmonyParams, harmonize
+
+    X, meta = blobs
+    design, _ = _design(meta, ["batch"])
+    state = harmonize(X, design, HarmonyParams(nclust=8, max_iter_harmony=2, backend="numpy"))
+    ho = run_harmony(X, meta, "batch", nclust=8, max_iter_harmony=2, backend="numpy", verbose=False)
+    np.testing.assert_array_equal(state.Z_corr, ho.Z_corr)
+    assert state.n_iter == ho.n_iter and set(state.seconds) == set(ho.seconds)
 
 
 def test_harmony_integrate(blobs):

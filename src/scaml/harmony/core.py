@@ -177,7 +177,7 @@ def _real(name: str, value: Any, ok: Callable[[float], bool], must: str) -> floa
 def _values(name: str, value: Any, *, positive: bool, hint: str) -> tuple[float, ...]:
     """One number or a sequence of numbers, finite and > 0 (``positive``) or >= 0, as a tuple."""
     arr = None
-    if not isinstance(value, (str, bytes, bool, np.bool_, dict)):
+    if not isinstance(value, (str, bytes, bool, np.bool_, dict)) and value is not None:
         try:
             arr = np.atleast_1d(np.asarray(value, dtype=np.float64)).reshape(-1)
         except (TypeError, ValueError):
@@ -187,10 +187,12 @@ def _values(name: str, value: Any, *, positive: bool, hint: str) -> tuple[float,
     bad = ~np.isfinite(arr) | ((arr <= 0) if positive else (arr < 0))
     if bad.any():
         sign = "positive" if positive else "not negative"
-        raise ScamlError(
-            f"{name} must be finite and {sign} ({hint}); got {arr[bad][:5].tolist()} among "
-            f"its {arr.size} value(s)."
+        shown = (
+            repr(float(arr[0]))
+            if arr.size == 1
+            else f"{arr[bad][:5].tolist()} among its {arr.size} values"
         )
+        raise ScamlError(f"{name} must be finite and {sign} ({hint}); got {shown}.")
     return tuple(float(v) for v in arr)
 
 
@@ -347,9 +349,7 @@ class HarmonyParams:
         out["lamb"] = (
             None
             if auto
-            else _values(
-                "lamb", lamb, positive=False, hint="or None (or -1) to estimate it as alpha * E"
-            )
+            else _values("lamb", lamb, positive=False, hint="None or -1 estimates it as alpha * E")
         )
         out["sigma"] = _values("sigma", self.sigma, positive=True, hint="default 0.1")
         out["nclust"] = (
@@ -363,8 +363,11 @@ class HarmonyParams:
         out["block_size"] = _real(
             "block_size", self.block_size, lambda v: 0 < v <= 1, "a number in (0, 1] (default 0.05)"
         )
-        for name in ("max_iter_harmony", "max_iter_kmeans"):
-            out[name] = _positive_int(name, getattr(self, name), "at least 1 round")
+        for name, hint in (
+            ("max_iter_harmony", "Harmony iterations; default 10"),
+            ("max_iter_kmeans", "clustering rounds per Harmony iteration; default 4"),
+        ):
+            out[name] = _positive_int(name, getattr(self, name), hint)
         for name in ("epsilon_cluster", "epsilon_harmony"):
             value = getattr(self, name)
             if not _is_real(value) or math.isnan(float(value)):
