@@ -1,5 +1,10 @@
 """Conditional VAEs for reference mapping (scVI-, trVAE- and scANVI-like) with architecture surgery.
 
+Modules, each depending only on those before it: ``modules`` (networks and likelihoods),
+``data`` (mini-batches, gene alignment), ``training``, ``freeze`` (which weights a query trains),
+``io`` (the files of a model directory), ``model`` (SCVI / TRVAE / SCANVI and ``load_model``)
+and ``surgery`` (``load_query``).
+
 Examples
 --------
 >>> from scaml.vae import SCVI, load_query
@@ -10,8 +15,7 @@ Examples
 
 from __future__ import annotations
 
-from .io import load_model
-from .model import SCANVI, SCVI, TRVAE, BaseVAE
+from .model import SCANVI, SCVI, TRVAE, BaseVAE, load_model
 from .surgery import load_query
 
 __all__ = ["SCVI", "TRVAE", "SCANVI", "BaseVAE", "load_model", "load_query"]

@@ -26,10 +26,11 @@ from .._utils import info
 from ..errors import ScamlError, missing_key_error
 from ..io import check_obs_key, count_matrix_problem
 from .data import CellData, align_columns, gene_kind, gene_positions
+from .freeze import apply_freeze
+from .io import FORMAT_VERSION, read_model_dir, write_model_dir
 from .modules import DISPERSIONS, LIKELIHOODS, ConditionalVAE, ModuleConfig
 from .training import TrainSettings, split_validation, train_module
 
-FORMAT_VERSION = 1
 QUERY_CONDITION = "query"
 # scVI's default KL warm-up (n_epochs_kl_warmup=400): fixed in epochs, not scaled to max_epochs, so
 # that a short run ends with a small KL weight instead of squeezing the latent towards the prior
@@ -488,10 +489,19 @@ class BaseVAE:
             Target directory; refused when it exists and is not empty unless ``overwrite``.
         overwrite
             Replace an existing directory.
-        """
-        from .io import save_model
 
-        return save_model(self, directory, overwrite=overwrite)
+        Returns
+        -------
+        Path
+            The directory (read it back with :func:`load_model`).
+        """
+        config = self.config
+        config.update({
+            "batch_key": self.batch_key, "label_key": self.label_key, "conditions": list(self.conditions),
+            "labels": None if self.labels is None else list(self.labels), "n_genes": len(self.genes),
+            "history": self.history,
+        })
+        return write_model_dir(directory, config, self.module.state_dict(), self.genes, overwrite=overwrite)
 
     def __repr__(self) -> str:
         p = self._config["params"]
@@ -688,3 +698,56 @@ class SCANVI(BaseVAE):
 
 
 MODEL_CLASSES: dict[str, type[BaseVAE]] = {"SCVI": SCVI, "TRVAE": TRVAE, "SCANVI": SCANVI}
+
+
+def load_model(directory: str | os.PathLike, device: str = "auto") -> BaseVAE:
+    """Load a model saved with :meth:`BaseVAE.save`.
+
+    Parameters
+    ----------
+    directory
+        The model directory.
+    device
+        "auto" (CUDA when available, else CPU), "cpu" or "cuda".
+
+    Returns
+    -------
+    BaseVAE
+        The model (SCVI, TRVAE or SCANVI; a query model keeps its surgery
+        settings and frozen weights). It holds no data: pass an AnnData to
+        ``get_latent`` / ``predict``, or use :func:`scaml.vae.load_query`.
+
+    Raises
+    ------
+    ScamlError
+        Missing files, unreadable or inconsistent contents, or a directory
+        written by an incompatible version.
+    """
+    files = read_model_dir(directory)
+    config = files.config
+    where = str(Path(directory) / "config.json")
+    name = config.get("model")
+    if name not in MODEL_CLASSES:
+        raise ScamlError(f"{where!r} names an unknown model {name!r}; expected one of {sorted(MODEL_CLASSES)}.")
+    try:
+        module = ConditionalVAE(ModuleConfig(**config["module"]))
+    except TypeError as exc:
+        raise ScamlError(f"{where!r} holds an unknown network configuration ({exc}); the model directory is corrupt.") from exc
+    try:
+        module.load_state_dict(files.state, strict=True)
+    except RuntimeError as exc:
+        raise ScamlError(
+            f"the weights in {str(Path(directory) / 'model.pt')!r} do not fit the configuration in config.json "
+            f"({str(exc)[:300]}); the model directory is corrupt or mixed from two models."
+        ) from exc
+    if config.get("surgery"):
+        apply_freeze(module, config["surgery"])
+    conditions = [str(c) for c in config["conditions"]]
+    labels = config.get("labels")
+    history = config.get("history") or {}
+    for key in ("versions", "scaml_version", "torch_version", "conditions", "labels", "n_genes", "history", "label_key"):
+        config.pop(key, None)
+    return MODEL_CLASSES[name]._restore(
+        config, module, files.genes, conditions, labels, resolve_device(device), history=history,
+        batch_key=config.get("batch_key"),
+    )

@@ -18,37 +18,11 @@ import pandas as pd
 from .._utils import info
 from ..errors import ScamlError, missing_key_error
 from .data import gene_kind, gene_positions
+from .freeze import apply_freeze, trainable_parameter_names
 from .model import QUERY_CONDITION, BaseVAE, _naming_hint, check_adata
 from .modules import ConditionalVAE
 
-
-def apply_freeze(module: ConditionalVAE, surgery: dict) -> None:
-    """Set ``requires_grad`` of a query module's parameters from its surgery settings.
-
-    Frozen: every parameter, except the newest block of condition weights of the
-    first encoder and decoder layers (the query's conditions), the matching
-    per-condition dispersions, and all dispersions when ``train_dispersion``.
-    ``unfrozen`` trains everything.
-    """
-    if surgery.get("unfrozen", False):
-        for p in module.parameters():
-            p.requires_grad_(True)
-        return
-    for p in module.parameters():
-        p.requires_grad_(False)
-    if surgery.get("n_new_conditions", 0) > 0:
-        for layer in module.conditional_layers():
-            layer.cond_blocks[-1].requires_grad_(True)
-        if module.count_model and module.cfg.dispersion == "gene-batch":
-            module.log_theta[-1].requires_grad_(True)
-    if surgery.get("train_dispersion", False) and module.count_model:
-        for p in module.log_theta:
-            p.requires_grad_(True)
-
-
-def trainable_parameter_names(module: ConditionalVAE) -> list[str]:
-    """Names of the parameters that training will update."""
-    return [name for name, p in module.named_parameters() if p.requires_grad]
+__all__ = ["apply_freeze", "load_query", "trainable_parameter_names"]
 
 
 def load_query(
@@ -104,6 +78,32 @@ def load_query(
         No shared genes, too few shared genes, a missing batch column, or a query
         batch name that exists in the reference.
     """
+    _check_inputs(model, adata_query, min_gene_overlap)
+    n_shared, fraction = _check_gene_overlap(model, adata_query, min_gene_overlap, force)
+    key, new, default_condition = _query_conditions(model, adata_query, query_batch_key, allow_existing_conditions)
+    surgery = {
+        "n_reference_conditions": len(model.conditions),
+        "n_new_conditions": len(new),
+        "new_conditions": new,
+        "query_batch_key": key,
+        "default_condition": default_condition,
+        "freeze_dropout": bool(freeze_dropout),
+        "unfrozen": bool(unfrozen),
+        "train_dispersion": bool(train_dispersion),
+        "gene_overlap": round(fraction, 4),
+        "n_shared_genes": n_shared,
+    }
+    module = _query_module(model, surgery)
+    query = _query_model(model, module, surgery, adata_query)
+    n_trainable = sum(int(np.prod(p.shape)) for p in module.parameters() if p.requires_grad)
+    info(
+        f"surgery: {len(new)} new condition(s) {new[:10]}; {n_trainable} trainable weights "
+        f"({'all' if unfrozen else 'new condition columns' + (' and dispersion' if train_dispersion else '')})."
+    )
+    return query
+
+
+def _check_inputs(model: BaseVAE, adata_query: ad.AnnData, min_gene_overlap: float) -> None:
     if not isinstance(model, BaseVAE):
         raise ScamlError(f"load_query needs a scaml.vae model (SCVI, TRVAE or SCANVI); got {type(model).__name__}.")
     check_adata(adata_query, "adata_query")
@@ -112,7 +112,11 @@ def load_query(
     if adata_query.n_obs < 1:
         raise ScamlError("the query has no cells.")
 
-    # ---- genes
+
+def _check_gene_overlap(
+    model: BaseVAE, adata_query: ad.AnnData, min_gene_overlap: float, force: bool
+) -> tuple[int, float]:
+    """Number and fraction of the reference genes the query holds; refused below ``min_gene_overlap``."""
     query_genes = [str(g) for g in adata_query.var_names]
     positions = gene_positions(query_genes, model.genes)
     n_shared = int((positions >= 0).sum())
@@ -140,8 +144,13 @@ def load_query(
                 "at the cost of a less reliable embedding."
             )
         info(f"mapping anyway (force=True) with {fraction:.1%} gene overlap.{hint}")
+    return n_shared, fraction
 
-    # ---- conditions
+
+def _query_conditions(
+    model: BaseVAE, adata_query: ad.AnnData, query_batch_key: str | None, allow_existing: bool
+) -> tuple[str, list[str], str | None]:
+    """The query's batch column, its new conditions, and the default condition when it has no column."""
     key = query_batch_key or model.batch_key
     default_condition = None
     if key in adata_query.obs.columns:
@@ -161,7 +170,7 @@ def load_query(
             f"{QUERY_CONDITION!r} (pass query_batch_key to name the query's batch column)."
         )
     existing = [c for c in query_conditions if c in model.conditions]
-    if existing and not allow_existing_conditions:
+    if existing and not allow_existing:
         raise ScamlError(
             f"query batch(es) {existing[:10]} already exist in the reference (column {key!r}). Rename the query's "
             "batches, or pass allow_existing_conditions=True (--allow-existing-conditions) to treat them as "
@@ -169,36 +178,27 @@ def load_query(
         )
     if existing:
         info(f"query batch(es) {existing} are treated as the reference conditions of the same name.")
-    new = [c for c in query_conditions if c not in model.conditions]
+    return key, [c for c in query_conditions if c not in model.conditions], default_condition
 
-    # ---- the network: copy, add condition columns, freeze
+
+def _query_module(model: BaseVAE, surgery: dict) -> ConditionalVAE:
+    """A copy of the reference network with condition columns for the new batches, frozen as ``surgery`` says."""
     module = copy.deepcopy(model.module)
-    if new:
-        module.add_conditions(len(new))
-    surgery = {
-        "n_reference_conditions": len(model.conditions),
-        "n_new_conditions": len(new),
-        "new_conditions": new,
-        "query_batch_key": key,
-        "default_condition": default_condition,
-        "freeze_dropout": bool(freeze_dropout),
-        "unfrozen": bool(unfrozen),
-        "train_dispersion": bool(train_dispersion),
-        "gene_overlap": round(fraction, 4),
-        "n_shared_genes": n_shared,
-    }
+    if surgery["n_new_conditions"]:
+        module.add_conditions(surgery["n_new_conditions"])
     apply_freeze(module, surgery)
+    return module
+
+
+def _query_model(model: BaseVAE, module: ConditionalVAE, surgery: dict, adata_query: ad.AnnData) -> BaseVAE:
+    """The query model: the reference's class and settings around the new network, holding the query."""
     config = model.config
     config["module"] = module.cfg.to_dict()
     config["surgery"] = surgery
-    config["batch_key"] = key
+    config["batch_key"] = surgery["query_batch_key"]
     query = type(model)._restore(
-        config, module, model.genes, model.conditions + new, model.labels, model.device, batch_key=key,
+        config, module, model.genes, model.conditions + surgery["new_conditions"], model.labels, model.device,
+        batch_key=surgery["query_batch_key"],
     )
     query._data = query._prepare(adata_query, training=True)
-    n_trainable = sum(int(np.prod(p.shape)) for p in module.parameters() if p.requires_grad)
-    info(
-        f"surgery: {len(new)} new condition(s) {new[:10]}; {n_trainable} trainable weights "
-        f"({'all' if unfrozen else 'new condition columns' + (' and dispersion' if train_dispersion else '')})."
-    )
     return query
