@@ -267,7 +267,8 @@ def run_harmony(
     ------
     ScamlError
         For NaN / infinite values, a missing or single-level batch column, mismatched sizes or a bad
-        parameter.
+        parameter. The parameters are checked first, all in one place
+        (:class:`scaml.harmony.core.HarmonyParams`).
     """
     hp = HarmonyParams(
         theta=theta,
