@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from scaml.classify import HYPERPARAMETERS, run_learning_curve, run_novelty, run_train
-from scaml.classify.features import build_features, detect_expression
+from scaml.classify.features import build_features
 from scaml.classify.metrics import classification_metrics, roc_auc_macro_ovr
 from scaml.classify.models import parse_param_overrides, resolve_hyperparameters
 from scaml.cli import main
@@ -72,8 +72,11 @@ def test_train_cli_writes_every_artifact(sim, sim_file, tmp_path):
     for model in summary:
         for name in MODEL_FILES:
             assert (out / model / name).is_file(), f"{model}/{name}"
-        for metric in ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc_macro_ovr"):
-            assert 0.0 <= summary[model][metric] <= 1.0
+        # four well-separated simulated types: every model is close to perfect, LR is perfect
+        floor = {"lr": 1.0, "rf": 0.95, "xgb": 0.95, "mlp": 0.9}[model]
+        for metric in ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted"):
+            assert summary[model][metric] >= floor - 1e-9, (model, metric, summary[model][metric])
+        assert summary[model]["roc_auc_macro_ovr"] > 0.99
         cm = pd.read_csv(out / model / "confusion_matrix.csv", index_col=0)
         assert list(cm.index) == class_names and list(cm.columns) == class_names
         assert cm.to_numpy().sum() == len(test_cells)
@@ -86,19 +89,20 @@ def test_train_cli_writes_every_artifact(sim, sim_file, tmp_path):
         np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-4)
         metrics = json.loads((out / model / "metrics.json").read_text())
         assert set(metrics["per_class"]) == set(class_names)
-        assert metrics["hyperparameters"]["n_estimators" if model in ("rf", "xgb") else next(iter(metrics["hyperparameters"]))] is not None
+        expected = {**HYPERPARAMETERS[model], **TINY_DICT.get(model, {})}
+        assert metrics["hyperparameters"] == json.loads(json.dumps(expected)), model
         report = (out / model / "classification_report.txt").read_text()
         assert all(c in report for c in class_names)
     print({m: round(summary[m]["accuracy"], 3) for m in summary})
-    assert summary["lr"]["accuracy"] > 0.9
-    assert summary["rf"]["accuracy"] > 0.8
-    assert summary["xgb"]["accuracy"] > 0.8
-    assert summary["mlp"]["accuracy"] > 0.8
+    assert summary["lr"]["accuracy"] == 1.0
     for png in ("model_compare.png", "lr_confusion_matrix.png", "mlp_confusion_matrix.png"):
         assert (out / "plots" / png).stat().st_size > 5000
     run = json.loads((out / "run.json").read_text())
     assert run["parameters"]["hyperparameters"]["rf"]["n_estimators"] == 20
+    assert run["parameters"]["hyperparameters"]["xgb"]["max_depth"] == 3
     assert run["data"]["input_kind"] == "counts"
+    assert run["data"]["n_hvg_used"] == 120 and run["data"]["n_features"] == 120
+    assert (out / "report.html").is_file()
 
 
 def test_features_are_chosen_on_the_training_split_only(sim):
@@ -123,20 +127,27 @@ def test_features_are_chosen_on_the_training_split_only(sim):
 def test_input_kind_detection(sim):
     import scanpy as sc
 
-    matrix, kind, source = detect_expression(sim)
-    assert (kind, source) == ("counts", "X")
+    from scaml.preprocess import find_expression
+
+    found = find_expression(sim)
+    assert (found.kind, found.source) == ("counts", "X")
     lognorm = sim.copy()
     lognorm.layers["counts"] = lognorm.X.copy()
     sc.pp.normalize_total(lognorm, target_sum=1e4)
     sc.pp.log1p(lognorm)
-    assert detect_expression(lognorm)[1:] == ("counts", 'layers["counts"]')
+    found = find_expression(lognorm)
+    assert (found.kind, found.source) == ("counts", 'layers["counts"]')
     del lognorm.layers["counts"]
-    assert detect_expression(lognorm)[1:] == ("lognorm", "X")
+    found = find_expression(lognorm)
+    assert (found.kind, found.source) == ("lognorm", "X")
     res_counts = run_train(sim, label_key="label_ref", split_key="harvest", split_train="H4", split_test="H8",
                            n_hvg=100, models=["lr"])
     res_log = run_train(lognorm, label_key="label_ref", split_key="harvest", split_train="H4", split_test="H8",
                         n_hvg=100, models=["lr"])
     assert res_log["input_kind"] == "lognorm" and res_counts["input_kind"] == "counts"
+    description = next(iter(res_log["runs"].values()))["features"]
+    assert description["source"] == "X" and description["normalisation"] == "none (log-normalised input)"
+    assert next(iter(res_counts["runs"].values()))["features"]["normalisation"] == "per-cell total 10000, log1p"
     # normalising the counts ourselves gives the same features as the log-normalised input
     assert next(iter(res_log["runs"].values()))["feature_names"] == next(iter(res_counts["runs"].values()))["feature_names"]
     assert abs(res_log["summary"]["lr"]["accuracy"] - res_counts["summary"]["lr"]["accuracy"]) < 0.02
@@ -252,8 +263,6 @@ def test_roc_auc_is_robust():
 
 @pytest.fixture(scope="module")
 def bad_file(sim, tmp_path_factory):
-    from scaml.io import write_h5ad
-
     adata = sim.copy()
     adata.obs["with_nan"] = adata.obs["label_ref"].astype(object)
     adata.obs.iloc[:7, adata.obs.columns.get_loc("with_nan")] = np.nan
@@ -261,7 +270,8 @@ def bad_file(sim, tmp_path_factory):
     unlabelled_h12 = adata.obs["label_ref"].astype(object).where(adata.obs["harvest"] != "H12")
     adata.obs["no_labels_in_H12"] = unlabelled_h12
     path = tmp_path_factory.mktemp("bad") / "bad.h5ad"
-    write_h5ad(adata, path)
+    # anndata's own writer keeps the missing labels missing (scaml.io.write_h5ad turns them into "nan")
+    adata.write_h5ad(path)
     return path
 
 
@@ -272,7 +282,7 @@ def bad_file(sim, tmp_path_factory):
         ({"--split-key": "harvst"}, "has no key 'harvst'"),
         ({"--split-train": "H99"}, "H99"),
         ({"--embedding": "X_nothing"}, "has no key 'X_nothing'"),
-        ({"--n-hvg": "5000"}, "larger than the number of genes (300)"),
+        ({"--n-hvg": "0"}, "--n-hvg must be at least 1; got 0"),
         ({"--label-key": "with_nan"}, "missing (NaN) for 7 "),
         ({"--label-key": "one_class_in_H4"}, "single class"),
         ({"--label-key": "no_labels_in_H12", "--split-test": "H12", "--drop-missing-labels": None}, "no labelled cells"),
@@ -377,9 +387,11 @@ def test_novelty_methods(with_foreign, tmp_path, method):
     assert len(scores) == with_foreign.n_obs and scores["novelty_score"].notna().all()
     assert set(scores["fold"]) == {0, 1, 2}
     assert scores["flagged"].sum() == with_foreign.obs["is_hek"].sum()
-    assert 0 <= metrics["auroc"] <= 1 and metrics["auprc_baseline"] == pytest.approx(scores["flagged"].mean())
-    if method in ("lof", "classifier", "ocsvm"):
-        assert metrics["auroc"] > 0.7
+    assert metrics["auprc_baseline"] == pytest.approx(scores["flagged"].mean())
+    # type_C is a distinct simulated type: local detectors and the classifier find it almost perfectly;
+    # the global IsolationForest less so (the other types form several clouds)
+    assert metrics["auroc"] > {"lof": 0.9, "ocsvm": 0.9, "classifier": 0.95, "iforest": 0.6}[method]
+    assert metrics["auprc"] > metrics["auprc_baseline"] + 0.1
     if method == "lof":
         assert (tmp_path / method / "novelty_histogram.png").stat().st_size > 5000
         assert (tmp_path / method / "run.json").is_file()

@@ -21,7 +21,8 @@ import pandas as pd
 from .._utils import info, progress, warn
 from ..errors import ScamlError
 from ..io import check_obs_key, prepare_outdir, write_csv, write_json, write_text
-from .features import build_features, check_feature_options
+from ..preprocess import Expression
+from .features import build_features, check_feature_options, find_run_expression, hvg_count
 from .metrics import (
     SCALAR_METRICS,
     classification_metrics,
@@ -114,6 +115,7 @@ def run_split(
     outdir: str | os.PathLike | None = None,
     name: str = "run",
     announce: bool = True,
+    expression: Expression | None = None,
 ) -> dict[str, Any]:
     """Train every model on ``train_rows`` and evaluate on ``test_rows``.
 
@@ -141,6 +143,8 @@ def run_split(
         Name of this split (for messages).
     announce
         Print the kind of expression input assumed.
+    expression
+        The expression matrix (:func:`scaml.preprocess.find_expression`); found here when None.
 
     Returns
     -------
@@ -152,7 +156,8 @@ def run_split(
     y_train, y_test, unseen = _encode_split(labels, classes, train_rows, test_rows, name)
     rows = np.concatenate([train_rows, test_rows])
     feats = build_features(
-        adata, rows, train_rows, features=features, n_hvg=n_hvg, embedding=embedding, announce=announce
+        adata, rows, train_rows, features=features, n_hvg=n_hvg, embedding=embedding, announce=announce,
+        expression=expression,
     )
     X_train, X_test = feats.X[: len(train_rows)], feats.X[len(train_rows):]
     counts = pd.DataFrame(
@@ -415,11 +420,14 @@ def _check_feature_input(adata: ad.AnnData, features: str, n_hvg: int, embedding
         from ..io import check_obsm_key
 
         check_obsm_key(adata, embedding, flag="--embedding")
-    elif features == "hvg" and n_hvg > adata.n_vars:
-        raise ScamlError(
-            f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose --n-hvg <= "
-            f"{adata.n_vars} or use --features all."
-        )
+
+
+def feature_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """``n_features`` of the first split (and ``n_features_per_split`` when there are several), for run.json."""
+    data: dict[str, Any] = {"n_features": next(iter(counts.values()))}
+    if len(counts) > 1:
+        data["n_features_per_split"] = dict(counts)
+    return data
 
 
 def _split_rows(
@@ -514,7 +522,6 @@ def _write_train_outputs(
 
         with record.timer("plots"):
             plot_results(out, out / "plots", models=models)
-    record.data["input_kind"] = results["input_kind"]
     record.save(out)
 
 
@@ -613,9 +620,6 @@ def run_train(
         adata, column, splits, label_key=label_key, split_key=split_key, drop_missing_labels=drop_missing_labels
     )
 
-    out = None
-    if outdir is not None:
-        out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else [])
     parameters = {
         "label_key": label_key, "split_key": split_key, "split_train": split_train_l, "split_test": split_test_l,
         "features": features if embedding is None else "embedding", "n_hvg": n_hvg, "embedding": embedding,
@@ -624,14 +628,19 @@ def run_train(
     }
     record = RunRecord("train", parameters={**parameters, "hyperparameters": params},
                        inputs={"adata": str(input_path)} if input_path else {})
+    expression = find_run_expression(adata, embedding)  # refuses negative values before anything is written
+    n_hvg_used = hvg_count(adata, features, n_hvg, embedding)
+    out = None
+    if outdir is not None:
+        out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else [])
     record.data = {"n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars), "n_labelled_cells_used": int(len(used_rows)),
                    "n_classes": len(classes), "mode": mode}
     info(f"train: {len(classes)} classes, {len(plans)} split(s), models {', '.join(model_list)}")
 
     runs = _run_splits(
         adata, plans, labels, classes, mode=mode, out=out, record=record, split_key=split_key, models=model_list,
-        hyperparameters=params, features=features, n_hvg=n_hvg, embedding=embedding, class_weight=class_weight,
-        random_state=random_state,
+        hyperparameters=params, features=features, n_hvg=n_hvg_used, embedding=embedding, class_weight=class_weight,
+        random_state=random_state, expression=expression,
     )
     results = {
         "mode": mode,
@@ -643,8 +652,16 @@ def run_train(
         "runs": runs,
         "summary": _summary(mode, runs, model_list),
     }
+    record.data.update(
+        input_kind=results["input_kind"],
+        n_hvg_used=n_hvg_used if embedding is None and features == "hvg" else None,
+        **feature_counts({name: len(run["feature_names"]) for name, run in runs.items()}),
+    )
     if out is not None:
         _write_train_outputs(out, results, models=model_list, plots=plots, record=record)
+        from ..report import maybe_write_report
+
+        maybe_write_report(out)
     return results
 
 

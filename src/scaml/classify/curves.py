@@ -22,9 +22,15 @@ import pandas as pd
 
 from .._utils import info, progress, warn
 from ..errors import ScamlError
-from ..io import check_obs_key, prepare_outdir, save_figure, write_csv, write_json
-from .benchmark import _as_list, _level_strings, check_levels, labels_for
-from .features import build_features, check_feature_options
+from ..io import check_obs_key, check_obsm_key, prepare_outdir, save_figure, write_csv, write_json
+from .benchmark import (
+    _as_list,
+    _level_strings,
+    check_levels,
+    feature_counts,
+    labels_for,
+)
+from .features import build_features, check_feature_options, find_run_expression, hvg_count
 from .metrics import SCALAR_METRICS, classification_metrics
 from .models import check_models, fit_predict_proba, resolve_hyperparameters
 
@@ -120,7 +126,8 @@ def _curve_setting(
         raise ScamlError(f"held out {held_name}: the training pool or the held-out groups hold no labelled cells.")
     with record.timer("features"):
         feats = build_features(adata, np.concatenate([pool_rows, test_rows]), pool_rows, features=opts["features"],
-                               n_hvg=opts["n_hvg"], embedding=opts["embedding"], announce=s_i == 0)
+                               n_hvg=opts["n_hvg"], embedding=opts["embedding"], announce=s_i == 0,
+                               expression=opts["expression"])
     X_pool, X_test = feats.X[: pool_rows.size], feats.X[pool_rows.size:]
     y_pool = np.array([index[v] for v in label_of.loc[pool_rows]])
     y_test = np.array([index[v] for v in label_of.loc[test_rows]])
@@ -156,8 +163,8 @@ def _curve_setting(
 
 
 def _write_curve_outputs(out: Path, result: dict[str, Any], *, features: Any, plots: bool, record: Any,
-                         n_cells: int, n_cells_used: int) -> None:
-    """Write the learning-curve tables, their JSON description, the figure and run.json."""
+                         data: dict[str, Any]) -> None:
+    """Write the learning-curve tables, their JSON description, the figure and run.json (``data`` in it)."""
     table, summary, parameters = result["table"], result["summary"], result["parameters"]
     write_csv(table, out / "learning_curve.csv", index=False)
     write_csv(summary, out / "learning_curve_summary.csv", index=False)
@@ -166,8 +173,7 @@ def _write_curve_outputs(out: Path, result: dict[str, Any], *, features: Any, pl
     if plots:
         plot_learning_curve(summary, out / "learning_curve.png", model=parameters["model"],
                             sampling=parameters["sampling"])
-    record.data = {"n_cells": n_cells, "n_labelled_cells_used": n_cells_used,
-                   "n_classes": len(result["classes"]), "n_fits": int(table["accuracy"].notna().sum())}
+    record.data = {**data, "n_classes": len(result["classes"]), "n_fits": int(table["accuracy"].notna().sum())}
     record.save(out)
 
 
@@ -244,8 +250,8 @@ def run_learning_curve(
     split_train_l, split_test_l = _as_list(split_train), _as_list(split_test)
     column, settings = _check_groups(adata, group_key, split_train_l, split_test_l)
     check_feature_options(features, n_hvg, embedding)
-    if embedding is None and features == "hvg" and n_hvg > adata.n_vars:
-        raise ScamlError(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose a smaller --n-hvg.")
+    if embedding is not None:
+        check_obsm_key(adata, embedding, flag="--embedding")
     sizes = _check_sizes(sizes, sampling, settings)
 
     # the labelled cells of every group used
@@ -256,22 +262,26 @@ def run_learning_curve(
     data = {"rows": rows_all, "label_of": pd.Series(labels_all, index=rows_all), "classes": classes,
             "index": {c: i for i, c in enumerate(classes)}, "level_of": column.to_numpy()}
 
-    out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     parameters = {"label_key": label_key, "group_key": group_key, "model": model, "split_train": split_train_l,
                   "split_test": split_test_l, "sizes": sizes, "sampling": sampling, "repeats": repeats,
                   "features": features if embedding is None else "embedding", "n_hvg": n_hvg,
                   "embedding": embedding, "class_weight": class_weight, "random_state": random_state}
     record = RunRecord("learning-curve", parameters={**parameters, "hyperparameters": {model: params}},
                        inputs={"adata": str(input_path)} if input_path else {})
+    expression = find_run_expression(adata, embedding)  # refuses negative values before anything is written
+    n_hvg_used = hvg_count(adata, features, n_hvg, embedding)
+    out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     opts = {"model": model, "params": params, "sizes": sizes, "repeats": repeats, "sampling": sampling,
-            "features": features, "n_hvg": n_hvg, "embedding": embedding, "class_weight": class_weight,
-            "random_state": random_state}
+            "features": features, "n_hvg": n_hvg_used, "embedding": embedding, "class_weight": class_weight,
+            "random_state": random_state, "expression": expression}
     records: list[dict[str, Any]] = []
+    n_features: dict[str, int] = {}
     with progress() as bar:
         task = bar.add_task("learning curve", total=len(settings) * len(sizes) * repeats, status="")
         for s_i, (pool, held) in enumerate(settings):
             rows, feats = _curve_setting(adata, s_i, pool, held, data, opts=opts, record=record, bar=bar, task=task)
             records += rows
+            n_features["+".join(held)] = len(feats.names)
     table = pd.DataFrame(records)
     summary = summarize_curve(table)
     for _, r in summary.iterrows():
@@ -280,8 +290,13 @@ def run_learning_curve(
     result = {"table": table, "summary": summary, "classes": classes, "parameters": parameters,
               "hyperparameters": {model: params}, "outdir": str(out) if out else None}
     if out is not None:
-        _write_curve_outputs(out, result, features=feats, plots=plots, record=record, n_cells=int(adata.n_obs),
-                             n_cells_used=int(rows_all.size))
+        run_data = {"n_cells": int(adata.n_obs), "n_labelled_cells_used": int(rows_all.size),
+                    "n_hvg_used": n_hvg_used if embedding is None and features == "hvg" else None,
+                    **feature_counts(n_features)}
+        _write_curve_outputs(out, result, features=feats, plots=plots, record=record, data=run_data)
+        from ..report import maybe_write_report
+
+        maybe_write_report(out)
     return result
 
 

@@ -1,11 +1,13 @@
 """Features for the classifier benchmark, chosen on the training cells only.
 
-Two kinds of input are recognised: raw counts (preferred; ``layers["counts"]``
-when present, else ``X`` if it holds non-negative integers) and
-log-normalised values in ``X``. Counts are normalised per cell to a fixed
-total (1e4) and log1p-transformed, the same transform for every cell, so the
-test split sees exactly the normalisation of the training split. Highly
-variable genes (Seurat flavour) are computed on the training cells alone.
+The expression matrix and its kind come from the one rule every scaml command uses,
+:func:`scaml.preprocess.find_expression`: raw counts (preferred; ``layers["counts"]``
+when it holds counts, else ``X``) or log-normalised values in ``X``; negative (scaled)
+values are refused. Counts are normalised per cell to a fixed total (1e4) and
+log1p-transformed (:func:`scaml.preprocess.log_normalize`), the same transform for every
+cell, so the test split sees exactly the normalisation of the training split. Highly
+variable genes (:func:`scaml.preprocess.highly_variable_genes`, Seurat flavour) are
+computed on the training cells alone.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ import scipy.sparse as sp
 
 from .._utils import info, warn
 from ..errors import ScamlError
-from ..io import check_obsm_key, count_matrix_problem
-from ..preprocess import counts_verdict
-from ..preprocess import log_normalize as log_normalize_counts
+from ..io import check_obsm_key
+from ..preprocess import Expression, find_expression, highly_variable_genes, log_normalize
 
 #: Fixed per-cell total used to normalise counts (independent of the split).
 TARGET_SUM = 1e4
@@ -49,89 +50,61 @@ class FeatureSet:
     description: dict[str, Any] = field(default_factory=dict)
 
 
-def detect_expression(adata: ad.AnnData) -> tuple[Any, str, str]:
-    """Find the expression matrix and say whether it holds counts or log-normalised values.
-
-    Parameters
-    ----------
-    adata
-        The data (not modified).
-
-    Returns
-    -------
-    matrix, kind, source
-        ``kind`` is ``"counts"`` or ``"lognorm"``; ``source`` is ``'layers["counts"]'`` or ``"X"``.
-    """
-    if "counts" in adata.layers:
-        layer = adata.layers["counts"]
-        problem = count_matrix_problem(layer)
-        if problem is None:
-            return layer, "counts", 'layers["counts"]'
-        warn(f'layers["counts"] does not look like raw counts ({problem}); using X instead.')
-    is_counts, problem = counts_verdict(adata.X)
-    if is_counts:  # integers, or non-integer but clearly not logarithmic (estimated or corrected counts)
-        return adata.X, "counts", "X"
-    if "negative" in problem:
-        warn(
-            f"X holds negative values ({problem}); it looks scaled rather than log-normalised. "
-            "Put log-normalised data or raw counts into X (or counts into layers['counts'])."
-        )
-    return adata.X, "lognorm", "X"
-
-
-def log_normalize(matrix: Any, kind: str) -> sp.csr_matrix:
-    """Per-cell normalisation to :data:`TARGET_SUM` and log1p for counts; log values pass through.
-
-    Parameters
-    ----------
-    matrix
-        Cells x genes (sparse or dense).
-    kind
-        ``"counts"`` or ``"lognorm"``.
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix
-        float32 log-normalised values.
-    """
-    X = sp.csr_matrix(matrix, dtype=np.float32)
-    X = log_normalize_counts(X, TARGET_SUM) if kind == "counts" else X.copy()
-    X.eliminate_zeros()
-    return X
-
-
-def select_hvg(lognorm_train: sp.csr_matrix, var_names: list[str], n_hvg: int) -> np.ndarray:
-    """Indices of the ``n_hvg`` Seurat-flavour highly variable genes of the training cells.
-
-    Parameters
-    ----------
-    lognorm_train
-        Log-normalised training cells x genes.
-    var_names
-        Gene names.
-    n_hvg
-        Number of genes to keep.
-    """
-    import scanpy as sc
-
-    train = ad.AnnData(X=lognorm_train, var={"_": np.zeros(len(var_names))})
-    train.var_names = list(map(str, var_names))
-    table = sc.pp.highly_variable_genes(train, n_top_genes=n_hvg, flavor="seurat", inplace=False)
-    hvg = np.flatnonzero(np.asarray(table["highly_variable"]))
-    if hvg.size < n_hvg:
-        # scanpy may return fewer genes when many have zero variance in the training split
-        warn(f"only {hvg.size} genes vary in the training split; using those instead of {n_hvg}.")
-    return np.sort(hvg)
-
-
 def check_feature_options(features: str, n_hvg: int, embedding: str | None) -> None:
-    """Validate ``features`` and ``n_hvg`` (before any work is done)."""
+    """Validate ``features`` and ``n_hvg`` (before any work is done).
+
+    Raises
+    ------
+    ScamlError
+        An unknown ``features`` or ``n_hvg`` below 1.
+    """
     if embedding is not None:
         return
     if features not in FEATURE_KINDS:
         raise ScamlError(f"unknown --features {features!r}; use one of {', '.join(FEATURE_KINDS)}, or --embedding KEY.")
     if features == "hvg" and int(n_hvg) < 1:
         raise ScamlError(f"--n-hvg must be at least 1; got {n_hvg}.")
+
+
+def hvg_count(adata: ad.AnnData, features: str, n_hvg: int, embedding: str | None) -> int:
+    """The number of highly variable genes a run selects: ``n_hvg``, or every gene when there are fewer.
+
+    Warns once (recorded in run.json) when ``n_hvg`` is larger than the number of genes, as scanpy's
+    ``highly_variable_genes`` uses all genes then. Call it once per run and pass the result to
+    :func:`build_features` so that a run of several splits warns only once.
+
+    Parameters
+    ----------
+    adata
+        The data.
+    features, n_hvg, embedding
+        As given to the run.
+
+    Returns
+    -------
+    int
+        ``min(n_hvg, adata.n_vars)`` (``n_hvg`` unchanged when genes are not selected).
+    """
+    if embedding is not None or features != "hvg" or int(n_hvg) <= adata.n_vars:
+        return int(n_hvg)
+    warn(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}): using all {adata.n_vars} genes")
+    return int(adata.n_vars)
+
+
+def find_run_expression(adata: ad.AnnData, embedding: str | None) -> Expression | None:
+    """The expression matrix of a run (:func:`scaml.preprocess.find_expression`), None on an embedding.
+
+    Found once per run, before anything is written, so that negative values are refused early
+    and its warnings are given once.
+    """
+    return None if embedding is not None else find_expression(adata)
+
+
+def describe_expression(found: Expression) -> str:
+    """One line saying which matrix is read and how it is transformed (printed at the start of a run)."""
+    what = ("raw counts (normalised to 1e4 per cell, log1p)" if found.kind == "counts"
+            else "log-normalised values (used as they are)")
+    return f"expression input: {found.source} assumed to hold {what} ({found.reason})"
 
 
 def build_features(
@@ -143,6 +116,7 @@ def build_features(
     n_hvg: int = 3000,
     embedding: str | None = None,
     announce: bool = True,
+    expression: Expression | None = None,
 ) -> FeatureSet:
     """Build the feature matrix of ``rows`` with features chosen on ``train_rows`` only.
 
@@ -158,50 +132,58 @@ def build_features(
         ``"hvg"`` (highly variable genes of the training cells) or ``"all"`` (every gene).
         Ignored when ``embedding`` is given.
     n_hvg
-        Number of highly variable genes.
+        Number of highly variable genes; every gene (with a warning) when the data has fewer.
     embedding
         An ``obsm`` key to use instead of genes (e.g. ``"X_harmony"``).
     announce
         Print which kind of input was assumed.
+    expression
+        The expression matrix found by :func:`scaml.preprocess.find_expression` (found here
+        when None; a run passes it so that the data are inspected once).
 
     Returns
     -------
     FeatureSet
         The matrix for ``rows`` (in that order), feature names and a description.
+
+    Raises
+    ------
+    ScamlError
+        Unknown ``features``, ``n_hvg`` below 1, a missing ``embedding`` key, or an
+        expression matrix with negative values.
     """
     if embedding is not None:
         emb = check_obsm_key(adata, embedding, flag="--embedding").astype(np.float32, copy=False)
         names = [f"{embedding}_{i + 1}" for i in range(emb.shape[1])]
         return FeatureSet(emb[rows], names, {"source": f'obsm["{embedding}"]', "n_features": len(names)})
-    if features not in FEATURE_KINDS:
-        raise ScamlError(f"unknown --features {features!r}; use one of {', '.join(FEATURE_KINDS)}, or --embedding KEY.")
-    if features == "hvg" and n_hvg > adata.n_vars:
-        raise ScamlError(
-            f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose --n-hvg <= {adata.n_vars} "
-            "or use --features all."
-        )
-    if features == "hvg" and n_hvg < 1:
-        raise ScamlError(f"--n-hvg must be at least 1; got {n_hvg}.")
-    matrix, kind, source = detect_expression(adata)
+    check_feature_options(features, n_hvg, None)
+    found = expression if expression is not None else find_expression(adata)
     if announce:
-        what = "raw counts (normalised to 1e4 per cell, log1p)" if kind == "counts" else "log-normalised values (used as they are)"
-        info(f"expression input: {source} assumed to hold {what}")
-    position = {int(r): i for i, r in enumerate(rows)}
-    lognorm = log_normalize(matrix[rows], kind)
+        info(describe_expression(found))
+    matrix = sp.csr_matrix(found.matrix[rows], dtype=np.float32)
+    lognorm = log_normalize(matrix, TARGET_SUM) if found.kind == "counts" else matrix.copy()
+    lognorm.eliminate_zeros()
     var_names = list(map(str, adata.var_names))
+    genes = np.arange(adata.n_vars)
     if features == "hvg":
+        position = {int(r): i for i, r in enumerate(rows)}
         local_train = np.fromiter((position[int(r)] for r in train_rows), dtype=np.int64, count=len(train_rows))
-        genes = select_hvg(lognorm[local_train], var_names, n_hvg)
+        genes = np.flatnonzero(highly_variable_genes(lognorm[local_train], int(n_hvg), var_names=var_names))
         lognorm = lognorm[:, genes]
-    else:
-        genes = np.arange(adata.n_vars)
     names = [var_names[g] for g in genes]
+    if features != "hvg":
+        chosen_on = "all genes"
+    elif int(n_hvg) >= adata.n_vars:
+        chosen_on = "all genes (the data has no more genes than --n-hvg)"
+    else:
+        chosen_on = "training cells only"
     description = {
-        "source": source,
-        "input_kind": kind,
-        "normalisation": f"per-cell total {TARGET_SUM:g}, log1p" if kind == "counts" else "none (log-normalised input)",
+        "source": found.source,
+        "input_kind": found.kind,
+        "input_reason": found.reason,
+        "normalisation": f"per-cell total {TARGET_SUM:g}, log1p" if found.kind == "counts" else "none (log-normalised input)",
         "features": features,
         "n_features": len(names),
-        "chosen_on": "training cells only" if features == "hvg" else "all genes",
+        "chosen_on": chosen_on,
     }
     return FeatureSet(sp.csr_matrix(lognorm, dtype=np.float32), names, description)

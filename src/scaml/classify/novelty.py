@@ -22,8 +22,8 @@ import pandas as pd
 
 from .._utils import info, progress
 from ..errors import ScamlError
-from ..io import check_obs_key, prepare_outdir, save_figure, write_csv, write_json
-from .features import build_features, check_feature_options
+from ..io import check_obs_key, check_obsm_key, prepare_outdir, save_figure, write_csv, write_json
+from .features import build_features, check_feature_options, find_run_expression, hvg_count
 from .models import (
     NOVELTY_HYPERPARAMETERS,
     check_models,
@@ -336,10 +336,9 @@ def run_novelty(
         drop_missing_labels=drop_missing_labels,
     )
     check_feature_options(features, n_hvg, embedding)
-    if embedding is None and features == "hvg" and n_hvg > adata.n_vars:
-        raise ScamlError(f"--n-hvg {n_hvg} is larger than the number of genes ({adata.n_vars}); choose a smaller --n-hvg.")
+    if embedding is not None:
+        check_obsm_key(adata, embedding, flag="--embedding")
 
-    out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     parameters = {"hek_key": hek_key, "hek_positive": str(hek_positive), "method": method, "label_key": label_key,
                   "classifier": classifier if method == "classifier" else None, "features": features if embedding is None else "embedding",
                   "n_hvg": n_hvg, "hvg_cells": hvg_cells, "embedding": embedding,
@@ -347,12 +346,15 @@ def run_novelty(
                   "n_folds": n_folds, "random_state": random_state}
     record = RunRecord("novelty", parameters={**parameters, "hyperparameters": params},
                        inputs={"adata": str(input_path)} if input_path else {})
+    expression = find_run_expression(adata, embedding)  # refuses negative values before anything is written
+    n_hvg_used = hvg_count(adata, features, n_hvg, embedding)
+    out = prepare_outdir(outdir, overwrite=overwrite, protect=[input_path] if input_path else []) if outdir else None
     info(f"novelty ({method}): {int(flag.sum())} flagged cells, {normal.size} not flagged; {n_folds}-fold cross-fitting")
 
     rows = np.arange(adata.n_obs)
     with record.timer("features"):
         feats = build_features(adata, rows, normal if hvg_cells == "not-flagged" else rows, features=features,
-                               n_hvg=n_hvg, embedding=embedding)
+                               n_hvg=n_hvg_used, embedding=embedding, expression=expression)
     fold, rng = _assign_folds(flag, normal, n_folds, random_state)
     score = _cross_fit_scores(feats.X, normal, fold, rng, method=method, params=params, classifier=classifier,
                               labels=labels, n_pcs=n_pcs, n_folds=n_folds, random_state=random_state, record=record)
@@ -366,8 +368,13 @@ def run_novelty(
         scores[label_key] = adata.obs[label_key].astype(str).to_numpy()
     result = {"metrics": metrics, "scores": scores, "parameters": parameters, "outdir": str(out) if out else None}
     if out is not None:
-        data = {"n_cells": int(adata.n_obs), "n_flagged": int(flag.sum()), "n_features": len(feats.names)}
+        data = {"n_cells": int(adata.n_obs), "n_flagged": int(flag.sum()),
+                "n_hvg_used": n_hvg_used if embedding is None and features == "hvg" else None,
+                "n_features": len(feats.names), "input_kind": feats.description.get("input_kind")}
         _write_novelty_outputs(out, result, flag=flag, hek_key=hek_key, plots=plots, record=record, data=data)
+        from ..report import maybe_write_report
+
+        maybe_write_report(out)
     return result
 
 
