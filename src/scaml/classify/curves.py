@@ -23,6 +23,7 @@ import pandas as pd
 from .._utils import info, progress, warn
 from ..errors import ScamlError
 from ..io import check_obs_key, check_obsm_key, prepare_outdir, save_figure, write_csv, write_json
+from ..style import styled
 from .benchmark import (
     _as_list,
     _level_strings,
@@ -312,6 +313,7 @@ def summarize_curve(table: pd.DataFrame) -> pd.DataFrame:
     return summary[order]
 
 
+@styled
 def plot_learning_curve(
     summary: pd.DataFrame,
     path: str | os.PathLike,
@@ -321,13 +323,13 @@ def plot_learning_curve(
     metrics: tuple[str, ...] = ("accuracy", "f1_macro"),
 ) -> Path:
     """Mean metric against the number of training cells, with a band of one standard deviation."""
-    from .plots import BAR_METRICS, PALETTE, _plt, _style
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
-    held = list(pd.unique(summary["held_out"]))
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullLocator
 
+    from .plots import BAR_METRICS, PALETTE, _style
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
+    held = list(pd.unique(summary["held_out"]))
     for ax, metric in zip(axes[0], metrics, strict=True):
         for i, (h, marker) in enumerate(zip(held, itertools.cycle("osD^v<>"), strict=False)):
             part = summary[summary["held_out"] == h].sort_values("n_train_cells_mean")

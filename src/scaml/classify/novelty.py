@@ -23,6 +23,7 @@ import pandas as pd
 from .._utils import info, progress
 from ..errors import ScamlError
 from ..io import check_obs_key, check_obsm_key, prepare_outdir, save_figure, write_csv, write_json
+from ..style import styled
 from .features import build_features, check_feature_options, find_run_expression, hvg_count
 from .models import (
     NOVELTY_HYPERPARAMETERS,
@@ -384,11 +385,13 @@ def _labels(adata: ad.AnnData, label_key: str, rows: np.ndarray, drop: bool) -> 
     return labels_for(adata, label_key, rows, drop_missing_labels=drop, what="non-flagged")
 
 
+@styled
 def plot_novelty_histogram(scores: pd.DataFrame, path: str | os.PathLike, *, metrics: dict[str, Any], hek_key: str) -> Path:
     """Histograms (density) of the novelty scores of flagged and non-flagged cells."""
-    from .plots import _plt, _style
+    import matplotlib.pyplot as plt
 
-    plt = _plt()
+    from .plots import _style
+
     fig, ax = plt.subplots(figsize=(6.2, 4.0))
     values = scores["novelty_score"].to_numpy()
     low, high = float(values.min()), float(values.max())
@@ -408,13 +411,14 @@ def plot_novelty_histogram(scores: pd.DataFrame, path: str | os.PathLike, *, met
     return save_figure(fig, path)
 
 
+@styled
 def plot_novelty_curves(flag: np.ndarray, score: np.ndarray, path: str | os.PathLike, *, metrics: dict[str, Any]) -> Path:
     """ROC and precision-recall curves of the novelty scores against the flag."""
+    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from .plots import _plt, _style
+    from .plots import _style
 
-    plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 4.0))
     fpr, tpr, _ = roc_curve(flag, score)
     a.plot(fpr, tpr, color="#0072B2", lw=1.8)

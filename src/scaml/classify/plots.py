@@ -1,4 +1,8 @@
-"""Figures of a classifier benchmark: model comparison, confusion matrices, directions / folds."""
+"""Figures of a classifier benchmark: model comparison, confusion matrices, directions / folds.
+
+Every figure is drawn inside :func:`scaml.style.figure_style` (the :func:`~scaml.style.styled`
+decorator); matplotlib's backend and global settings are left as they are.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import pandas as pd
 
 from ..errors import ScamlError
 from ..io import save_figure
+from ..style import styled
 
 #: Colour-blind safe palette (Okabe & Ito).
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
@@ -28,16 +33,6 @@ BAR_METRICS = {
 _MODEL_LABELS = {"lr": "LR", "rf": "RF", "xgb": "XGBoost", "mlp": "MLP"}
 
 
-def _plt():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "cairo") and not os.environ.get("DISPLAY"):
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _style(ax: Any) -> None:
     ax.spines["top"].set_visible(False)
     ax.spines["right"].set_visible(False)
@@ -49,6 +44,7 @@ def _val(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
 
+@styled
 def plot_model_compare(
     summary: dict[str, dict[str, Any]],
     path: str | os.PathLike,
@@ -69,7 +65,8 @@ def plot_model_compare(
     errors
         Optional ``{model: {metric: sd}}`` drawn as error bars.
     """
-    plt = _plt()
+    import matplotlib.pyplot as plt
+
     models = list(summary)
     metrics = list(BAR_METRICS)
     width = 0.8 / len(metrics)
@@ -102,6 +99,7 @@ def plot_model_compare(
     return save_figure(fig, path)
 
 
+@styled
 def plot_confusion(
     table: pd.DataFrame, path: str | os.PathLike, *, title: str = "", unseen: list[str] | None = None
 ) -> Path:
@@ -110,7 +108,8 @@ def plot_confusion(
     Rows of classes absent from the test split are shown grey and marked ``n=0``;
     classes in ``unseen`` (absent from training) are marked with an asterisk.
     """
-    plt = _plt()
+    import matplotlib.pyplot as plt
+
     counts = table.to_numpy(dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -147,12 +146,14 @@ def plot_confusion(
     return save_figure(fig, path)
 
 
+@styled
 def plot_run_compare(summary: dict[str, Any], path: str | os.PathLike, *, metrics: tuple[str, ...] = ("accuracy", "f1_macro")) -> Path:
     """Bars per model and direction (``--reverse``) or fold (``--cv``), one panel per metric.
 
     For cross-validation the mean over folds is drawn as a black line with its standard deviation.
     """
-    plt = _plt()
+    import matplotlib.pyplot as plt
+
     runs = list(summary["runs"])
     models = list(next(iter(summary["runs"].values())))
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(5.0, 1.3 * len(models) + 0.35 * len(runs) * len(models) + 1.5) * len(metrics) * 0.75, 4.3),
