@@ -8,13 +8,43 @@ from typing import Any
 _MODELS = ("lr", "rf", "xgb", "mlp")
 
 
+def _add_input(p: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
+    """The input, positionally or as ``flag`` (one of the two; see :func:`_input`)."""
+    p.add_argument("input", nargs="?", default=None, metavar=metavar, help=f"{help} (or {flag} {metavar})")
+    p.add_argument(flag, dest="input_flag", default=None, metavar=metavar,
+                   help=f"the same as the positional {metavar}")
+
+
+def _input(args: argparse.Namespace, flag: str, metavar: str = "FILE") -> str:
+    """The input given positionally or as ``flag``; a ScamlError when none, or two different ones."""
+    from ..errors import ScamlError
+
+    positional, flagged = args.input, args.input_flag
+    if positional is not None and flagged is not None and positional != flagged:
+        raise ScamlError(
+            f"two inputs given: {positional!r} and {flag} {flagged!r}; give it once, positionally or with {flag}."
+        )
+    path = positional if positional is not None else flagged
+    if path is None:
+        raise ScamlError(
+            f"no input given; pass it positionally (scaml {args.command} {metavar} ...) or with {flag} {metavar}."
+        )
+    return path
+
+
+def _add_outdir(p: argparse.ArgumentParser, help: str, *, required: bool = True) -> None:
+    p.add_argument("--outdir", "--out", dest="outdir", required=required, default=None, metavar="DIR",
+                   help=f"{help} (--out and --outdir are the same option)")
+
+
 def _common_data(p: argparse.ArgumentParser, *, label_required: bool = True, n_hvg: int = 3000) -> None:
-    p.add_argument("--adata", required=True, metavar="FILE", help="input .h5ad (or 10x h5 / 10x folder / csv)")
+    _add_input(p, "--adata", "FILE", "input .h5ad (or 10x h5 / 10x folder / csv)")
     p.add_argument("--label-key", required=label_required, default=None, metavar="KEY",
                    help="obs column with the cell labels (e.g. label_ref)")
     p.add_argument("--features", choices=("hvg", "all"), default="hvg",
                    help="genes to train on: highly variable genes of the training cells (default) or all genes")
-    p.add_argument("--n-hvg", type=int, default=n_hvg, metavar="N", help=f"number of highly variable genes (default {n_hvg})")
+    p.add_argument("--n-hvg", type=int, default=n_hvg, metavar="N",
+                   help=f"number of highly variable genes (default {n_hvg}; all genes, with a warning, when there are fewer)")
     p.add_argument("--embedding", default=None, metavar="KEY",
                    help="train on adata.obsm[KEY] (e.g. X_harmony, X_pca) instead of genes")
     p.add_argument("--random-state", type=int, default=0, metavar="SEED", help="seed of every model (default 0)")
@@ -22,7 +52,7 @@ def _common_data(p: argparse.ArgumentParser, *, label_required: bool = True, n_h
                    help="leave cells without a label out (default: refuse them)")
     p.add_argument("--param", nargs="+", default=None, metavar="MODEL.PARAM=VALUE",
                    help="override a hyperparameter, e.g. rf.n_estimators=100 mlp.hidden_layer_sizes='(128,)'")
-    p.add_argument("--outdir", required=True, metavar="DIR", help="output directory")
+    _add_outdir(p, "output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-plots", action="store_true", help="do not draw figures")
 
@@ -105,8 +135,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "are (re)written in --outdir."
         ),
     )
-    p.add_argument("--results", required=True, metavar="DIR", help="directory written by scaml train")
-    p.add_argument("--outdir", default=None, metavar="DIR", help="where to write the PNGs (default DIR/plots)")
+    _add_input(p, "--results", "DIR", "directory written by scaml train")
+    _add_outdir(p, "where to write the PNGs; default DIR/plots", required=False)
     p.add_argument("--models", nargs="+", default=None, choices=_MODELS, metavar="MODEL", help="models to draw (default all)")
     p.set_defaults(func=_plot, report_dir_attr="outdir")
 
@@ -121,14 +151,15 @@ def _train(args: argparse.Namespace) -> int:
     from ..classify import run_train
     from ..io import read_input
 
+    path = _input(args, "--adata")
     overrides = _overrides(args)
-    adata = read_input(args.adata)
+    adata = read_input(path)
     run_train(
         adata, label_key=args.label_key, split_key=args.split_key, split_train=args.split_train,
         split_test=args.split_test, features=args.features, n_hvg=args.n_hvg, models=args.models,
         embedding=args.embedding, reverse=args.reverse, cv=args.cv, class_weight=args.class_weight,
         random_state=args.random_state, drop_missing_labels=args.drop_missing_labels, hyperparameters=overrides,
-        outdir=args.outdir, overwrite=args.overwrite, plots=not args.no_plots, input_path=args.adata,
+        outdir=args.outdir, overwrite=args.overwrite, plots=not args.no_plots, input_path=path,
     )
     return 0
 
@@ -137,14 +168,15 @@ def _learning_curve(args: argparse.Namespace) -> int:
     from ..classify import run_learning_curve
     from ..io import read_input
 
+    path = _input(args, "--adata")
     overrides = _overrides(args)
-    adata = read_input(args.adata)
+    adata = read_input(path)
     run_learning_curve(
         adata, label_key=args.label_key, group_key=args.group_key, model=args.model, split_train=args.split_train,
         split_test=args.split_test, sizes=args.sizes, sampling=args.sampling, repeats=args.repeats,
         features=args.features, n_hvg=args.n_hvg, embedding=args.embedding, class_weight=args.class_weight,
         random_state=args.random_state, drop_missing_labels=args.drop_missing_labels, hyperparameters=overrides,
-        outdir=args.outdir, overwrite=args.overwrite, plots=not args.no_plots, input_path=args.adata,
+        outdir=args.outdir, overwrite=args.overwrite, plots=not args.no_plots, input_path=path,
     )
     return 0
 
@@ -153,14 +185,15 @@ def _novelty(args: argparse.Namespace) -> int:
     from ..classify import run_novelty
     from ..io import read_input
 
+    path = _input(args, "--adata")
     overrides = _overrides(args)
-    adata = read_input(args.adata)
+    adata = read_input(path)
     run_novelty(
         adata, hek_key=args.hek_key, hek_positive=args.hek_positive, method=args.method, label_key=args.label_key,
         classifier=args.classifier, features=args.features, n_hvg=args.n_hvg, embedding=args.embedding,
         n_pcs=args.n_pcs, hvg_cells=args.hvg_cells, n_folds=args.n_folds, random_state=args.random_state,
         drop_missing_labels=args.drop_missing_labels, hyperparameters=overrides, outdir=args.outdir,
-        overwrite=args.overwrite, plots=not args.no_plots, input_path=args.adata,
+        overwrite=args.overwrite, plots=not args.no_plots, input_path=path,
     )
     return 0
 
@@ -170,7 +203,8 @@ def _plot(args: argparse.Namespace) -> int:
 
     from ..classify import plot_results
 
+    results = _input(args, "--results", "DIR")
     if args.outdir is None:
-        args.outdir = str(Path(args.results) / "plots")
-    plot_results(args.results, args.outdir, models=args.models)
+        args.outdir = str(Path(results) / "plots")
+    plot_results(results, args.outdir, models=args.models)
     return 0
