@@ -38,9 +38,15 @@ def test_evaluate_embeddings_table(embedded):
     table = evaluate_embeddings(embedded, "batch", "cell_type")
     assert list(table["embedding"]) == ["X_pca", "X_pca_harmony"]
     pca, harmony = table.iloc[0], table.iloc[1]
-    assert harmony["ilisi"] > pca["ilisi"] + 0.5
-    assert harmony["batch_score"] > pca["batch_score"] and harmony["total"] > pca["total"]
+    assert set(table["neighbor_method"]) == {"exact"}  # "auto" on 500 cells
+    # X_pca: batches 30 apart, no neighbour from another batch; it is also the PCR reference
+    assert pca["ilisi_median"] == pytest.approx(1.0) and pca["kbet"] == 0.0 and pca["pcr_comparison"] == 0.0
     assert "itself is 0 by definition" in pca["notes"]
+    # X_pca_harmony: batches drawn at random, separated cell types
+    assert 2.6 < harmony["ilisi_median"] <= 3 and harmony["kbet"] > 0.9 and harmony["batch_asw"] > 0.95
+    assert harmony["nmi"] == 1.0 and harmony["ari"] == 1.0 and harmony["graph_connectivity"] == 1.0
+    assert harmony["leiden_n_clusters"] == 4 and harmony["clisi"] == pytest.approx(1.0)
+    assert harmony["total"] > pca["total"] + 0.4
     assert table["notes"].map(type).eq(str).all()
 
 
@@ -48,7 +54,7 @@ def test_evaluate_embeddings_batch_only_and_subsample(embedded):
     table = evaluate_embeddings(embedded, "batch", None, ["X_pca_harmony"], subsample=200)
     row = table.iloc[0]
     assert row["n_cells"] == 200 and row["n_cells_total"] == 500
-    assert not math.isnan(row["ilisi"]) and math.isnan(row["nmi"]) and math.isnan(row["total"])
+    assert row["ilisi"] > 0.8 and math.isnan(row["nmi"]) and math.isnan(row["total"])
     assert "random subset of 200 of 500 cells" in row["notes"] and "no label key" in row["notes"]
 
 
@@ -78,9 +84,15 @@ def test_evaluate_writes_outputs(embedded, tmp_path):
     rows = json.loads((out / "metrics.json").read_text())
     assert len(rows) == 2 and rows[1]["embedding"] == "X_pca_harmony"
     sweep = pd.read_csv(out / "metrics_leiden_sweep.csv")
-    assert len(sweep) == 20 and sweep["nmi"].between(0, 1).all()
+    assert len(sweep) == 20 and sweep.groupby("embedding")["resolution"].nunique().eq(10).all()
+    for row in table.itertuples():  # the table reports the sweep's best resolution
+        best = sweep[sweep["embedding"] == row.embedding].set_index("resolution").loc[row.leiden_resolution]
+        assert best["nmi"] == pytest.approx(row.nmi) == sweep.loc[sweep["embedding"] == row.embedding, "nmi"].max()
+        assert best["ari"] == pytest.approx(row.ari) and best["n_clusters"] == row.leiden_n_clusters
     per_label = pd.read_csv(out / "metrics_per_label.csv")
     assert set(per_label["embedding"]) == {"X_pca", "X_pca_harmony"} and len(per_label) == 8
+    per_label = per_label.set_index("embedding")
+    assert per_label.loc["X_pca", "kbet"].eq(0).all() and per_label.loc["X_pca_harmony", "graph_connectivity"].eq(1).all()
     png = out / "figures" / "metrics_comparison.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     run = json.loads((out / "run.json").read_text())

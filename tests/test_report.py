@@ -80,7 +80,10 @@ def test_report_shows_the_run(tmp_path: Path) -> None:
     # metric tables: CSV with 4 significant digits and NaN, JSON dict of dicts as a matrix
     assert "1.235" in page and "1.877" in page and "0.01235" in page and 'title="empty or NaN">—<' in page
     assert "1.234567" not in page
-    assert "asw_label" in page and "1.235" in page
+    # the JSON dict of dicts is one matrix: a row per embedding, a column per metric
+    assert ('<thead><tr><th></th><th>ilisi</th><th>asw_label</th></tr></thead><tbody><tr><th>X_pca</th>'
+            '<td class="num">1.235</td><td class="num">0.5</td></tr><tr><th>X_pca_harmony</th>'
+            '<td class="num">1.9</td><td class="num">0.6</td></tr>') in page
     # the per-cell predictions table is listed but not shown
     assert "predictions.csv" in page and "c299" not in page
     # summary.json
