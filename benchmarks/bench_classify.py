@@ -50,7 +50,9 @@ def main() -> None:
             total = time.perf_counter() - start
         run = next(iter(res["runs"].values()))
         fit = sum(run["models"][m]["fit_predict_seconds"] for m in args.models)
-        print(f"\n== {n_cells} cells x {args.genes} genes, {args.n_hvg} HVGs, {args.cell_types} types: "
+        n_features = len(run["feature_names"])
+        print(f"\n== {n_cells} cells x {args.genes} genes, {n_features} features ({args.n_hvg} HVGs asked), "
+              f"{args.cell_types} types: "
               f"train {run['n_train']} / test {run['n_test']} (simulation {t_sim:.1f} s)")
         print(f"{'model':6s} {'wall s':>9s} {'CPU s':>9s} {'accuracy':>9s} {'F1 macro':>9s} {'converged':>10s}")
         for m in args.models:
