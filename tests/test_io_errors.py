@@ -209,3 +209,16 @@ def test_input_file_unchanged_after_errors(capsys, tmp_path, h5ad_file):
     before = _digest(h5ad_file)
     _run(capsys, "integrate", str(h5ad_file), "--batch-key", "nope", "--out", str(tmp_path / "o"))
     assert _digest(h5ad_file) == before
+
+
+def test_write_h5ad_keeps_missing_labels_missing(tmp_path):
+    import pandas as pd
+
+    from scaml.io import write_h5ad
+
+    adata = ad.AnnData(np.zeros((4, 2), np.float32))
+    adata.obs["label"] = pd.Series(["B", np.nan, 3, "T"], index=adata.obs_names, dtype=object)
+    write_h5ad(adata, tmp_path / "labels.h5ad")
+    back = ad.read_h5ad(tmp_path / "labels.h5ad")
+    assert back.obs["label"].isna().tolist() == [False, True, False, False]
+    assert back.obs["label"].dropna().astype(str).tolist() == ["B", "3", "T"]

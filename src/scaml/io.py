@@ -241,12 +241,16 @@ def h5ad_safe_value(value: Any) -> Any:
 def h5ad_safe(adata: ad.AnnData) -> ad.AnnData:
     """Make ``adata`` writable as h5ad, in place: object columns of obs/var as strings, sparse X as CSR.
 
+    Missing values of object columns stay missing (anndata stores them as missing strings).
+
     Returns ``adata``.
     """
     for frame in (adata.obs, adata.var):
         for column in frame.columns:
             if frame[column].dtype == object:
-                frame[column] = frame[column].astype(str)
+                values = frame[column]
+                # strings, missing values kept missing (never the string "nan")
+                frame[column] = values.where(values.isna(), values.astype(str))
     if sp.issparse(adata.X) and not isinstance(adata.X, sp.csr_matrix):
         adata.X = sp.csr_matrix(adata.X)
     return adata

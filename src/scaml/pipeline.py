@@ -346,7 +346,7 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
         if metrics_table is not None:
             from .metrics import plot_metrics
 
-            write_csv(metrics_table, outdir / "metrics.csv")
+            write_csv(metrics_table, outdir / "metrics.csv", index=False)
             plot_metrics(metrics_table, figures / "metrics_comparison.png")
     with record.timer("write"):
         write_h5ad(adata, outdir / "integrated.h5ad")
