@@ -193,9 +193,10 @@ def sim_single():
 
 def _uncorrected_projection(ref: SymphonyReference, q_ad) -> np.ndarray:
     """The query's coordinates in the reference PCA before the mixture-of-experts correction."""
-    from scaml.mapping.symphony import _expression, _scale
+    from scaml.mapping.symphony import _scale
+    from scaml.preprocess import lognormalized
 
-    X, _ = _expression(q_ad, "query")
+    X, _ = lognormalized(q_ad)
     pos = [list(q_ad.var_names).index(g) for g in ref.var_names]
     a = ref._arrays
     return _scale(X[:, pos], a["gene_mean"], a["gene_sd"]) @ a["loadings"]

@@ -38,7 +38,6 @@ cell get 1; cells farther than every reference cell get 0.
 from __future__ import annotations
 
 import inspect
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import ScamlError
+from .manifest import manifest_header, read_manifest
 
 FORMAT = "scaml-symphony-reference"
 FORMAT_VERSION = 1
@@ -61,30 +61,21 @@ _N_QUANTILES = 1001
 # ----------------------------------------------------------------------------- helpers
 
 
-def _expression(adata: Any, what: str) -> tuple[Any, str]:
-    """The log-normalised expression of ``adata`` (cells x genes, sparse kept sparse) and what was assumed."""
-    from .._utils import info
-    from ..preprocess import counts_verdict, log_normalize
+def _log_expression(adata: Any, what: str) -> tuple[Any, str]:
+    """The log-normalised expression of ``adata`` by scaml's one rule, and what it was taken as.
 
-    if "counts" in adata.layers:
-        X, source = adata.layers["counts"], 'layers["counts"]'
-    else:
-        X, source = adata.X, "X"
-    if X is None:
-        raise ScamlError(
-            f"the {what} has no expression matrix (X is empty and there is no layers['counts'])."
-        )
-    is_counts, problem = counts_verdict(X)
-    if is_counts:
-        kind = "raw counts" if problem is None else f"counts-like values ({problem}, far above log scale)"
-        info(f"{what}: {source} holds {kind}; normalising to 10,000 per cell and log1p.")
-        X = log_normalize(X, 1e4)
-        return X, "counts"
-    info(
-        f"{what}: {source} is not raw counts ({problem}); assuming it is log-normalised expression."
-    )
-    X = sp.csr_matrix(X, dtype=np.float32) if sp.issparse(X) else np.asarray(X, dtype=np.float32)
-    return X, "log-normalised"
+    :func:`scaml.preprocess.lognormalized`: ``layers["counts"]`` when it holds counts, else X;
+    counts (integer or counts-like, far above log scale) are normalised to 10^4 per cell and
+    log1p'd, log-normalised values taken as they are, negative values refused.
+    Returns the matrix (float32, sparse kept sparse) and ``"counts"`` or ``"log-normalised"``.
+    """
+    from .._utils import info
+    from ..preprocess import lognormalized
+
+    X, found = lognormalized(adata, "auto")
+    step = "normalising to 10,000 per cell and log1p" if found.kind == "counts" else "used as it is"
+    info(f"{what}: {found.reason}; {step}.")
+    return X, "counts" if found.kind == "counts" else "log-normalised"
 
 
 def _mean_sd(X: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -343,7 +334,7 @@ class SymphonyReference:
             warn(
                 f"the query has only {shared} of the reference's {len(self.var_names)} genes; the mapping may be poor."
             )
-        X, _ = _expression(adata_query, "query")
+        X, _ = _log_expression(adata_query, "query")
         Xs = X[:, pos[pos >= 0]]
         n = X.shape[0]
         full = np.zeros((n, len(self.var_names)), dtype=np.float32)
@@ -375,7 +366,6 @@ class SymphonyReference:
     def save(self, directory: str | Path) -> Path:
         """Write the reference to ``directory`` (``reference.npz``, ``reference.json``, ``obs.csv``),
         each file atomically. Returns the directory."""
-        from .. import __version__
         from ..io import write_atomic, write_csv, write_json
 
         directory = Path(directory)
@@ -391,9 +381,7 @@ class SymphonyReference:
         write_csv(self.obs, directory / _OBS)
         write_json(
             {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "scaml_version": __version__,
+                **manifest_header(FORMAT, FORMAT_VERSION, kind_field="format"),
                 "batch_key": self.batch_key,
                 "label_key": self.label_key,
                 "var_names": self.var_names,
@@ -419,21 +407,9 @@ class SymphonyReference:
                 f"{str(directory)!r} is not a complete scaml Symphony reference: missing {', '.join(missing)}. "
                 "Rebuild it with `scaml reference build`."
             )
-        try:
-            meta = json.loads((directory / _META).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ScamlError(
-                f"cannot read {_META} in {str(directory)!r} ({err}); rebuild the reference."
-            ) from err
-        if meta.get("format") != FORMAT:
-            raise ScamlError(
-                f"{str(directory)!r} holds a {meta.get('format')!r}, not a {FORMAT!r}; pass a Symphony reference."
-            )
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ScamlError(
-                f"the reference in {str(directory)!r} has format version {meta.get('format_version')} (written by scaml "
-                f"{meta.get('scaml_version')}), this scaml reads version {FORMAT_VERSION}; rebuild the reference."
-            )
+        meta = read_manifest(directory / _META, kind=FORMAT, format_version=FORMAT_VERSION, kind_field="format",
+                             what="scaml Symphony reference",
+                             rebuild="Rebuild the reference with this version of scaml (`scaml reference build`).")
         with np.load(directory / _ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         needed = set(meta.get("arrays", [])) | {
@@ -501,7 +477,8 @@ def build_symphony_reference(
     label_key
         Optional column with cell labels kept in ``ref.obs`` (for label transfer).
     n_hvg
-        Highly variable genes (scanpy's seurat flavour per batch on the log data).
+        Highly variable genes (:func:`scaml.preprocess.highly_variable_genes`: seurat flavour per
+        batch on the log data; more than the data has: every gene, with a warning).
     n_comps
         Principal components.
     theta, nclust, random_state, **harmony_params
@@ -512,12 +489,10 @@ def build_symphony_reference(
     -------
     SymphonyReference
     """
-    import anndata as ad
-    import scanpy as sc
-
     from .._utils import info
     from ..harmony import run_harmony
     from ..io import check_obs_key
+    from ..preprocess import highly_variable_genes
 
     n_cells, n_genes = adata_ref.shape
     if batch_key is None:
@@ -540,24 +515,15 @@ def build_symphony_reference(
         )
     if n_hvg < n_comps:
         raise ScamlError(f"n_hvg ({n_hvg}) must be at least n_comps ({n_comps}).")
-    X, kind = _expression(adata_ref, "reference")
+    X, kind = _log_expression(adata_ref, "reference")
     var_names = pd.Index([str(g) for g in adata_ref.var_names])
     if not var_names.is_unique:
         raise ScamlError(
             "the reference's var_names are not unique; call adata.var_names_make_unique() first."
         )
 
-    tmp = ad.AnnData(X=X, obs=pd.DataFrame({"batch": batches}, index=adata_ref.obs_names))
-    tmp.var_names = var_names
-    n_top = min(n_hvg, n_genes)
-    if n_top < n_genes:
-        sc.pp.highly_variable_genes(
-            tmp, n_top_genes=n_top, flavor="seurat", batch_key="batch" if n_batches > 1 else None
-        )
-        hvg = np.flatnonzero(tmp.var["highly_variable"].to_numpy())
-    else:
-        hvg = np.arange(n_genes)
-    del tmp
+    mask = highly_variable_genes(X, n_hvg, batch=batches if n_batches > 1 else None, var_names=var_names)
+    hvg = np.flatnonzero(mask)
     Xh = X[:, hvg]
     mean, sd = _mean_sd(Xh)
     scaled = _scale(Xh, mean, sd)

@@ -24,7 +24,7 @@ import torch
 
 from .._utils import info
 from ..errors import ScamlError, missing_key_error
-from ..io import check_obs_key, count_matrix_problem
+from ..io import check_obs_key
 from .data import CellData, align_columns, gene_kind, gene_positions
 from .freeze import apply_freeze
 from .io import FORMAT_VERSION, read_model_dir, write_model_dir
@@ -97,31 +97,35 @@ def check_adata(adata: Any, what: str) -> None:
         raise ScamlError(f"{what} is opened in backed mode; load it into memory (adata.to_memory()) first.")
 
 
-def _matrix(adata: ad.AnnData, layer: str | None, likelihood: str) -> tuple[Any, str]:
-    """The matrix a model reads: ``layer``, else ``layers["counts"]`` for count likelihoods, else ``X``."""
-    if layer is None:
-        if likelihood in ("nb", "zinb") and "counts" in adata.layers:
-            return adata.layers["counts"], "adata.layers['counts']"
-        return adata.X, "adata.X"
-    if layer not in adata.layers:
+def _read_matrix(adata: ad.AnnData, layer: str | None, likelihood: str, model_name: str) -> tuple[Any, str]:
+    """The matrix a model reads, and where from.
+
+    NB / ZINB: raw counts by scaml's one rule (:func:`scaml.preprocess.find_expression` with
+    ``expected="counts"``: ``layer`` when given, else ``layers["counts"]`` when it holds counts,
+    else ``X``). "mse": ``layer`` or ``X`` as it is.
+    """
+    from ..preprocess import find_expression
+
+    if layer is not None and layer not in adata.layers:
         raise missing_key_error(layer, adata.layers.keys(), "adata.layers", "layer")
-    return adata.layers[layer], f"adata.layers[{layer!r}]"
+    if likelihood not in ("nb", "zinb"):
+        return (adata.X, "adata.X") if layer is None else (adata.layers[layer], f"adata.layers[{layer!r}]")
+    try:
+        found = find_expression(adata, "counts", layer=layer)
+    except ScamlError as exc:
+        raise ScamlError(
+            f"{model_name} with gene_likelihood={likelihood!r} needs raw counts: {exc} Round them if they are "
+            "estimated counts, or use gene_likelihood='mse' for normalised / log-transformed data."
+        ) from exc
+    return found.matrix, f"adata.{found.source}"
 
 
-def _check_values(X: Any, where: str, likelihood: str, model_name: str) -> None:
+def _check_finite(X: Any, where: str) -> None:
     data = X.data if sp.issparse(X) else np.asarray(X)
     if not np.issubdtype(data.dtype, np.number):
         raise ScamlError(f"{where} must be numeric; got dtype {data.dtype}.")
     if not np.all(np.isfinite(data)):
         raise ScamlError(f"{where} holds NaN or infinite values; remove or fix those cells first.")
-    if likelihood in ("nb", "zinb"):
-        problem = count_matrix_problem(X)
-        if problem is not None:
-            raise ScamlError(
-                f"{model_name} with gene_likelihood={likelihood!r} needs raw counts, but {where} is not a "
-                f"count matrix: {problem}. Pass raw counts (e.g. layer='counts'), round them if they are "
-                "estimated counts, or use gene_likelihood='mse' for normalised / log-transformed data."
-            )
 
 
 class BaseVAE:
@@ -295,7 +299,7 @@ class BaseVAE:
             # new data (a query, or cells to embed) without the layer the model was built on
             info(f"adata has no layer {layer!r}; reading {'layers[counts] if present, else ' if self.gene_likelihood != 'mse' else ''}X.")
             layer = None
-        X, where = _matrix(adata, layer, self.gene_likelihood)
+        X, where = _read_matrix(adata, layer, self.gene_likelihood, self.model_name)
         if list(map(str, adata.var_names)) == self.genes:
             return X, where
         positions = gene_positions(adata.var_names, self.genes)
@@ -315,7 +319,7 @@ class BaseVAE:
 
     def _prepare(self, adata: ad.AnnData, training: bool = False, report: bool = False) -> CellData:
         X, where = self._aligned_matrix(adata, report=report, strict_layer=training and not self.is_query)
-        _check_values(X, where, self.gene_likelihood, self.model_name)
+        _check_finite(X, where)
         cond = self._condition_codes(adata)
         labels = self._label_codes(adata, training)
         return CellData(X, cond, labels, obs_names=[str(n) for n in adata.obs_names])
