@@ -205,17 +205,17 @@ def run_scaml(method: str, ref, query, args, workdir: Path, seed: int = 0) -> li
     """Build + map with scaml (model seed ``seed``); rows for the table."""
     import numpy as np
 
-    from scaml.mapping import LATENT_KEY, build_reference, map_query
+    from scaml.mapping import LATENT_KEY, METHODS, build_reference, map_query
 
-    train = {"early_stopping": False, "n_threads": args.threads, "verbose": False}
+    trains = METHODS[method].accepts("max_epochs", "map")  # Symphony does not train: no epochs, no training options
+    train = {"early_stopping": False, "n_threads": args.threads, "verbose": False} if trains else None
     start = time.perf_counter()
     ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref_{seed}",
-                              overwrite=True, random_state=seed, max_epochs=args.ref_epochs,
-                              n_hvg=None if method != "symphony" else ref.n_vars,
-                              train_params=train if method != "symphony" else None)
+                              overwrite=True, random_state=seed, max_epochs=args.ref_epochs if trains else None,
+                              n_hvg=None if trains else ref.n_vars, train_params=train)
     mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map_{seed}", overwrite=True,
-                       label_key="cell_type", max_epochs=args.query_epochs, unknown_threshold=1.0,
-                       random_state=seed, train_params=train, umap=False)
+                       label_key="cell_type", max_epochs=args.query_epochs if trains else None,
+                       unknown_threshold=1.0, random_state=seed, train_params=train, umap=False)
     total = time.perf_counter() - start
     run = json.loads((ref_dir / "run.json").read_text())
     epochs = (run["data"].get("training") or {}).get("epochs")

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
+
+from .options import add_input, add_output, resolve_input
+
+#: CLI destinations of the method options, and the option each one sets.
+_BUILD_OPTIONS = {
+    "max_epochs": "max_epochs", "n_latent": "n_latent", "hidden_layers": "hidden_layers",
+    "gene_likelihood": "gene_likelihood", "beta": "beta", "unlabeled_category": "unlabeled_category",
+    "batch_size": "batch_size", "device": "device", "threads": "n_threads", "n_comps": "n_comps",
+    "theta": "theta",
+}
+_MAP_OPTIONS = {"threads": "n_threads"}
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -23,34 +35,36 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
             "REFDIR/run.json and REFDIR/report.html."
         ),
     )
-    b.add_argument("input", help="reference cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
+    add_input(b, "reference cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
     b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "symphony"], default="scvi",
-                   help="reference model (default scvi)")
+                   help="reference model (default scvi); each method uses the options that apply to it and "
+                        "reports the others as unused")
     b.add_argument("--batch-key", required=True, metavar="KEY", help="obs column with the reference's batches")
     b.add_argument("--label-key", default=None, metavar="KEY",
                    help="obs column with cell labels to transfer (required for scanvi)")
-    b.add_argument("--out", required=True, metavar="REFDIR", help="reference directory to write")
+    add_output(b, "reference directory to write", metavar="REFDIR")
     b.add_argument("--overwrite", action="store_true", help="replace an existing reference directory")
     b.add_argument("--n-hvg", type=int, default=2000,
-                   help="highly variable genes the reference uses (default 2000; 0 = all genes for a VAE)")
+                   help="highly variable genes the reference uses (default 2000; more than the data has: all "
+                        "genes, with a warning; 0 = all genes for a VAE)")
     vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi)")
     vae.add_argument("--max-epochs", type=int, default=None,
                      help="training epochs (default: min(400, 8e6 / n_cells), with early stopping)")
-    vae.add_argument("--n-latent", type=int, default=10, help="latent dimensions (default 10)")
-    vae.add_argument("--hidden-layers", type=int, nargs="+", default=[128, 128],
+    vae.add_argument("--n-latent", type=int, default=None, help="latent dimensions (default 10)")
+    vae.add_argument("--hidden-layers", type=int, nargs="+", default=None,
                      help="hidden layer widths (default 128 128)")
-    vae.add_argument("--gene-likelihood", choices=["nb", "zinb", "mse"], default="nb",
+    vae.add_argument("--gene-likelihood", choices=["nb", "zinb", "mse"], default=None,
                      help="nb / zinb on raw counts, mse on normalised data (default nb)")
-    vae.add_argument("--beta", type=float, default=1.0, help="trvae: weight of the MMD penalty (default 1)")
-    vae.add_argument("--unlabeled-category", default="Unknown",
+    vae.add_argument("--beta", type=float, default=None, help="trvae: weight of the MMD penalty (default 1)")
+    vae.add_argument("--unlabeled-category", default=None,
                      help="scanvi: label value of unlabelled reference cells (default Unknown)")
-    vae.add_argument("--batch-size", type=int, default=128, help="cells per mini-batch (default 128)")
-    vae.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    vae.add_argument("--batch-size", type=int, default=None, help="cells per mini-batch (default 128)")
+    vae.add_argument("--device", default=None, help="auto, cpu or cuda (default auto; also Harmony's device for symphony)")
     vae.add_argument("--threads", type=int, default=None,
                      help="CPU threads for training (default: torch's; 1 is often fastest on a busy machine)")
     sym = b.add_argument_group("symphony")
-    sym.add_argument("--n-comps", type=int, default=30, help="principal components (default 30)")
-    sym.add_argument("--theta", type=float, default=2.0, help="Harmony diversity penalty (default 2)")
+    sym.add_argument("--n-comps", type=int, default=None, help="principal components (default 30)")
+    sym.add_argument("--theta", type=float, default=None, help="Harmony diversity penalty (default 2)")
     b.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     b.set_defaults(func=run_build, report_dir_attr="out")
     ref.set_defaults(func=_reference_help(ref))
@@ -67,9 +81,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         ),
     )
     m.add_argument("--reference", required=True, metavar="REFDIR", help="directory of `scaml reference build`")
-    m.add_argument("--query", required=True, metavar="QUERY",
-                   help="query cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (raw counts)")
-    m.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_input(m, "query cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (positionally, or as --query or "
+                 "--adata)", extra_flags=("--query",))
+    add_output(m)
     m.add_argument("--query-batch-key", default=None, metavar="KEY",
                    help="obs column with the query's batches (default: the reference's batch key if present, "
                         "else one batch)")
@@ -98,23 +112,24 @@ def _reference_help(parser: argparse.ArgumentParser):
     return show
 
 
-def run_build(args: argparse.Namespace) -> int:
-    """Run :func:`scaml.mapping.build_reference` with the parsed arguments."""
-    from ..mapping import VAE_METHODS, build_reference
+def _given(args: argparse.Namespace, names: dict[str, str]) -> dict[str, Any]:
+    """The method options the user set (None: not given; the method's own default applies)."""
+    options = {option: getattr(args, dest) for dest, option in names.items() if getattr(args, dest) is not None}
+    if "hidden_layers" in options:
+        options["hidden_layers"] = tuple(options["hidden_layers"])
+    return options
 
-    if args.method in VAE_METHODS:
-        model_params = {"n_latent": args.n_latent, "hidden_layers": tuple(args.hidden_layers),
-                        "gene_likelihood": args.gene_likelihood, "device": args.device}
-        if args.method == "trvae":
-            model_params["beta"] = args.beta
-        train_params = {"batch_size": args.batch_size, "verbose": not args.quiet, "n_threads": args.threads}
-    else:
-        model_params = {"n_comps": args.n_comps, "theta": args.theta}
-        train_params = None
+
+def run_build(args: argparse.Namespace) -> int:
+    """Run :func:`scaml.mapping.build_reference` with the parsed arguments.
+
+    The options the user set are passed as they are; the method decides which apply.
+    """
+    from ..mapping import build_reference
+
     build_reference(
-        args.input, args.method, args.batch_key, args.label_key, args.out, overwrite=args.overwrite,
-        random_state=args.random_state, max_epochs=args.max_epochs, n_hvg=args.n_hvg or None,
-        unlabeled_category=args.unlabeled_category, train_params=train_params, **model_params,
+        resolve_input(args), args.method, args.batch_key, args.label_key, args.out, overwrite=args.overwrite,
+        random_state=args.random_state, n_hvg=args.n_hvg or None, **_given(args, _BUILD_OPTIONS),
     )
     return 0
 
@@ -124,10 +139,10 @@ def run_map(args: argparse.Namespace) -> int:
     from ..mapping import map_query
 
     map_query(
-        args.reference, args.query, args.out, query_batch_key=args.query_batch_key, label_key=args.label_key,
-        overwrite=args.overwrite, max_epochs=args.max_epochs,
+        args.reference, resolve_input(args, "--query"), args.out, query_batch_key=args.query_batch_key,
+        label_key=args.label_key, overwrite=args.overwrite, max_epochs=args.max_epochs,
         allow_existing_conditions=args.allow_existing_conditions, random_state=args.random_state,
         unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
-        train_params={"verbose": not args.quiet, "n_threads": args.threads}, umap=not args.no_umap,
+        train_params=_given(args, _MAP_OPTIONS), umap=not args.no_umap,
     )
     return 0
