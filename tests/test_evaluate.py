@@ -142,7 +142,7 @@ def test_cli_evaluate_input_given_twice_or_not_at_all(tmp_path, capsys):
     assert main(["evaluate", "a.h5ad", "--adata", "b.h5ad", *common]) == 2
     assert "two inputs given: 'a.h5ad' and --adata 'b.h5ad'" in capsys.readouterr().err
     assert main(["evaluate", *common]) == 2
-    assert "no input file given" in capsys.readouterr().err
+    assert "no input given; pass it positionally (scaml evaluate INPUT ...) or with --adata INPUT" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

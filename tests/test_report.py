@@ -162,9 +162,9 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(outdir), "--out", str(outdir)]) == 0  # the same directory twice is fine
     capsys.readouterr()
     assert main(["report", str(outdir), "--out", str(tmp_path)]) == 2
-    assert "two run directories given" in capsys.readouterr().err
+    assert "two inputs given" in capsys.readouterr().err
     assert main(["report"]) == 2
-    assert "no run directory given" in capsys.readouterr().err
+    assert "no input given; pass it positionally (scaml report DIR ...) or with --out DIR" in capsys.readouterr().err
 
 
 def test_maybe_write_report(tmp_path: Path) -> None:

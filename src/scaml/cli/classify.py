@@ -5,40 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from .options import add_input, add_output, resolve_input
+
 _MODELS = ("lr", "rf", "xgb", "mlp")
 
 
-def _add_input(p: argparse.ArgumentParser, flag: str, metavar: str, help: str) -> None:
-    """The input, positionally or as ``flag`` (one of the two; see :func:`_input`)."""
-    p.add_argument("input", nargs="?", default=None, metavar=metavar, help=f"{help} (or {flag} {metavar})")
-    p.add_argument(flag, dest="input_flag", default=None, metavar=metavar,
-                   help=f"the same as the positional {metavar}")
-
-
-def _input(args: argparse.Namespace, flag: str, metavar: str = "FILE") -> str:
-    """The input given positionally or as ``flag``; a ScamlError when none, or two different ones."""
-    from ..errors import ScamlError
-
-    positional, flagged = args.input, args.input_flag
-    if positional is not None and flagged is not None and positional != flagged:
-        raise ScamlError(
-            f"two inputs given: {positional!r} and {flag} {flagged!r}; give it once, positionally or with {flag}."
-        )
-    path = positional if positional is not None else flagged
-    if path is None:
-        raise ScamlError(
-            f"no input given; pass it positionally (scaml {args.command} {metavar} ...) or with {flag} {metavar}."
-        )
-    return path
-
-
-def _add_outdir(p: argparse.ArgumentParser, help: str, *, required: bool = True) -> None:
-    p.add_argument("--outdir", "--out", dest="outdir", required=required, default=None, metavar="DIR",
-                   help=f"{help} (--out and --outdir are the same option)")
-
-
 def _common_data(p: argparse.ArgumentParser, *, label_required: bool = True, n_hvg: int = 3000) -> None:
-    _add_input(p, "--adata", "FILE", "input .h5ad (or 10x h5 / 10x folder / csv)")
+    add_input(p, "input .h5ad (or 10x h5 / 10x folder / csv)", metavar="FILE")
     p.add_argument("--label-key", required=label_required, default=None, metavar="KEY",
                    help="obs column with the cell labels (e.g. label_ref)")
     p.add_argument("--features", choices=("hvg", "all"), default="hvg",
@@ -52,7 +25,7 @@ def _common_data(p: argparse.ArgumentParser, *, label_required: bool = True, n_h
                    help="leave cells without a label out (default: refuse them)")
     p.add_argument("--param", nargs="+", default=None, metavar="MODEL.PARAM=VALUE",
                    help="override a hyperparameter, e.g. rf.n_estimators=100 mlp.hidden_layer_sizes='(128,)'")
-    _add_outdir(p, "output directory")
+    add_output(p, dest="outdir")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-plots", action="store_true", help="do not draw figures")
 
@@ -135,8 +108,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "are (re)written in --outdir."
         ),
     )
-    _add_input(p, "--results", "DIR", "directory written by scaml train")
-    _add_outdir(p, "where to write the PNGs; default DIR/plots", required=False)
+    add_input(p, "directory written by scaml train", flag="--results", metavar="DIR")
+    add_output(p, "where to write the PNGs; default DIR/plots", required=False, dest="outdir")
     p.add_argument("--models", nargs="+", default=None, choices=_MODELS, metavar="MODEL", help="models to draw (default all)")
     p.set_defaults(func=_plot, report_dir_attr="outdir")
 
@@ -151,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..classify import run_train
     from ..io import read_input
 
-    path = _input(args, "--adata")
+    path = resolve_input(args, "--adata", "FILE")
     overrides = _overrides(args)
     adata = read_input(path)
     run_train(
@@ -168,7 +141,7 @@ def _learning_curve(args: argparse.Namespace) -> int:
     from ..classify import run_learning_curve
     from ..io import read_input
 
-    path = _input(args, "--adata")
+    path = resolve_input(args, "--adata", "FILE")
     overrides = _overrides(args)
     adata = read_input(path)
     run_learning_curve(
@@ -185,7 +158,7 @@ def _novelty(args: argparse.Namespace) -> int:
     from ..classify import run_novelty
     from ..io import read_input
 
-    path = _input(args, "--adata")
+    path = resolve_input(args, "--adata", "FILE")
     overrides = _overrides(args)
     adata = read_input(path)
     run_novelty(
@@ -203,7 +176,7 @@ def _plot(args: argparse.Namespace) -> int:
 
     from ..classify import plot_results
 
-    results = _input(args, "--results", "DIR")
+    results = resolve_input(args, "--results", "DIR")
     if args.outdir is None:
         args.outdir = str(Path(results) / "plots")
     plot_results(results, args.outdir, models=args.models)

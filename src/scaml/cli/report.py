@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..errors import ScamlError
+from .options import add_input, resolve_input
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
@@ -21,31 +21,17 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "directory already does this; use it to rebuild the page."
         ),
     )
-    parser.add_argument("outdir", nargs="?", default=None, metavar="DIR", help="the output directory of a scaml run")
-    parser.add_argument("--out", "--outdir", "--results", dest="outdir_flag", default=None, metavar="DIR",
-                        help="the run directory, as a flag (same as the positional DIR; the run's --out)")
+    add_input(parser, "the output directory of a scaml run", flag="--out", extra_flags=("--outdir", "--results"),
+              metavar="DIR")
     parser.add_argument("--title", default=None, help="page title (default: 'scaml <command> report')")
     parser.set_defaults(func=run_report)
-
-
-def run_directory(args: argparse.Namespace) -> str:
-    """The run directory given positionally or by flag; a ScamlError when none, or two different ones."""
-    positional, flagged = args.outdir, getattr(args, "outdir_flag", None)
-    if positional and flagged and positional != flagged:
-        raise ScamlError(
-            f"two run directories given: {positional!r} and --out {flagged!r}; give it once, as DIR or with --out."
-        )
-    outdir = positional or flagged
-    if not outdir:
-        raise ScamlError("no run directory given; pass the --out directory of a scaml run as DIR (or with --out DIR).")
-    return outdir
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report and print its path on stdout."""
     from ..report import write_report
 
-    path = write_report(run_directory(args), title=args.title)
+    path = write_report(resolve_input(args, "--out", "DIR"), title=args.title)
     print(path)
     return 0
 
