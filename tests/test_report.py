@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import re
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 
 from scaml import _utils
 from scaml.cli import main
-from scaml.cli.report import maybe_write_report
 from scaml.errors import ScamlError
 from scaml.io import save_figure, write_csv, write_json
-from scaml.report import REPORT_FILE, render_report, write_report
+from scaml.report import REPORT_FILE, maybe_write_report, render_report, write_report
 from scaml.runinfo import RunRecord
 
 
@@ -169,15 +167,13 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_maybe_write_report(tmp_path: Path) -> None:
     outdir = make_run(tmp_path / "run")
-    args = argparse.Namespace(report_dir_attr="out", out=str(outdir))
-    assert maybe_write_report(args) == outdir / REPORT_FILE
-    assert maybe_write_report(argparse.Namespace()) is None
-    assert maybe_write_report(argparse.Namespace(report_dir_attr="out", out=str(tmp_path / "gone"))) is None
+    assert maybe_write_report(outdir) == outdir / REPORT_FILE
+    assert maybe_write_report(tmp_path / "gone") is None
     # a report that cannot be built is a warning, never an exception
     empty = tmp_path / "empty"
     empty.mkdir()
     n_warnings = len(_utils.WARNINGS)
-    assert maybe_write_report(argparse.Namespace(report_dir_attr="out", out=str(empty))) is None
+    assert maybe_write_report(empty) is None
     assert len(_utils.WARNINGS) == n_warnings + 1 and "report" in _utils.WARNINGS[-1]
 
 

@@ -39,7 +39,7 @@ def run_demo(
     Returns
     -------
     Path
-        The output directory.
+        The output directory (with ``report.html``; every step's folder has its own report too).
     """
     from .datasets import simulate
     from .pipeline import integrate
@@ -60,21 +60,14 @@ def run_demo(
         run_train(adata, label_key="cell_type", split_key="batch", split_train="batch1", split_test="batch2",
                   n_hvg=1000, models=("lr", "rf", "xgb", "mlp"), reverse=True, random_state=random_state,
                   outdir=outdir / "classify", overwrite=True)
-        _report(outdir / "classify")
     if "mapping" in steps:
         from .mapping import demo_mapping
 
         info(f"[3] reference mapping: scVI-like reference on batch1..batch{n_batches - 1}, "
              f"batch{n_batches} mapped onto it by architecture surgery")
-        paths = demo_mapping(adata, outdir / "mapping", batch_key="batch", label_key="cell_type",
-                             random_state=random_state)
-        for path in paths.values():
-            _report(Path(path))
+        demo_mapping(adata, outdir / "mapping", batch_key="batch", label_key="cell_type",
+                     random_state=random_state)
+    from .report import maybe_write_report
+
+    maybe_write_report(outdir, title="scaml demo")
     return outdir
-
-
-def _report(directory: Path) -> None:
-    from .report import write_report
-
-    if directory.is_dir():
-        write_report(directory)

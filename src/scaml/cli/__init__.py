@@ -2,7 +2,8 @@
 
 Each subcommand lives in a module of this package that defines
 ``register(subparsers, parent)``; the function it registers receives the
-parsed arguments and calls one library function.
+parsed arguments and calls one library function, which writes every output
+(report.html included), so a notebook gets the same files as the command.
 """
 
 from __future__ import annotations
@@ -68,8 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_quiet(getattr(args, "quiet", False))
     try:
         result = args.func(args)
-        if not result:
-            _write_report(args)
     except ScamlError as exc:
         _print_error(args.command, str(exc))
         return 2
@@ -95,15 +94,6 @@ def _print_error(command: str, message: str) -> None:
     line = " ".join(message.split())
     console.print(f"[bold red]scaml {command}: error:[/bold red] {line}", soft_wrap=True, markup=True,
                   highlight=False, emoji=False)
-
-
-def _write_report(args: argparse.Namespace) -> None:
-    """Build DIR/report.html for commands that name their output directory attribute."""
-    if not getattr(args, "report_dir_attr", None):
-        return
-    from .report import maybe_write_report
-
-    maybe_write_report(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -53,7 +53,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="hold out every level of --split-key in turn (per-fold folders and mean/sd)")
     p.add_argument("--class-weight", choices=("balanced",), default=None,
                    help="weight classes inversely to their frequency (sample weights for XGBoost and MLP)")
-    p.set_defaults(func=_train, report_dir_attr="outdir")
+    p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
         "learning-curve", parents=[parent],
@@ -75,7 +75,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="fractions (or cell counts > 1) for --sampling fraction; numbers of groups for --sampling groups")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="repeats per size (default 5)")
     p.add_argument("--class-weight", choices=("balanced",), default=None, help="balanced class weights")
-    p.set_defaults(func=_learning_curve, report_dir_attr="outdir")
+    p.set_defaults(func=_learning_curve)
 
     p = subparsers.add_parser(
         "novelty", parents=[parent],
@@ -97,7 +97,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--hvg-cells", choices=("not-flagged", "all"), default="not-flagged",
                    help="choose HVGs on the non-flagged cells (default, strict) or on all cells (flag not used)")
     p.add_argument("--n-folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
-    p.set_defaults(func=_novelty, report_dir_attr="outdir")
+    p.set_defaults(func=_novelty)
 
     p = subparsers.add_parser(
         "plot", parents=[parent],
@@ -111,7 +111,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     add_input(p, "directory written by scaml train", flag="--results", metavar="DIR")
     add_output(p, "where to write the PNGs; default DIR/plots", required=False, dest="outdir")
     p.add_argument("--models", nargs="+", default=None, choices=_MODELS, metavar="MODEL", help="models to draw (default all)")
-    p.set_defaults(func=_plot, report_dir_attr="outdir")
+    p.set_defaults(func=_plot)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

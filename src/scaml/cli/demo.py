@@ -28,10 +28,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 def run(args: argparse.Namespace) -> int:
     """Run :func:`scaml.demo.run_demo`."""
     from ..demo import run_demo
-    from ..report import write_report
+    from ..report import REPORT_FILE
 
     outdir = run_demo(args.out, n_cells=args.n_cells, n_genes=args.n_genes, n_batches=args.n_batches,
                       random_state=args.random_state, overwrite=args.overwrite)
-    report = write_report(outdir, title="scaml demo")
-    print(f"scaml demo finished; open the report: {report}")
+    print(f"scaml demo finished; open the report: {outdir / REPORT_FILE}")
     return 0

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--subsample", type=int, default=None, metavar="N",
                    help="evaluate a random subset of N cells (said in the notes)")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    p.set_defaults(func=run, report_dir_attr="out")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

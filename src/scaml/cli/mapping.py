@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     sym.add_argument("--n-comps", type=int, default=None, help="principal components (default 30)")
     sym.add_argument("--theta", type=float, default=None, help="Harmony diversity penalty (default 2)")
     b.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    b.set_defaults(func=run_build, report_dir_attr="out")
+    b.set_defaults(func=run_build)
     ref.set_defaults(func=_reference_help(ref))
 
     m = subparsers.add_parser(
@@ -101,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     m.add_argument("--no-umap", action="store_true", help="skip the joint UMAP")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     m.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
-    m.set_defaults(func=run_map, report_dir_attr="out")
+    m.set_defaults(func=run_map)
 
 
 def _reference_help(parser: argparse.ArgumentParser):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .options import add_input, resolve_input
@@ -34,27 +33,3 @@ def run_report(args: argparse.Namespace) -> int:
     path = write_report(resolve_input(args, "--out", "DIR"), title=args.title)
     print(path)
     return 0
-
-
-def maybe_write_report(args: argparse.Namespace) -> Path | None:
-    """Write the report of a subcommand's output directory, if it has one.
-
-    The subcommand names the attribute of ``args`` that holds its output
-    directory in ``args.report_dir_attr`` (e.g. ``"out"``); the report itself is
-    :func:`scaml.report.maybe_write_report`: its path is printed, and a failure
-    becomes a warning and never fails a run that succeeded.
-
-    Returns
-    -------
-    pathlib.Path or None
-        The report's path, or None when no report was written.
-    """
-    from ..report import maybe_write_report as write_if_possible
-
-    attr = getattr(args, "report_dir_attr", None)
-    if not attr:
-        return None
-    outdir = getattr(args, attr, None)
-    if not outdir:
-        return None
-    return write_if_possible(outdir)
