@@ -489,121 +489,25 @@ def build_symphony_reference(
     -------
     SymphonyReference
     """
-    from .._utils import info
-    from ..harmony import run_harmony
-    from ..io import check_obs_key
-    from ..preprocess import highly_variable_genes
-
-    n_cells, n_genes = adata_ref.shape
-    if batch_key is None:
-        batches = np.full(n_cells, "reference", dtype=object)
-        n_batches = 1
-    else:
-        column = check_obs_key(adata_ref, batch_key, flag="--batch-key", min_levels=1)
-        if column.isna().any():
-            raise ScamlError(
-                f"reference batch column {batch_key!r} has {int(column.isna().sum())} missing values; "
-                "label those cells or remove them."
-            )
-        batches = column.astype(str).to_numpy()
-        n_batches = len(pd.unique(batches))
-    if label_key is not None:
-        check_obs_key(adata_ref, label_key, flag="--label-key", min_levels=1)
-    if n_comps < 2 or n_comps >= min(n_cells, n_genes):
-        raise ScamlError(
-            f"n_comps must be between 2 and {min(n_cells, n_genes) - 1} for this reference; got {n_comps}."
-        )
-    if n_hvg < n_comps:
-        raise ScamlError(f"n_hvg ({n_hvg}) must be at least n_comps ({n_comps}).")
+    batches, n_batches = _reference_batches(adata_ref, batch_key, label_key, n_hvg, n_comps)
     X, kind = _log_expression(adata_ref, "reference")
     var_names = pd.Index([str(g) for g in adata_ref.var_names])
     if not var_names.is_unique:
         raise ScamlError(
             "the reference's var_names are not unique; call adata.var_names_make_unique() first."
         )
-
-    mask = highly_variable_genes(X, n_hvg, batch=batches if n_batches > 1 else None, var_names=var_names)
-    hvg = np.flatnonzero(mask)
-    Xh = X[:, hvg]
-    mean, sd = _mean_sd(Xh)
-    scaled = _scale(Xh, mean, sd)
-    from sklearn.utils.extmath import randomized_svd
-
-    _, _, Vt = randomized_svd(scaled, n_components=n_comps, random_state=random_state, n_iter=7)
-    loadings = Vt.T.astype(np.float32)  # genes x n_comps
-    Z = scaled @ loadings
-    del scaled
+    hvg, mean, sd, loadings, Z = _gene_space(X, n_hvg, n_comps, batches, n_batches, var_names, random_state)
     if n_batches > 1:
-        params = dict(harmony_params)
-        params.setdefault("verbose", False)
-        ho = run_harmony(
-            Z,
-            adata_ref.obs[[batch_key]],
-            batch_key,
-            theta=theta,
-            nclust=nclust,
-            random_state=random_state,
-            **params,
+        embedding, R, sigma, model_info = _harmony_embedding(
+            Z, adata_ref.obs[[batch_key]], batch_key, theta, nclust, random_state, harmony_params
         )
-        embedding = ho.Z_corr.astype(np.float32)
-        R = ho.R.astype(np.float64)
-        K = int(ho.K)
-        sigma = np.asarray(ho.params["sigma"], dtype=np.float64) * np.ones(K)
-        model_info: dict[str, Any] = {
-            "integration": "harmony",
-            "harmony": ho.params,
-            "harmony_n_iter": ho.n_iter,
-            "harmony_converged": ho.converged,
-        }
     else:
-        K = max(int(min(round(n_cells / 30.0), 100)), 1) if nclust is None else nclust
-        if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or not 1 <= K <= n_cells:
-            raise ScamlError(
-                f"nclust must be a positive integer at most the number of cells ({n_cells}); got {nclust!r}."
-            )
-        K = int(K)
-        sigma = np.atleast_1d(
-            np.asarray(harmony_params.get("sigma", 0.1), dtype=np.float64)
-        ).reshape(-1)
-        if sigma.size == 1:
-            sigma = np.repeat(sigma, K)
-        if sigma.size != K or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            raise ScamlError(
-                f"sigma must be one positive number or one per cluster ({K}); got {sigma[:5].tolist()}."
-            )
         which = (
             "all cells are one batch (batch_key=None)"
             if batch_key is None
             else f"{batch_key!r} has a single level ({batches[0]!r})"
         )
-        unknown = sorted(set(harmony_params) - set(inspect.signature(run_harmony).parameters))
-        if unknown:
-            raise ScamlError(
-                f"unknown Harmony parameter(s) {unknown}; see scaml.harmony.run_harmony for the names."
-            )
-        unused = sorted(set(harmony_params) - {"sigma", "verbose"})
-        info(
-            f"reference: {which}; no Harmony correction is needed, running only its soft clustering "
-            f"({K} clusters) for the query's correction"
-            + (f" (not used: theta, {', '.join(unused)})." if unused else " (theta not used).")
-        )
-        R, summary = _soft_kmeans(Z.astype(np.float64), K, sigma, random_state)
-        embedding = Z.astype(np.float32)
-        model_info = {
-            "integration": "none (single batch)",
-            "soft_kmeans": {
-                "sigma": float(sigma[0]) if np.all(sigma == sigma[0]) else sigma.tolist(),
-                **summary,
-            },
-        }
-    Zc = embedding.astype(np.float64)
-    Nr = R.sum(axis=0)
-    C = R.T @ Zc  # K x d
-    Y = C.T / np.maximum(np.linalg.norm(C.T, axis=0, keepdims=True), 1e-12)  # d x K, unit columns
-    R_ref = _soft_assign(Zc, Y, sigma)
-    mu, chol = _cluster_gaussians(Zc, R_ref)
-    ref_maha = _mahalanobis(Zc, R_ref, mu, chol)
-    quantiles = np.quantile(ref_maha, np.linspace(0, 1, _N_QUANTILES))
+        embedding, R, sigma, model_info = _single_batch_embedding(Z, which, nclust, random_state, harmony_params)
     cols = ([batch_key] if batch_key is not None else []) + (
         [label_key] if label_key is not None and label_key != batch_key else []
     )
@@ -613,24 +517,13 @@ def build_symphony_reference(
         "n_hvg": int(len(hvg)),
         "n_comps": int(n_comps),
         "theta": theta,
-        "nclust": K,
+        "nclust": int(R.shape[1]),
         "random_state": random_state,
         "input": kind,
         "n_batches": int(n_batches),
         **model_info,
     }
-    arrays = {
-        "gene_mean": mean,
-        "gene_sd": sd,
-        "loadings": loadings,
-        "Y": Y,
-        "sigma": sigma,
-        "Nr": Nr,
-        "C": C,
-        "mu": mu,
-        "prec_chol": chol,
-        "ref_maha_quantiles": quantiles,
-    }
+    arrays = {"gene_mean": mean, "gene_sd": sd, "loadings": loadings, **_cluster_terms(embedding, R, sigma)}
     return SymphonyReference(
         embedding=embedding,
         obs=obs,
@@ -640,3 +533,126 @@ def build_symphony_reference(
         params=info_params,
         arrays=arrays,
     )
+
+
+def _reference_batches(
+    adata_ref: Any, batch_key: str | None, label_key: str | None, n_hvg: int, n_comps: int
+) -> tuple[np.ndarray, int]:
+    """Check the keys and sizes; each reference cell's batch and the number of batches."""
+    from ..io import check_obs_key
+
+    n_cells, n_genes = adata_ref.shape
+    if batch_key is None:
+        batches = np.full(n_cells, "reference", dtype=object)
+    else:
+        column = check_obs_key(adata_ref, batch_key, flag="--batch-key", min_levels=1)
+        if column.isna().any():
+            raise ScamlError(
+                f"reference batch column {batch_key!r} has {int(column.isna().sum())} missing values; "
+                "label those cells or remove them."
+            )
+        batches = column.astype(str).to_numpy()
+    if label_key is not None:
+        check_obs_key(adata_ref, label_key, flag="--label-key", min_levels=1)
+    if n_comps < 2 or n_comps >= min(n_cells, n_genes):
+        raise ScamlError(
+            f"n_comps must be between 2 and {min(n_cells, n_genes) - 1} for this reference; got {n_comps}."
+        )
+    if n_hvg < n_comps:
+        raise ScamlError(f"n_hvg ({n_hvg}) must be at least n_comps ({n_comps}).")
+    return batches, len(pd.unique(batches))
+
+
+def _gene_space(
+    X: Any, n_hvg: int, n_comps: int, batches: np.ndarray, n_batches: int, var_names: pd.Index, random_state: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Highly variable genes, their means / standard deviations, PCA loadings and the cells' PCA coordinates."""
+    from sklearn.utils.extmath import randomized_svd
+
+    from ..preprocess import highly_variable_genes
+
+    mask = highly_variable_genes(X, n_hvg, batch=batches if n_batches > 1 else None, var_names=var_names)
+    hvg = np.flatnonzero(mask)
+    Xh = X[:, hvg]
+    mean, sd = _mean_sd(Xh)
+    scaled = _scale(Xh, mean, sd)
+    _, _, Vt = randomized_svd(scaled, n_components=n_comps, random_state=random_state, n_iter=7)
+    loadings = Vt.T.astype(np.float32)  # genes x n_comps
+    return hvg, mean, sd, loadings, scaled @ loadings
+
+
+def _harmony_embedding(
+    Z: np.ndarray, obs: pd.DataFrame, batch_key: str, theta: float, nclust: int | None, random_state: int,
+    harmony_params: dict[str, Any],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Harmony on the reference's PCA: corrected embedding, soft clusters R, sigma per cluster, summary."""
+    from ..harmony import run_harmony
+
+    params = dict(harmony_params)
+    params.setdefault("verbose", False)
+    ho = run_harmony(Z, obs, batch_key, theta=theta, nclust=nclust, random_state=random_state, **params)
+    K = int(ho.K)
+    sigma = np.asarray(ho.params["sigma"], dtype=np.float64) * np.ones(K)
+    model_info: dict[str, Any] = {
+        "integration": "harmony",
+        "harmony": ho.params,
+        "harmony_n_iter": ho.n_iter,
+        "harmony_converged": ho.converged,
+    }
+    return ho.Z_corr.astype(np.float32), ho.R.astype(np.float64), sigma, model_info
+
+
+def _single_batch_embedding(
+    Z: np.ndarray, which: str, nclust: int | None, random_state: int, harmony_params: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """A single-batch reference: its PCA kept as is, and only Harmony's soft clustering (see the module docstring)."""
+    from .._utils import info
+    from ..harmony import run_harmony
+
+    n_cells = Z.shape[0]
+    K = max(int(min(round(n_cells / 30.0), 100)), 1) if nclust is None else nclust
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or not 1 <= K <= n_cells:
+        raise ScamlError(
+            f"nclust must be a positive integer at most the number of cells ({n_cells}); got {nclust!r}."
+        )
+    K = int(K)
+    sigma = np.atleast_1d(np.asarray(harmony_params.get("sigma", 0.1), dtype=np.float64)).reshape(-1)
+    if sigma.size == 1:
+        sigma = np.repeat(sigma, K)
+    if sigma.size != K or not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+        raise ScamlError(
+            f"sigma must be one positive number or one per cluster ({K}); got {sigma[:5].tolist()}."
+        )
+    unknown = sorted(set(harmony_params) - set(inspect.signature(run_harmony).parameters))
+    if unknown:
+        raise ScamlError(
+            f"unknown Harmony parameter(s) {unknown}; see scaml.harmony.run_harmony for the names."
+        )
+    unused = sorted(set(harmony_params) - {"sigma", "verbose"})
+    info(
+        f"reference: {which}; no Harmony correction is needed, running only its soft clustering "
+        f"({K} clusters) for the query's correction"
+        + (f" (not used: theta, {', '.join(unused)})." if unused else " (theta not used).")
+    )
+    R, summary = _soft_kmeans(Z.astype(np.float64), K, sigma, random_state)
+    model_info = {
+        "integration": "none (single batch)",
+        "soft_kmeans": {
+            "sigma": float(sigma[0]) if np.all(sigma == sigma[0]) else sigma.tolist(),
+            **summary,
+        },
+    }
+    return Z.astype(np.float32), R, sigma, model_info
+
+
+def _cluster_terms(embedding: np.ndarray, R: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    """What mapping needs of the soft clusters: centroids Y, Nr, C, and the confidence statistics."""
+    Zc = embedding.astype(np.float64)
+    Nr = R.sum(axis=0)
+    C = R.T @ Zc  # K x d
+    Y = C.T / np.maximum(np.linalg.norm(C.T, axis=0, keepdims=True), 1e-12)  # d x K, unit columns
+    R_ref = _soft_assign(Zc, Y, sigma)
+    mu, chol = _cluster_gaussians(Zc, R_ref)
+    ref_maha = _mahalanobis(Zc, R_ref, mu, chol)
+    quantiles = np.quantile(ref_maha, np.linspace(0, 1, _N_QUANTILES))
+    return {"Y": Y, "sigma": sigma, "Nr": Nr, "C": C, "mu": mu, "prec_chol": chol, "ref_maha_quantiles": quantiles}
