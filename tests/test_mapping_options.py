@@ -95,6 +95,19 @@ def test_the_method_decides_which_options_apply(panel, tmp_path):
     assert any("max_epochs=3" in w for w in _run(tmp_path / "map")["warnings"])
 
 
+def test_training_options_reach_the_model_whichever_way_they_are_given(panel, tmp_path):
+    import anndata as ad
+
+    ref_cells, query = ad.read_h5ad(panel["ref"]), ad.read_h5ad(panel["query"])
+    out = build_reference(ref_cells, "scvi", "batch", "cell_type", tmp_path / "ref", n_hvg=200,
+                          hidden_layers=(16,), train_params={"max_epochs": 2, "n_threads": 1, "verbose": False})
+    assert _run(out)["data"]["training"]["epochs"] == 2
+    map_query(out, query, tmp_path / "map", train_params={"max_epochs": 1, "n_threads": 1}, umap=False)
+    assert _run(tmp_path / "map")["data"]["query_training"]["epochs"] == 1
+    map_query(out, query, tmp_path / "map2", max_epochs=2, train_params={"n_threads": 1}, umap=False)
+    assert _run(tmp_path / "map2")["data"]["query_training"]["epochs"] == 2
+
+
 def test_registry_and_capabilities():
     assert list(METHODS) == ["scvi", "trvae", "scanvi", "symphony"]
     assert {m.name for m in METHODS.values()} == set(METHODS)

@@ -115,8 +115,9 @@ def build_reference(
     check_obs_key(adata, batch_key, flag="--batch-key")
     if label_key is not None:
         check_obs_key(adata, label_key, flag="--label-key")
-    options = {**model_params, **(train_params or {}), "max_epochs": max_epochs,
-               "unlabeled_category": unlabeled_category}
+    options = {**model_params, **(train_params or {})}
+    options.update({k: v for k, v in (("max_epochs", max_epochs), ("unlabeled_category", unlabeled_category))
+                    if v is not None})
     prepared = chosen.prepare_reference(adata, batch_key, label_key, options)
     outdir = prepare_outdir(out, overwrite=overwrite, protect=[input_path] if input_path else [])
     record.parameters = {"method": chosen.name, "batch_key": batch_key, "label_key": label_key,
@@ -227,7 +228,8 @@ def map_query(
     query, input_path = _load_adata(adata_query, "the query")
     settings = _query_settings(query, reference, query_batch_key, label_key, allow_existing_conditions,
                                min_gene_overlap, force, random_state)
-    prepared = method.prepare_query(query, reference, {**(train_params or {}), "max_epochs": max_epochs})
+    options = {**(train_params or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
+    prepared = method.prepare_query(query, reference, options)
     protect = [input_path] if input_path else []
     outdir = prepare_outdir(out, overwrite=overwrite, protect=[*protect, str(reference.path)])
     record.parameters = {
