@@ -81,8 +81,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         ),
     )
     m.add_argument("--reference", required=True, metavar="REFDIR", help="directory of `scaml reference build`")
-    add_input(m, "query cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (positionally, or as --query or "
-                 "--adata)", extra_flags=("--query",))
+    add_input(m, "query cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (also as --query INPUT)",
+              extra_flags=("--query",))
     add_output(m)
     m.add_argument("--query-batch-key", default=None, metavar="KEY",
                    help="obs column with the query's batches (default: the reference's batch key if present, "
