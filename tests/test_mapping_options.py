@@ -11,8 +11,8 @@ import pytest
 from scaml.cli import main
 from scaml.datasets import simulate
 from scaml.errors import ScamlError
+from scaml.manifest import manifest_header, read_manifest
 from scaml.mapping import METHODS, build_reference, map_query
-from scaml.mapping.manifest import manifest_header, read_manifest
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

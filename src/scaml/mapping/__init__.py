@@ -6,13 +6,13 @@
 - :mod:`~scaml.mapping.methods`: the methods (``scvi``, ``trvae``, ``scanvi``, ``symphony``) as
   objects with the same ``prepare`` / ``build`` / ``map`` steps, and their registry :data:`METHODS`;
 - :mod:`~scaml.mapping.refdir`: the reference-directory format (one versioned reader / writer),
-  with :mod:`~scaml.mapping.manifest`, the versioned-manifest check every scaml format shares;
+  on :mod:`scaml.manifest`, the versioned-manifest check every scaml format shares;
 - :mod:`~scaml.mapping.transfer`: weighted kNN label transfer with uncertainty;
 - :mod:`~scaml.mapping.symphony`: the Symphony-style reference on scaml's Harmony;
 - :mod:`~scaml.mapping.scoring` and :mod:`~scaml.mapping.figures`: metrics and figures;
 - :mod:`~scaml.mapping.demo`: the mapping step of ``scaml demo``.
 
-Names are imported on first use, so that :mod:`scaml.mapping.manifest` stays cheap to import.
+Names are imported on first use, so that ``import scaml.mapping`` stays cheap.
 """
 
 from __future__ import annotations

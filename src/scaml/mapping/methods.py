@@ -27,7 +27,7 @@ import pandas as pd
 
 from .._utils import info, warn
 from ..errors import ScamlError
-from ..preprocess import counts_verdict, find_expression, highly_variable_genes, log_normalize
+from ..preprocess import counts_verdict, highly_variable_genes, log_normalize
 from ..runinfo import RunRecord
 from .figures import plot_training_loss
 from .refdir import ReferenceDir
@@ -176,31 +176,10 @@ def _signature_names(func: Callable[..., Any], drop: set[str]) -> set[str]:
 # ----------------------------------------------------------------------------- VAEs
 
 def read_vae_matrix(adata: ad.AnnData, likelihood: str, layer: str | None, what: str, hint: str) -> tuple[Any, str]:
-    """The matrix a VAE models, and where it came from.
+    """The matrix a VAE models (:func:`scaml.vae.model.read_matrix`), for the reference or the query."""
+    from ..vae.model import read_matrix
 
-    NB / ZINB likelihoods read raw counts by scaml's one rule (:func:`scaml.preprocess.find_expression`
-    with ``expected="counts"``: ``layers["counts"]`` when it holds counts, else X); "mse" reads
-    ``layer`` or X as it is.
-
-    Raises
-    ------
-    ScamlError
-        A missing layer, or no raw counts for a count likelihood (the message ends with ``hint``).
-    """
-    if layer is not None and layer not in adata.layers:
-        from ..errors import missing_key_error
-
-        raise missing_key_error(layer, adata.layers.keys(), f"the {what}'s layers", "layer")
-    if likelihood not in COUNT_LIKELIHOODS:
-        return (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
-    try:
-        found = find_expression(adata, "counts", layer=layer)
-    except ScamlError as exc:
-        raise ScamlError(
-            f"the {what} is not a raw count matrix, but a {likelihood.upper()} likelihood models raw counts: "
-            f"{exc} {hint}"
-        ) from exc
-    return found.matrix, found.source
+    return read_matrix(adata, layer, likelihood, what=what, hint=hint)
 
 
 def _hvg_input(matrix: Any, likelihood: str) -> Any:

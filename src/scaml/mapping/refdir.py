@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..errors import ScamlError
 from ..io import write_atomic, write_csv, write_json
-from .manifest import manifest_header, read_manifest
+from ..manifest import manifest_header, read_manifest
 
 MANIFEST_FILE = "reference.json"
 REFERENCE_KIND = "scaml-reference"

@@ -47,7 +47,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import ScamlError
-from .manifest import manifest_header, read_manifest
+from ..manifest import manifest_header, read_manifest
 
 FORMAT = "scaml-symphony-reference"
 FORMAT_VERSION = 1

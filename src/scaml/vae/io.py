@@ -10,7 +10,7 @@ A model directory holds:
 
 :func:`write_model_dir` writes the three files into a temporary directory beside the target and
 renames it into place, so a reader never sees a half-written model; :func:`read_model_dir` reads
-and checks them (manifest through :func:`scaml.mapping.manifest.read_manifest`). Building the
+and checks them (manifest through :func:`scaml.manifest.read_manifest`). Building the
 network from them is :func:`scaml.vae.model.load_model`'s job.
 """
 
@@ -29,7 +29,7 @@ import torch
 from .. import __version__
 from .._utils import jsonable, package_versions
 from ..errors import ScamlError
-from ..mapping.manifest import read_manifest
+from ..manifest import read_manifest
 
 #: Version of the model directory format.
 FORMAT_VERSION = 1

@@ -97,27 +97,38 @@ def check_adata(adata: Any, what: str) -> None:
         raise ScamlError(f"{what} is opened in backed mode; load it into memory (adata.to_memory()) first.")
 
 
-def _read_matrix(adata: ad.AnnData, layer: str | None, likelihood: str, model_name: str) -> tuple[Any, str]:
-    """The matrix a model reads, and where from.
+#: The fix named when a count likelihood meets data that are not raw counts.
+COUNTS_HINT = ("Pass raw counts (in X or layers['counts']; round them if they are estimated counts), or use "
+               "gene_likelihood='mse' (--gene-likelihood mse) for normalised / log-transformed data.")
 
-    NB / ZINB: raw counts by scaml's one rule (:func:`scaml.preprocess.find_expression` with
-    ``expected="counts"``: ``layer`` when given, else ``layers["counts"]`` when it holds counts,
-    else ``X``). "mse": ``layer`` or ``X`` as it is.
+
+def read_matrix(adata: ad.AnnData, layer: str | None, likelihood: str, *, what: str = "data",
+                hint: str = COUNTS_HINT) -> tuple[Any, str]:
+    """The matrix a VAE models, and where it came from (``"X"``, ``'layers["counts"]'`` ...).
+
+    NB / ZINB likelihoods read raw counts by scaml's one rule (:func:`scaml.preprocess.find_expression`
+    with ``expected="counts"``: ``layer`` when given, else ``layers["counts"]`` when it holds counts,
+    else ``X``); "mse" reads ``layer`` or ``X`` as it is.
+
+    Raises
+    ------
+    ScamlError
+        A missing layer, or no raw counts for a count likelihood (the message ends with ``hint``).
     """
     from ..preprocess import find_expression
 
     if layer is not None and layer not in adata.layers:
-        raise missing_key_error(layer, adata.layers.keys(), "adata.layers", "layer")
+        raise missing_key_error(layer, adata.layers.keys(), f"the {what}'s layers", "layer")
     if likelihood not in ("nb", "zinb"):
-        return (adata.X, "adata.X") if layer is None else (adata.layers[layer], f"adata.layers[{layer!r}]")
+        return (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
     try:
         found = find_expression(adata, "counts", layer=layer)
     except ScamlError as exc:
         raise ScamlError(
-            f"{model_name} with gene_likelihood={likelihood!r} needs raw counts: {exc} Round them if they are "
-            "estimated counts, or use gene_likelihood='mse' for normalised / log-transformed data."
+            f"the {what} is not a raw count matrix, but a {likelihood.upper()} likelihood models raw counts: "
+            f"{exc} {hint}"
         ) from exc
-    return found.matrix, f"adata.{found.source}"
+    return found.matrix, found.source
 
 
 def _check_finite(X: Any, where: str) -> None:
@@ -299,7 +310,7 @@ class BaseVAE:
             # new data (a query, or cells to embed) without the layer the model was built on
             info(f"adata has no layer {layer!r}; reading {'layers[counts] if present, else ' if self.gene_likelihood != 'mse' else ''}X.")
             layer = None
-        X, where = _read_matrix(adata, layer, self.gene_likelihood, self.model_name)
+        X, where = read_matrix(adata, layer, self.gene_likelihood, what=f"{self.model_name} model's data")
         if list(map(str, adata.var_names)) == self.genes:
             return X, where
         positions = gene_positions(adata.var_names, self.genes)

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import ScamlError
+from . import __version__
+from .errors import ScamlError
 
 #: Default fix named in the messages.
 REBUILD = "Rebuild the reference with this version of scaml (`scaml reference build`)."
