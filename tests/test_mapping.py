@@ -72,8 +72,10 @@ def test_scvi_cli_build_and_map_writes_outputs_and_sensible_metrics(split, scvi_
     mapped = ad.read_h5ad(out / "mapped.h5ad")
     assert mapped.obsm[LATENT_KEY].shape == (split["query"].n_obs, 10)
     assert mapped.obsm["X_umap_joint"].shape == (split["query"].n_obs, 2)
-    unc = mapped.obs["predicted_cell_type_uncertainty"]
-    assert ((unc >= 0) & (unc <= 1)).all()
+    unc = mapped.obs["predicted_cell_type_uncertainty"].to_numpy()
+    # the uncertainty is 1 - p(call), and exactly the cells above the threshold (0.5) are "Unknown"
+    np.testing.assert_allclose(unc, 1.0 - mapped.obs["predicted_cell_type_probability"].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(mapped.obs["predicted_cell_type"].astype(str).to_numpy() == "Unknown", unc > 0.5)
     metrics = json.loads((out / "metrics.json").read_text())
     knn = metrics["weighted_knn_no_unknown"]
     print("scvi simulated query:", metrics["weighted_knn"], knn)
