@@ -26,7 +26,7 @@ _QUIET = False
 #: Packages whose versions are written next to every result.
 TRACKED_PACKAGES = (
     "scaml", "numpy", "scipy", "pandas", "anndata", "scanpy", "scikit-learn",
-    "torch", "xgboost", "umap-learn", "leidenalg", "igraph", "matplotlib",
+    "torch", "xgboost", "umap-learn", "pynndescent", "leidenalg", "igraph", "matplotlib",
 )
 
 

@@ -27,6 +27,7 @@ from .io import (
     write_h5ad,
     write_json,
 )
+from .neighbors import DEFAULT_K, Neighbors
 from .runinfo import RunRecord
 
 DEFAULT_RESOLUTIONS = (0.3, 0.5, 0.8)
@@ -137,14 +138,16 @@ def integrate(
                                min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
                                batch_keys=batch_keys, random_state=random_state)
     adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state)
-    _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state)
+    # one neighbour search per embedding, shared by the kNN graph and the metrics (LISI needs the most)
+    searches = _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state,
+                                 k=max(DEFAULT_K, n_neighbors - 1) if evaluate else n_neighbors - 1)
     _leiden(adata, record, resolutions, chosen, random_state)
     marker_genes = _markers(adata, record)
 
-    metrics_table = None
+    metrics_table: pd.DataFrame | None = None
     if evaluate:
         with record.timer("metrics"):
-            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state)
+            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state, searches)
 
     if outdir is not None:
         _write_outputs(adata, outdir, record, batch_keys[0], adjusted, markers, marker_genes, metrics_table)
@@ -244,19 +247,28 @@ def _harmony(adata: ad.AnnData, record: RunRecord, basis: str, batch_keys: list[
 
 
 def _graphs_and_umaps(adata: ad.AnnData, record: RunRecord, basis: str, adjusted: str, n_neighbors: int,
-                      random_state: int) -> None:
-    """kNN graphs (scaml's search, scanpy's keys) and UMAPs of the uncorrected and corrected embeddings."""
+                      random_state: int, *, k: int) -> dict[str, Neighbors]:
+    """kNN graphs (scaml's search, scanpy's keys) and UMAPs of the uncorrected and corrected embeddings.
+
+    Each embedding is searched once for ``k`` neighbours; the graph uses the nearest ``n_neighbors - 1``
+    and the searches are returned for the metrics.
+    """
     import scanpy as sc
 
-    from .neighbors import neighbors_graph
+    from .neighbors import compute_neighbors, neighbors_graph
 
-    with record.timer("neighbors_umap_uncorrected"):
-        neighbors_graph(adata, basis, n_neighbors, key_added="uncorrected", random_state=random_state)
-        sc.tl.umap(adata, neighbors_key="uncorrected", key_added="X_umap_uncorrected", random_state=random_state)
-    with record.timer("neighbors_umap"):
-        nb = neighbors_graph(adata, adjusted, n_neighbors, random_state=random_state)
-        sc.tl.umap(adata, random_state=random_state)
-    record.data["neighbors"] = {"n_neighbors": int(n_neighbors), "search": nb.method}
+    searches: dict[str, Neighbors] = {}
+    for key, umap_key, neighbors_key, timer in ((basis, "X_umap_uncorrected", "uncorrected", "neighbors_umap_uncorrected"),
+                                                (adjusted, "X_umap", None, "neighbors_umap")):
+        with record.timer(timer):
+            searches[key] = compute_neighbors(adata.obsm[key], k, random_state=random_state)
+            neighbors_graph(adata, key, n_neighbors, key_added=neighbors_key, random_state=random_state,
+                            neighbors=searches[key])
+            sc.tl.umap(adata, neighbors_key=neighbors_key or "neighbors", key_added=umap_key,
+                       random_state=random_state)
+    record.data["neighbors"] = {"n_neighbors": int(n_neighbors), "search": searches[adjusted].method,
+                                "k_searched": int(searches[adjusted].k)}
+    return searches
 
 
 def _leiden(adata: ad.AnnData, record: RunRecord, resolutions: list[float], chosen: float,
@@ -313,16 +325,14 @@ def _top_markers(adata: ad.AnnData, per_cluster: int = 1, limit: int = 12) -> li
 
 
 def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddings: list[str],
-              random_state: int) -> pd.DataFrame | None:
-    try:
-        from .metrics import evaluate_embeddings
-    except ImportError:  # metrics not available in this build
-        warn("integration metrics are not available; skipped")
-        return None
+              random_state: int, searches: dict[str, Neighbors]) -> pd.DataFrame:
+    """Batch mixing (and bio conservation with labels) of the embeddings, reusing the pipeline's searches."""
+    from .metrics import evaluate_embeddings
+
     # silhouettes are O(N^2): above 20,000 cells they use a stratified sample (the table's notes say so)
     asw_max_cells = 20000 if adata.n_obs > 20000 else None
     table = evaluate_embeddings(adata, batch_key=batch_key, label_key=label_key, embeddings=embeddings,
-                                random_state=random_state, asw_max_cells=asw_max_cells)
+                                random_state=random_state, asw_max_cells=asw_max_cells, neighbors=searches)
     return table
 
 

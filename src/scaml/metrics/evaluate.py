@@ -55,6 +55,7 @@ def embedding_metrics(
     neighbor_method: str = "auto",
     asw_max_cells: int | None = None,
     random_state: int = 0,
+    neighbors: Neighbors | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """All integration metrics of one embedding, from one shared neighbour search.
 
@@ -86,6 +87,9 @@ def embedding_metrics(
         instead of every cell, and the notes say so. None: every cell.
     random_state
         Seed for Leiden, pynndescent and the silhouette sample.
+    neighbors
+        A search already done on ``X`` (e.g. the one behind the pipeline's kNN graph) with at
+        least ``max(3 * perplexity, n_neighbors)`` neighbours, used instead of searching again.
 
     Returns
     -------
@@ -99,7 +103,11 @@ def embedding_metrics(
     out = run.out
     k = max(int(round(3 * perplexity)), n_neighbors)
     with timed("neighbors"):
-        nb = compute_neighbors(X, k, method=neighbor_method, random_state=random_state)
+        k = int(min(k, X.shape[0] - 1))
+        if neighbors is not None and neighbors.n_cells == X.shape[0] and neighbors.k >= k:
+            nb = neighbors.subset(k)
+        else:
+            nb = compute_neighbors(X, k, method=neighbor_method, random_state=random_state)
     out.update(n_cells=X.shape[0], n_dims=X.shape[1], n_batches=run.n_batches,
                n_labels=run.n_labels if run.has_labels else np.nan, neighbor_method=nb.method)
     graph_k = min(n_neighbors - 1, nb.k)
@@ -275,6 +283,7 @@ def evaluate_embeddings(
     random_state: int = 0,
     subsample: int | None = None,
     return_details: bool = False,
+    neighbors: dict[str, Neighbors] | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, dict[str, Any]]:
     """scIB integration metrics of several embeddings of the same cells.
 
@@ -315,6 +324,9 @@ def evaluate_embeddings(
         notes); None uses every cell.
     return_details
         Also return per-embedding timings, per-label tables and Leiden sweeps.
+    neighbors
+        Searches already done on the embeddings (obsm key -> :class:`~scaml.neighbors.Neighbors`
+        over every cell), reused when every cell is evaluated.
 
     Returns
     -------
@@ -367,6 +379,7 @@ def evaluate_embeddings(
             X_reference=None if ref is None else ref[cells],
             n_neighbors=n_neighbors, perplexity=perplexity, neighbor_method=neighbor_method,
             asw_max_cells=asw_max_cells, random_state=random_state,
+            neighbors=(neighbors or {}).get(key) if cells.size == n_total else None,
         )
         if ref is None:
             row["notes"] = [n for n in row["notes"] if not n.startswith("PCR comparison")]
