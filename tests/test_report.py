@@ -86,9 +86,12 @@ def test_report_shows_the_run(tmp_path: Path) -> None:
     assert "predictions.csv" in page and "c299" not in page
     # summary.json
     assert 'id="summary"' in page and "Clusters" in page
-    # self-contained: no network resources, no scripts
+    # self-contained: no network resources; the one script is inline (sorting, zoom), none is loaded
     assert not re.search(r'(src|href)="(https?:)?//', page)
-    assert "<script" not in page.lower()
+    assert page.lower().count("<script") == 1 and "<script>" in page and "<script src" not in page.lower()
+    # the first screen: the verdict comes before the warnings box, everything else is collapsed below
+    assert page.index('id="verdict"') < page.index('class="warnbox"') < page.index('id="run"')
+    assert "<details class=\"sec\" open" not in page
 
 
 def test_report_escapes_everything(tmp_path: Path) -> None:
@@ -99,7 +102,7 @@ def test_report_escapes_everything(tmp_path: Path) -> None:
                 "warnings": [evil], "data": {evil: {"a": 1}}}, outdir / "run.json")
     pd.DataFrame({evil: [evil]}).to_csv(outdir / "table.csv", index=False)
     page = render_report(outdir, title=evil)
-    assert "<script" not in page
+    assert page.count("<script") == 1 and 'alert("x")</script>' not in page  # only the page's own script
     assert "&lt;script&gt;" in page
 
 
@@ -210,4 +213,4 @@ def test_wide_figures_span_the_page(tmp_path: Path) -> None:
     save_figure(fig, tmp_path / "figures" / "scib_table.png", dpi=40)
     _png(tmp_path / "figures" / "umap.png")
     page = render_report(tmp_path)
-    assert page.count('class="fig wide"') == 1 and page.count('class="fig"') == 1
+    assert page.count('class="fig wide') == 1 and page.count('class="fig"') == 1

@@ -24,6 +24,7 @@ from typing import Any
 
 from .errors import ScamlError
 from .io import write_text
+from .report_verdicts import Number, Verdict, build_verdict
 
 __all__ = ["REPORT_FILE", "render_report", "write_report"]
 
@@ -522,23 +523,41 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _figure_html(path: Path, outdir: Path) -> str:
+def _image_uri(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """The image as a base64 data URI, and its PNG size when known."""
     data = path.read_bytes()
     mime = _IMAGE_SUFFIXES[path.suffix.lower()]
-    uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}", _image_size(data)
+
+
+def _figure_html(path: Path, outdir: Path, *, key: bool = False) -> str:
+    """One figure with its caption; ``key`` figures span the page.
+
+    Figures are saved at 150 dpi and shown at about 100 dpi (never wider than the page); a click
+    shows them at full resolution inside their own scroll box. On a phone, a figure of several
+    panels side by side keeps a legible size and scrolls sideways within its box.
+    """
+    uri, size = _image_uri(path)
     caption = _label(path.stem)
-    size = _image_size(data)
     dims = ""
-    wide = ""
+    classes = "fig key" if key else "fig"
+    hint = ""
     if size:
         width, height = size
-        dims = f' width="{width}" height="{height}"'
-        if height and width / height > 1.9:
-            wide = " wide"
+        ratio = width / height if height else 1.0
+        dims = (f' width="{width}" height="{height}" '
+                f'style="--w:{round(width / 1.5)}px;--zw:{width}px;--ar:{min(ratio, 3.0):.2f}"')
+        if ratio > 1.9 and not key:
+            classes += " wide"
+        if ratio >= 2.5:  # several panels side by side
+            classes += " panels"
+            hint = '<span class="hint">scroll sideways for every panel; tap to enlarge</span>'
     rel = _rel(path, outdir)
     return (
-        f'<figure class="fig{wide}"><img src="{uri}" alt="{_esc(caption)}"{dims} loading="eager">'
-        f'<figcaption><span class="cap">{_esc(caption)}</span> <span class="file">{_esc(rel)}</span></figcaption></figure>'
+        f'<figure class="{classes}"><div class="imgbox"><img src="{uri}" alt="{_esc(caption)}"{dims} '
+        f'loading="eager" title="click to enlarge"></div>'
+        f'<figcaption><span class="cap">{_esc(caption)}</span> <span class="file">{_esc(rel)}</span>{hint}'
+        "</figcaption></figure>"
     )
 
 
@@ -548,57 +567,84 @@ _CSS = """
 :root {
   --fg: #1f2328; --muted: #656d76; --bg: #ffffff; --panel: #f6f8fa; --line: #d0d7de;
   --accent: #2f5d8a; --warn-bg: #fff8e1; --warn-line: #d4a72c; --warn-fg: #5c4400; --ok: #1a7f37;
-  --bar: #9db7d3;
+  --bar: #9db7d3; --verdict-bg: #eef4fb; --verdict-line: #9db7d3;
 }
 @media (prefers-color-scheme: dark) {
   :root {
     --fg: #e6edf3; --muted: #9198a1; --bg: #0d1117; --panel: #161b22; --line: #30363d;
     --accent: #79a6d2; --warn-bg: #2b2111; --warn-line: #9e7a1f; --warn-fg: #f0d58a; --ok: #3fb950;
-    --bar: #35587a;
+    --bar: #35587a; --verdict-bg: #14202d; --verdict-line: #35587a;
   }
   img { background: #ffffff; }
 }
 * { box-sizing: border-box; }
 html { -webkit-text-size-adjust: 100%; }
 body {
-  margin: 0; color: var(--fg); background: var(--bg);
+  margin: 0; color: var(--fg); background: var(--bg); overflow-wrap: anywhere;
   font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
 }
-main { max-width: 1180px; margin: 0 auto; padding: 28px 28px 64px; }
-header.top { border-bottom: 1px solid var(--line); padding-bottom: 14px; margin-bottom: 18px; }
-h1 { font-size: 1.75rem; line-height: 1.25; margin: 0 0 4px; font-weight: 650; letter-spacing: -0.01em; }
+main { max-width: 1240px; margin: 0 auto; padding: 20px 28px 64px; }
+header.top { margin-bottom: 12px; }
+h1 { font-size: 1.6rem; line-height: 1.25; margin: 0 0 2px; font-weight: 650; letter-spacing: -0.01em; }
 h2 { font-size: 1.3rem; margin: 0; font-weight: 620; display: inline; }
 h3 { font-size: 1.05rem; margin: 20px 0 8px; font-weight: 620; }
 h4 { font-size: 0.95rem; margin: 16px 0 6px; font-weight: 620; color: var(--muted); }
-.meta { color: var(--muted); margin: 0 0 10px; }
+.meta { color: var(--muted); margin: 0; font-size: 0.9rem; }
 .meta span + span::before { content: "·"; margin: 0 8px; color: var(--line); }
 code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, "Liberation Mono", monospace; font-size: 0.86em; }
 pre.cmd {
   background: var(--panel); border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
-  white-space: pre-wrap; word-break: break-word; margin: 8px 0 0;
+  white-space: pre-wrap; word-break: break-word; margin: 0 0 12px;
 }
-.cards { display: flex; flex-wrap: wrap; gap: 10px; margin: 16px 0 4px; }
-.card { border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 120px; background: var(--panel); }
-.card .v { font-size: 1.2rem; font-weight: 620; font-variant-numeric: tabular-nums; }
-.card .k { color: var(--muted); font-size: 0.82rem; }
-.card.warn { border-color: var(--warn-line); background: var(--warn-bg); color: var(--warn-fg); }
-.card.warn .k { color: var(--warn-fg); }
-nav.toc { margin: 18px 0 8px; padding: 10px 14px; border: 1px solid var(--line); border-radius: 8px; }
+.verdict { border: 1px solid var(--verdict-line); background: var(--verdict-bg); border-radius: 10px; padding: 10px 18px 12px; margin: 0 0 14px; }
+.verdict ul.lines { list-style: none; margin: 0; padding: 0; font-size: 1.12rem; line-height: 1.5; }
+.verdict ul.lines li { margin: 4px 0; }
+.lines .lab { font-weight: 650; }
+.lines li.missing { color: var(--muted); font-style: italic; }
+.vnum { font-weight: 650; font-variant-numeric: tabular-nums; white-space: nowrap; }
+.facts { color: var(--muted); font-size: 0.88rem; margin: 8px 0 0; }
+.facts span + span::before { content: "·"; margin: 0 8px; color: var(--line); }
+.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(min(100%, 260px), 1fr)); gap: 14px; margin: 0 0 14px; }
+a.tile {
+  display: flex; flex-direction: column; border: 1px solid var(--verdict-line); background: var(--verdict-bg);
+  border-radius: 10px; padding: 10px 14px 12px; color: var(--fg); min-width: 0;
+}
+a.tile:hover { text-decoration: none; border-color: var(--accent); }
+a.tile h2 { font-size: 1.1rem; display: block; color: var(--accent); }
+a.tile .folder { color: var(--muted); font-size: 0.78rem; }
+a.tile ul.lines { list-style: none; margin: 6px 0 8px; padding: 0; font-size: 0.92rem; line-height: 1.45; flex: 1; }
+a.tile ul.lines li { margin: 2px 0; }
+a.tile img.thumb { display: block; width: 100%; height: 130px; object-fit: contain; background: #ffffff; border-radius: 4px; }
+a.tile .more { font-size: 0.82rem; margin-top: 6px; color: var(--accent); }
+section.step { margin-top: 26px; border-top: 1px solid var(--line); padding-top: 14px; }
+section.step > h2 + .folder { color: var(--muted); margin-left: 8px; font-size: 0.85rem; }
+section.step .verdict { margin-top: 10px; }
+.keyfigs { display: flex; flex-direction: column; gap: 14px; margin: 0 0 14px; }
+.warnbox { border: 1px solid var(--warn-line); background: var(--warn-bg); color: var(--warn-fg); border-radius: 10px; padding: 8px 16px; margin: 0 0 14px; }
+.warnbox strong { display: block; margin-bottom: 2px; }
+.warnbox ul { margin: 0; padding-left: 20px; }
+.warnbox li { margin: 3px 0; white-space: pre-wrap; word-break: break-word; }
+nav.toc { margin: 22px 0 4px; padding: 10px 14px; border: 1px solid var(--line); border-radius: 8px; }
 nav.toc strong { font-size: 0.85rem; text-transform: uppercase; letter-spacing: 0.06em; color: var(--muted); }
 nav.toc ol { margin: 6px 0 0; padding-left: 22px; columns: 2 220px; column-gap: 28px; }
 nav.toc li { margin: 1px 0; break-inside: avoid; }
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
-section { margin-top: 22px; }
-details.sec { border-top: 1px solid var(--line); padding-top: 12px; }
+section.more { margin-top: 10px; }
+details.sec { border-top: 1px solid var(--line); padding-top: 10px; }
 details.sec > summary { cursor: pointer; list-style-position: outside; margin-left: 18px; }
 details.sec > summary::marker { color: var(--muted); }
 details.sec > .body { margin-top: 10px; }
 .count { color: var(--muted); font-weight: 400; font-size: 0.95rem; margin-left: 6px; }
-.scroll { overflow-x: auto; max-width: 100%; margin: 6px 0 12px; }
+.scroll { overflow: auto; max-width: 100%; max-height: 75vh; margin: 6px 0 12px; }
 table { border-collapse: collapse; font-variant-numeric: tabular-nums; font-size: 0.9rem; }
 table.data th, table.data td, table.kv th, table.kv td { padding: 4px 10px; border-bottom: 1px solid var(--line); vertical-align: top; }
-table.data thead th { text-align: left; border-bottom: 2px solid var(--line); font-weight: 620; white-space: nowrap; background: var(--panel); position: sticky; top: 0; }
+table.data thead th {
+  text-align: left; border-bottom: 2px solid var(--line); font-weight: 620; white-space: nowrap;
+  background: var(--panel); position: sticky; top: 0; z-index: 1; cursor: pointer; user-select: none;
+}
+table.data thead th[aria-sort="ascending"]::after { content: " ▲"; color: var(--muted); font-size: 0.75em; }
+table.data thead th[aria-sort="descending"]::after { content: " ▼"; color: var(--muted); font-size: 0.75em; }
 table.data tbody th { text-align: left; font-weight: 560; white-space: nowrap; }
 table.data tbody tr:hover { background: var(--panel); }
 table.kv th { text-align: left; font-weight: 560; color: var(--muted); white-space: nowrap; padding-left: 0; }
@@ -615,35 +661,86 @@ tr.kept th, tr.kept td { color: var(--muted); font-style: italic; }
 .tablebox > .name { font-size: 0.92rem; font-weight: 600; margin: 12px 0 2px; }
 .tablebox > .name .file { font-weight: 400; color: var(--muted); font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.82rem; margin-left: 8px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 460px), 1fr)); gap: 18px; margin: 8px 0 14px; }
-figure.fig { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 10px; background: var(--bg); display: flex; flex-direction: column; }
+figure.fig { margin: 0; border: 1px solid var(--line); border-radius: 8px; padding: 10px; background: var(--bg); display: flex; flex-direction: column; min-width: 0; }
 figure.fig.wide { grid-column: 1 / -1; }
-figure.fig img { display: block; max-width: 100%; height: auto; margin: 0 auto; }
+figure.fig .imgbox { max-width: 100%; }
+figure.fig img { display: block; width: var(--w, auto); max-width: 100%; height: auto; margin: 0 auto; cursor: zoom-in; }
+figure.fig.zoomed .imgbox { overflow-x: auto; }
+figure.fig.zoomed img { max-width: none; width: var(--zw, auto); cursor: zoom-out; }
+figcaption .hint { display: none; color: var(--muted); font-size: 0.78rem; }
 figcaption { margin-top: 8px; font-size: 0.88rem; }
 figcaption .cap { font-weight: 600; }
 figcaption .file { color: var(--muted); font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 0.78rem; margin-left: 6px; }
-.warnings { border: 1px solid var(--warn-line); background: var(--warn-bg); color: var(--warn-fg); border-radius: 8px; padding: 8px 14px 8px 34px; margin: 8px 0; }
-.warnings li { margin: 4px 0; white-space: pre-wrap; word-break: break-word; }
-p.ok { color: var(--ok); margin: 8px 0; }
+p.ok { color: var(--ok); margin: 0 0 12px; }
 .bar { display: inline-block; height: 0.7em; background: var(--bar); border-radius: 2px; vertical-align: baseline; min-width: 1px; }
 td.barcell { width: 40%; min-width: 120px; }
 footer { margin-top: 40px; padding-top: 12px; border-top: 1px solid var(--line); color: var(--muted); font-size: 0.82rem; }
 @media (max-width: 640px) {
-  main { padding: 16px 14px 40px; }
-  h1 { font-size: 1.4rem; }
+  main { padding: 12px 10px 40px; }
+  h1 { font-size: 1.3rem; }
+  .verdict { padding: 8px 12px 10px; }
+  .verdict ul.lines { font-size: 1rem; }
+  figure.fig { padding: 4px; }
+  figure.fig.panels .imgbox { overflow-x: auto; }
+  figure.fig.panels img { max-width: none; width: min(calc(var(--ar, 1) * 100%), var(--zw, 100%)); }
+  figure.fig.panels.zoomed img { width: var(--zw, auto); }
+  figcaption .hint { display: block; }
+  .panels { gap: 4px 20px; }
 }
 @media print {
   nav.toc { display: none; }
   figure.fig { break-inside: avoid; }
+  details.sec > .body { display: block; }
 }
 """
 
+#: Sortable tables (a click on a column header), figures enlarged by a click, and a link to a
+#: collapsed section opens it. A few lines, inline: the page works without them.
+_SCRIPT = """
+(function () {
+  function key(row, col) {
+    var cell = row.cells[col], text = cell ? cell.textContent.trim() : "";
+    var n = parseFloat(text.replace(/,/g, "").replace("\\u2212", "-").replace("%", ""));
+    return isNaN(n) ? [1, text.toLowerCase()] : [0, n];
+  }
+  document.addEventListener("click", function (event) {
+    var img = event.target.closest("figure.fig img");
+    if (img && !event.target.closest("a")) { img.closest("figure").classList.toggle("zoomed"); return; }
+    var th = event.target.closest("table.data > thead th");
+    if (!th) return;
+    var table = th.closest("table"), body = table.tBodies[0];
+    if (!body) return;
+    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    Array.prototype.forEach.call(th.parentNode.children, function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
+    var rows = Array.prototype.filter.call(body.rows, function (r) { return !r.classList.contains("kept"); });
+    rows.sort(function (a, b) {
+      var x = key(a, col), y = key(b, col);
+      if (x[0] !== y[0]) return x[0] - y[0];
+      return (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0) * dir;
+    });
+    var last = body.querySelector("tr.kept");
+    rows.forEach(function (r) { body.insertBefore(r, last); });
+  });
+  function openTarget() {
+    var target = location.hash && document.getElementById(decodeURIComponent(location.hash.slice(1)));
+    if (!target) return;
+    var details = target.tagName === "DETAILS" ? target : (target.querySelector("details") || target.closest("details"));
+    if (details && !details.open) { details.open = true; target.scrollIntoView(); }
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
+})();
+"""
 
-def _section(anchor: str, title: str, body: str, *, count: str = "", open_: bool = True) -> str:
+
+def _section(anchor: str, title: str, body: str, *, count: str = "", open_: bool = False) -> str:
     opened = " open" if open_ else ""
     count_html = f'<span class="count">{_esc(count)}</span>' if count else ""
     return (
-        f'<section id="{anchor}"><details class="sec"{opened}><summary><h2>{_esc(title)}</h2>{count_html}</summary>'
-        f'<div class="body">\n{body}\n</div></details></section>'
+        f'<section id="{anchor}" class="more"><details class="sec"{opened}><summary><h2>{_esc(title)}</h2>'
+        f'{count_html}</summary><div class="body">\n{body}\n</div></details></section>'
     )
 
 
@@ -667,19 +764,21 @@ def _timings_html(timings: dict[str, Any], wall: Any) -> str:
     )
 
 
-def _qc_cards(data: Any) -> list[tuple[str, str]]:
-    """Headline numbers (cells and genes before -> after QC) found in run data or summary."""
-    cards: list[tuple[str, str]] = []
+def _qc_counts(data: Any) -> dict[str, tuple[Any, Any]]:
+    """``{"cells": (before, after), "genes": ...}`` found in run data or a summary (either spelling)."""
+    found: dict[str, tuple[Any, Any]] = {}
     if not isinstance(data, dict):
-        return cards
+        return found
     qc = data.get("qc") if isinstance(data.get("qc"), dict) else data
-    before, after = qc.get("before"), qc.get("after")
-    if isinstance(before, dict) and isinstance(after, dict):
+    pairs = [(qc.get("before"), qc.get("after")), (data.get("before_qc"), data.get("after_qc"))]
+    for before, after in pairs:
+        if not (isinstance(before, dict) and isinstance(after, dict)):
+            continue
         for key, label in (("n_cells", "cells"), ("n_genes", "genes")):
             b, a = before.get(key), after.get(key)
-            if isinstance(b, (int, float)) and isinstance(a, (int, float)):
-                cards.append((f"{_fmt_number(b)} → {_fmt_number(a)}", f"{label} before → after QC"))
-    return cards
+            if isinstance(b, (int, float)) and isinstance(a, (int, float)) and label not in found:
+                found[label] = (b, a)
+    return found
 
 
 def _run_panels(
@@ -717,21 +816,165 @@ def _escape_lines(lines: Iterable[str]) -> str:
     return "".join(f"<li>{_esc(str(line))}</li>" for line in lines)
 
 
+# ----------------------------------------------------------------------------- the first screen
+
+
+@dataclass
+class _Step:
+    """One run of the page with a verdict: the top run, or a sub-run in a folder."""
+
+    folder: str  # "" for the top of the run directory
+    run: dict[str, Any]
+    verdict: Verdict
+
+    @property
+    def anchor(self) -> str:
+        slug = re.sub(r"[^a-z0-9]+", "-", (self.folder or self.verdict.command).lower()).strip("-")
+        return f"step-{slug or 'run'}"
+
+    def path(self, rel: str) -> str:
+        """A path of the step's directory, relative to the page's run directory."""
+        return f"{self.folder}/{rel}" if self.folder else rel
+
+
+#: The order of the steps of a multi-step run (the demo): the way the work flows.
+_STEP_ORDER = {c: i for i, c in enumerate(
+    ["integrate", "evaluate", "train", "learning-curve", "novelty", "reference build", "map"])}
+
+
+def _steps(contents: _Contents) -> list[_Step]:
+    """The top run, then the outermost sub-runs whose command has a verdict, in the order the work flows."""
+    top: list[_Step] = []
+    if contents.run is not None:
+        verdict = build_verdict(contents.outdir, contents.run)
+        if verdict is not None:
+            top.append(_Step("", contents.run, verdict))
+    subs: list[_Step] = []
+    folders = [rel.rsplit("/", 1)[0] for rel, _ in contents.subruns]
+    for (_, sub), folder in zip(contents.subruns, folders, strict=True):
+        if any(folder.startswith(other + "/") for other in folders if other != folder):
+            continue  # inside another sub-run: that one's verdict covers it
+        verdict = build_verdict(contents.outdir / folder, sub)
+        if verdict is not None:
+            subs.append(_Step(folder, sub, verdict))
+    subs.sort(key=lambda s: (_STEP_ORDER.get(s.verdict.command, len(_STEP_ORDER)), _natural_key(s.folder)))
+    return top + subs
+
+
+def _number_html(number: Number, step: _Step) -> str:
+    value = number.value
+    raw = repr(value) if isinstance(value, float) else str(value)
+    return (
+        f'<span class="vnum" data-src="{_esc(step.path(number.source))}" data-key="{_esc(number.key)}" '
+        f'data-value="{_esc(raw)}">{_esc(number.text)}</span>'
+    )
+
+
+def _lines_html(step: _Step) -> str:
+    items = []
+    for line in step.verdict.lines:
+        body = "".join(_number_html(p, step) if isinstance(p, Number) else _esc(p) for p in line.parts)
+        cls = ' class="missing"' if line.missing else ""
+        items.append(f'<li{cls}><span class="lab">{_esc(line.label)}:</span> {body}</li>')
+    return f'<ul class="lines">{"".join(items)}</ul>'
+
+
+def _facts_html(run: dict[str, Any], summary: Any = None, n_warnings: int = 0) -> str:
+    """Cells and genes through QC, the wall time and a link to the warnings, one muted line."""
+    facts = []
+    qc = _qc_counts(run.get("data")) or _qc_counts(summary)
+    for label, (before, after) in qc.items():
+        facts.append(f"{_fmt_number(after)} of {_fmt_number(before)} {label} kept by QC")
+    if isinstance(run.get("wall_seconds"), (int, float)) and not isinstance(run.get("wall_seconds"), bool):
+        facts.append(f"wall time {_fmt_seconds(run['wall_seconds'])}")
+    spans = [f"<span>{_esc(f)}</span>" for f in facts]
+    if n_warnings:
+        spans.append(f'<span><a href="#warnings">{_esc(_plural(n_warnings, "warning"))} below</a></span>')
+    return f'<p class="facts">{"".join(spans)}</p>' if spans else ""
+
+
+def _verdict_box(step: _Step, summary: Any = None, n_warnings: int = 0) -> str:
+    return f'<div class="verdict" data-command="{_esc(step.verdict.command)}">{_lines_html(step)}' \
+           f"{_facts_html(step.run, summary, n_warnings)}</div>"
+
+
+def _key_figures_html(step: _Step, outdir: Path) -> str:
+    figures = [_figure_html(outdir / step.path(rel), outdir, key=True) for rel in step.verdict.figures]
+    return f'<div class="keyfigs">{"".join(figures)}</div>' if figures else ""
+
+
+def _tile_html(step: _Step, outdir: Path) -> str:
+    thumb = ""
+    if step.verdict.figures:
+        first = outdir / step.path(step.verdict.figures[0])
+        uri, _ = _image_uri(first)
+        thumb = f'<img class="thumb" src="{uri}" alt="{_esc(_label(first.stem))}">'
+    folder = f"{step.folder}/" if step.folder else "./"
+    return (
+        f'<a class="tile" href="#{step.anchor}" data-command="{_esc(step.verdict.command)}">'
+        f'<h2>{_esc(step.verdict.title)}</h2><span class="folder mono">scaml {_esc(step.verdict.command)} · '
+        f"{_esc(folder)}</span>{_lines_html(step)}{thumb}<span class=\"more\">details ↓</span></a>"
+    )
+
+
+def _warnings_box(contents: _Contents, warnings: list[str]) -> str:
+    if not (contents.run or contents.subruns):
+        return ""  # nothing is known about warnings without run.json
+    if not warnings:
+        return '<p class="ok" id="warnings">No warnings were raised during this run.</p>'
+    return (
+        f'<div class="warnbox" id="warnings" role="note"><strong>{_esc(_plural(len(warnings), "warning"))}</strong>'
+        f'<ul class="warnings">{_escape_lines(warnings)}</ul></div>'
+    )
+
+
+def _first_screen_html(contents: _Contents, steps: list[_Step], warnings: list[str]) -> tuple[str, set[str]]:
+    """The answer: verdicts, key figures, warnings; and the figures it shows (relative paths)."""
+    shown: set[str] = set()
+    outdir = contents.outdir
+    if len(steps) == 1:
+        step = steps[0]
+        shown.update(step.path(rel) for rel in step.verdict.figures)
+        body = _verdict_box(step, contents.summary, len(warnings)) + _key_figures_html(step, outdir) + _warnings_box(contents, warnings)
+        return f'<section id="verdict" class="first">{body}</section>', shown
+    if steps:
+        tiles = '<div class="tiles">' + "".join(_tile_html(s, outdir) for s in steps) + "</div>"
+        parts = [f'<section id="verdict" class="first">{tiles}{_warnings_box(contents, warnings)}</section>']
+        for step in steps:
+            shown.update(step.path(rel) for rel in step.verdict.figures)
+            folder = f"{step.folder}/" if step.folder else "./"
+            parts.append(
+                f'<section class="step" id="{step.anchor}"><h2>{_esc(step.verdict.title)}</h2>'
+                f'<span class="folder mono">scaml {_esc(step.verdict.command)} · {_esc(folder)}</span>'
+                f"{_verdict_box(step, contents.summary if not step.folder else None)}"
+                f"{_key_figures_html(step, outdir)}</section>"
+            )
+        return "\n".join(parts), shown
+    note = '<p class="muted">No verdict: this folder holds no run.json of a scaml command; ' \
+           "everything it holds is below.</p>"
+    return f'<section id="verdict" class="first">{note}{_warnings_box(contents, warnings)}</section>', shown
+
+
+# ----------------------------------------------------------------------------- the page
+
+
 def _render(contents: _Contents, title: str | None) -> str:
-    """The whole page: header, table of contents, the sections and the footer."""
+    """The whole page: header, the first screen, the table of contents, the collapsed sections."""
     command = str((contents.run or {}).get("command") or "")
     if title is None:
         title = f"scaml {command} report" if command else f"scaml report: {contents.outdir.name}"
     started = _started(contents)
     warnings = _all_warnings(contents)
-    n_figures = sum(len(v) for v in contents.images.values())
+    steps = _steps(contents)
+    first, shown = _first_screen_html(contents, steps, warnings)
+    n_figures = sum(1 for paths in contents.images.values() for p in paths if _rel(p, contents.outdir) not in shown)
     n_tables = len(contents.tables) + len(contents.json_files)
 
-    sections = _sections(contents, started, warnings, n_tables)
+    sections = _sections(contents, started, n_tables, shown, open_figures=not steps)
     counts = {"figures": _plural(n_figures, "figure"), "tables": _plural(n_tables, "table"),
-              "warnings": _plural(len(warnings), "warning"), "files": _plural(len(contents.files), "file")}
-    header = _header_html(contents, title, started, warnings, n_figures, n_tables)
-    return _page_html(contents, title, header, sections, counts)
+              "files": _plural(len(contents.files), "file")}
+    header = _header_html(contents, title, started, n_steps=len(steps))
+    return _page_html(contents, title, header, first, sections, counts, open_figures=not steps)
 
 
 def _versions(run: dict[str, Any]) -> dict[str, Any]:
@@ -761,26 +1004,24 @@ def _all_warnings(contents: _Contents) -> list[str]:
     return warnings
 
 
-def _sections(contents: _Contents, started: str, warnings: list[str], n_tables: int) -> list[tuple[str, str, str]]:
-    """The page's sections in order, as ``(anchor, title, html)``; empty ones are left out."""
+def _sections(
+    contents: _Contents, started: str, n_tables: int, shown: set[str], *, open_figures: bool = False
+) -> list[tuple[str, str, str]]:
+    """The collapsed sections below the first screen, as ``(anchor, title, html)``; empty ones are left out."""
     run = contents.run or {}
     sections: list[tuple[str, str, str]] = []
     if run or contents.subruns:
         sections.append(("run", "What was run", _what_was_run_html(contents, started)))
-        if warnings:
-            body = f'<ul class="warnings">{_escape_lines(warnings)}</ul>'
-        else:
-            body = '<p class="ok">No warnings were raised during this run.</p>'
-        sections.append(("warnings", "Warnings", body))
     data = run.get("data")
     if data:
-        sections.append(("data", "Data before and after QC" if _qc_cards(data) else "Data", _sectioned_html(data)))
+        sections.append(("data", "Data before and after QC" if _qc_counts(data) else "Data", _sectioned_html(data)))
     if contents.summary is not None:
         sections.append(("summary", "Summary", _sectioned_html(contents.summary)))
     if n_tables:
         sections.append(("tables", "Metrics and tables", _tables_section_html(contents)))
-    if contents.images:
-        sections.append(("figures", "Figures", _figures_section_html(contents)))
+    figures = _figures_section_html(contents, shown)
+    if figures:
+        sections.append(("figures", "More figures" if shown else "Figures", figures))
     timings = run.get("timings_seconds")
     if isinstance(timings, dict) and timings:
         sections.append(("timings", "Timings", _timings_html(timings, run.get("wall_seconds"))))
@@ -793,9 +1034,12 @@ def _sections(contents: _Contents, started: str, warnings: list[str], n_tables: 
 
 
 def _what_was_run_html(contents: _Contents, started: str) -> str:
-    """The run's panels (command, inputs, parameters), then one heading and panels per sub-run."""
+    """The command line, the run's panels (inputs, parameters), then one heading and panels per sub-run."""
     run = contents.run or {}
     parts = []
+    command_line = str(run.get("command_line") or "")
+    if command_line:
+        parts.append(f'<pre class="cmd"><code>$ {_esc(command_line)}</code></pre>')
     if run:
         parts.append(_run_panels(run, started, contents.outdir.name))
     for rel, sub in contents.subruns:
@@ -827,11 +1071,17 @@ def _tables_section_html(contents: _Contents) -> str:
     return "\n".join(boxes)
 
 
-def _figures_section_html(contents: _Contents) -> str:
-    """A grid of figures per folder, with a heading per folder unless there is only figures/ (or the top)."""
+def _figures_section_html(contents: _Contents, shown: set[str]) -> str:
+    """A grid of the figures not on the first screen, per folder, with a heading per folder unless there is one."""
+    images = {
+        folder: [p for p in paths if _rel(p, contents.outdir) not in shown] for folder, paths in contents.images.items()
+    }
+    images = {folder: paths for folder, paths in images.items() if paths}
     parts = []
-    for folder, paths in contents.images.items():
-        if len(contents.images) > 1 or folder not in ("", "figures"):
+    if shown and images:
+        parts.append('<p class="muted">The key figures are at the top of the page.</p>')
+    for folder, paths in images.items():
+        if len(images) > 1 or folder not in ("", "figures"):
             heading = _label(folder.rsplit("/", 1)[-1]) if folder else "Other figures"
             parts.append(f'<h3>{_esc(heading)} <span class="count mono">{_esc(folder + "/" if folder else "./")}</span></h3>')
         parts.append('<div class="grid">' + "".join(_figure_html(p, contents.outdir) for p in paths) + "</div>")
@@ -851,47 +1101,31 @@ def _files_section_html(contents: _Contents) -> str:
     )
 
 
-def _header_html(
-    contents: _Contents, title: str, started: str, warnings: list[str], n_figures: int, n_tables: int
-) -> str:
-    """Title, command, date, version, the command line and the headline cards."""
+def _header_html(contents: _Contents, title: str, started: str, *, n_steps: int = 0) -> str:
+    """Title and one line: command (or the number of runs), date, version, folder.
+
+    The command line itself is under "What was run".
+    """
     run = contents.run or {}
     command = str(run.get("command") or "")
     scaml_version = _versions(run).get("scaml", "")
-    meta = [f"<span>scaml {_esc(command)}</span>" if command else "<span>scaml</span>"]
+    if n_steps > 1:
+        meta = [f"<span>{n_steps} scaml runs</span>"]
+    else:
+        meta = [f"<span>scaml {_esc(command)}</span>" if command else "<span>scaml</span>"]
     if started:
         meta.append(f"<span>{_esc(started)}</span>")
     if scaml_version:
         meta.append(f"<span>version {_esc(str(scaml_version))}</span>")
     meta.append(f'<span class="mono">{_esc(contents.outdir.name)}/</span>')
-    command_line = str(run.get("command_line") or "")
-    header = [f"<h1>{_esc(title)}</h1>", f'<p class="meta">{"".join(meta)}</p>']
-    if command_line:
-        header.append(f'<pre class="cmd"><code>$ {_esc(command_line)}</code></pre>')
-    header.append(_cards_html(contents, warnings, n_figures, n_tables))
-    return "".join(header)
-
-
-def _cards_html(contents: _Contents, warnings: list[str], n_figures: int, n_tables: int) -> str:
-    """Headline numbers: cells and genes through QC, wall time, figures, tables, warnings."""
-    run = contents.run or {}
-    cards = _qc_cards(run.get("data")) or _qc_cards(contents.summary)
-    if isinstance(run.get("wall_seconds"), (int, float)):
-        cards.append((_fmt_seconds(run["wall_seconds"]), "wall time"))
-    cards.append((str(n_figures), "figure" if n_figures == 1 else "figures"))
-    cards.append((str(n_tables), "table" if n_tables == 1 else "tables"))
-    card_html = "".join(f'<div class="card"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>' for v, k in cards)
-    if run:
-        cls = "card warn" if warnings else "card"
-        card_html += f'<div class="{cls}"><div class="v">{len(warnings)}</div><div class="k"><a href="#warnings">{"warning" if len(warnings) == 1 else "warnings"}</a></div></div>'
-    return f'<div class="cards">{card_html}</div>'
+    return f"<h1>{_esc(title)}</h1>" + f'<p class="meta">{"".join(meta)}</p>'
 
 
 def _page_html(
-    contents: _Contents, title: str, header: str, sections: list[tuple[str, str, str]], counts: dict[str, str]
+    contents: _Contents, title: str, header: str, first: str, sections: list[tuple[str, str, str]],
+    counts: dict[str, str], *, open_figures: bool = False,
 ) -> str:
-    """The HTML document: head with the style sheet, header, table of contents, sections, footer."""
-    closed = {"versions", "files"}
+    """The HTML document: head with the style sheet, header, first screen, contents, sections, footer."""
     toc = "".join(
         f'<li><a href="#{anchor}">{_esc(name)}</a>'
         + (f' <span class="muted">· {_esc(counts[anchor])}</span>' if anchor in counts else "")
@@ -900,9 +1134,10 @@ def _page_html(
     )
     body = "\n".join(
         _section(anchor, name, html_, count=counts.get(anchor, "") if anchor in {"figures", "tables"} else "",
-                 open_=anchor not in closed)
+                 open_=open_figures and anchor == "figures")
         for anchor, name, html_ in sections
     )
+    nav = f'<nav class="toc"><strong>More in this report</strong><ol>{toc}</ol></nav>\n' if sections else ""
     scaml_version = _versions(contents.run or {}).get("scaml", "")
     generated = _dt.datetime.now().strftime("%d %b %Y, %H:%M")
     footer = (
@@ -915,9 +1150,8 @@ def _page_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="color-scheme" content="light dark">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f'<header class="top">{header}</header>\n'
-        f'<nav class="toc"><strong>Contents</strong><ol>{toc}</ol></nav>\n'
-        f"{body}\n{footer}\n</main>\n</body>\n</html>\n"
+        f'<header class="top">{header}</header>\n{first}\n{nav}'
+        f"{body}\n{footer}\n</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
