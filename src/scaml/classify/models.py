@@ -61,9 +61,14 @@ HYPERPARAMETERS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: Novelty detectors of ``scaml novelty`` (fitted on the non-flagged cells after
-#: standardisation and a PCA to ``n_pcs`` components).
+#: Novelty detectors of ``scaml novelty`` (iforest / lof / ocsvm: fitted on the non-flagged cells
+#: after a PCA to ``n_pcs`` components; knn: see :mod:`scaml.classify.novelty_knn`).
 NOVELTY_HYPERPARAMETERS: dict[str, dict[str, Any]] = {
+    # mean cosine distance to the 30 nearest non-flagged cells (of the other folds) in a PCA of all
+    # cells, Harmony-corrected when there are batches (scaml.classify.novelty_knn); chosen on
+    # benchmarks/bench_novelty.py (held-out kang types, cellbench doublets, pancreas cells in PBMCs)
+    "knn": {"n_neighbors": 30, "metric": "cosine", "density_ratio": False, "pca_cells": "all",
+            "harmony": True, "harmony_theta": 2.0},
     "iforest": {"n_estimators": 300, "max_samples": "auto", "n_jobs": -1},
     "lof": {"n_neighbors": 20, "n_jobs": -1},
     # RBF width gamma = gamma_factor / (n_features * variance): sklearn's "scale" (factor 1)

@@ -1,6 +1,7 @@
 """Novelty detection of foreign cells (e.g. HEK293 contaminating an iPSC-microglia culture).
 
-Detectors are fitted on the cells that are NOT flagged and score every cell;
+The default method, ``knn``, scores a cell by its distance to the nearest non-flagged cells in a
+batch-corrected embedding (:mod:`scaml.classify.novelty_knn`). Detectors are fitted on the cells that are NOT flagged and score every cell;
 the flag is used only to evaluate the scores (AUROC, AUPRC). To avoid scoring
 a cell with a model that saw it, scores are cross-fitted: the non-flagged
 cells are split into ``n_folds`` folds (flagged cells are spread over the same
@@ -32,8 +33,8 @@ from .models import (
     resolve_hyperparameters,
 )
 
-#: Methods of :func:`run_novelty`.
-METHODS = ("iforest", "lof", "ocsvm", "classifier")
+#: Methods of :func:`run_novelty` (the first is the default).
+METHODS = ("knn", "iforest", "lof", "ocsvm", "classifier")
 
 _TRUTHY = {"true", "t", "yes", "y", "1", "1.0"}
 
@@ -170,7 +171,31 @@ def _method_parameters(
     if unknown:
         raise ScamlError(f"unknown hyperparameter(s) {unknown} for {method}; known: {', '.join(params)}.")
     params.update(extra)
+    if method == "knn":
+        from .novelty_knn import check_knn_params
+
+        params = check_knn_params(params)
     return classifier, params, None
+
+
+def _batch_labels(adata: ad.AnnData, batch_key: str | None, method: str) -> tuple[str | None, np.ndarray | None]:
+    """The batch column Harmony corrects for the ``knn`` method, and its labels.
+
+    ``batch_key`` None: ``obs["batch"]`` when it exists with two or more levels and no missing value.
+    """
+    if batch_key is None:
+        if method != "knn" or "batch" not in adata.obs.columns:
+            return None, None
+        column = adata.obs["batch"]
+        if column.isna().any() or column.nunique() < 2:
+            return None, None
+        batch_key = "batch"
+    else:
+        column = check_obs_key(adata, batch_key, flag="--batch-key")
+        if column.isna().any():
+            raise ScamlError(f"adata.obs[{batch_key!r}] is missing (NaN) for {int(column.isna().sum())} cells; "
+                             "fill it in or pass another --batch-key.")
+    return batch_key, column.astype(str).to_numpy()
 
 
 def _assign_folds(
@@ -254,7 +279,7 @@ def run_novelty(
     *,
     hek_key: str,
     hek_positive: Any = "true",
-    method: str = "iforest",
+    method: str = "knn",
     label_key: str | None = None,
     classifier: str = "lr",
     features: str = "hvg",
@@ -266,6 +291,7 @@ def run_novelty(
     random_state: int = 0,
     drop_missing_labels: bool = False,
     hyperparameters: dict[str, dict[str, Any]] | None = None,
+    batch_key: str | None = None,
     outdir: str | os.PathLike | None = None,
     overwrite: bool = False,
     plots: bool = True,
@@ -283,7 +309,8 @@ def run_novelty(
         The value of ``hek_key`` that marks a foreign cell (``true``, ``1``, ``yes``
         match boolean columns).
     method
-        ``"iforest"`` (IsolationForest), ``"lof"`` (LocalOutlierFactor, novelty mode),
+        ``"knn"`` (default: the mean cosine distance to the 30 nearest non-flagged cells of the
+        other folds in a Harmony-corrected PCA, :mod:`scaml.classify.novelty_knn`), ``"iforest"`` (IsolationForest), ``"lof"`` (LocalOutlierFactor, novelty mode),
         ``"ocsvm"`` (one-class SVM) or ``"classifier"`` (1 - the maximum class
         probability of ``classifier`` trained on ``label_key`` of the non-flagged cells).
     label_key
@@ -295,7 +322,10 @@ def run_novelty(
     n_pcs
         iforest / lof / ocsvm work on this many principal components of the
         log-normalised features (fitted within each fold on the training cells);
-        0 to use the standardised features directly.
+        0 to use the standardised features directly. knn works on this many principal
+        components fitted on all cells (``knn.pca_cells="all"``, the flag is not used) or on
+        each fold's reference cells (``"reference"``); 0 for the features themselves. With
+        ``embedding``, knn uses the embedding as it is (no PCA, no Harmony).
     hvg_cells
         Cells on which highly variable genes are chosen: ``"not-flagged"`` (default,
         strict: the features know nothing of the foreign cells) or ``"all"`` (every
@@ -310,6 +340,10 @@ def run_novelty(
     hyperparameters
         Overrides of :data:`scaml.classify.models.NOVELTY_HYPERPARAMETERS` (detectors) or
         of the classifier's hyperparameters, keyed by method / model name.
+    batch_key
+        ``obs`` column of the batches that Harmony corrects in the knn embedding; None
+        (default): ``obs["batch"]`` when it has two or more levels. Only knn uses it; turn the
+        correction off with ``{"knn": {"harmony": False}}``.
     outdir, overwrite, plots, input_path
         Output directory (novelty_scores.csv, novelty_metrics.json,
         novelty_histogram.png, novelty_curves.png, run.json); nothing written when None.
@@ -339,11 +373,15 @@ def run_novelty(
     check_feature_options(features, n_hvg, embedding)
     if embedding is not None:
         check_obsm_key(adata, embedding, flag="--embedding")
+    if isinstance(n_pcs, bool) or int(n_pcs) != n_pcs or n_pcs < 0:
+        raise ScamlError(f"--n-pcs must be a whole number >= 0 (0: the features themselves); got {n_pcs!r}.")
+    batch_key, batch = _batch_labels(adata, batch_key, method)
 
     parameters = {"hek_key": hek_key, "hek_positive": str(hek_positive), "method": method, "label_key": label_key,
                   "classifier": classifier if method == "classifier" else None, "features": features if embedding is None else "embedding",
                   "n_hvg": n_hvg, "hvg_cells": hvg_cells, "embedding": embedding,
                   "n_pcs": n_pcs if method != "classifier" else None,
+                  "batch_key": batch_key if method == "knn" else None,
                   "n_folds": n_folds, "random_state": random_state}
     record = RunRecord("novelty", parameters={**parameters, "hyperparameters": params},
                        inputs={"adata": str(input_path)} if input_path else {})
@@ -357,11 +395,24 @@ def run_novelty(
         feats = build_features(adata, rows, normal if hvg_cells == "not-flagged" else rows, features=features,
                                n_hvg=n_hvg_used, embedding=embedding, expression=expression)
     fold, rng = _assign_folds(flag, normal, n_folds, random_state)
-    score = _cross_fit_scores(feats.X, normal, fold, rng, method=method, params=params, classifier=classifier,
-                              labels=labels, n_pcs=n_pcs, n_folds=n_folds, random_state=random_state, record=record)
+    knn_description = None
+    if method == "knn":
+        from .novelty_knn import knn_novelty
+
+        with record.timer("fit"):
+            score, knn_description = knn_novelty(feats.X, normal, fold, params=params, n_pcs=int(n_pcs), batch=batch,
+                                                 reduce=embedding is None, random_state=random_state)
+    else:
+        score = _cross_fit_scores(feats.X, normal, fold, rng, method=method, params=params, classifier=classifier,
+                                  labels=labels, n_pcs=n_pcs, n_folds=n_folds, random_state=random_state,
+                                  record=record)
     metrics = novelty_metrics(flag, score)
-    metrics.update(method=method, n_folds=n_folds, evaluation="cross-fitted: every cell scored by a model that never saw it",
-                   hyperparameters=params, features=feats.description)
+    evaluation = ("cross-fitted: every cell scored against the non-flagged cells of the other folds (never itself)"
+                  if method == "knn" else "cross-fitted: every cell scored by a model that never saw it")
+    metrics.update(method=method, n_folds=n_folds, evaluation=evaluation, hyperparameters=params,
+                   features=feats.description)
+    if knn_description is not None:
+        metrics["knn"] = {**knn_description, "batch_key": batch_key}
     info(f"novelty ({method}): AUROC {metrics['auroc']:.3f}, AUPRC {metrics['auprc']:.3f} "
          f"(baseline {metrics['auprc_baseline']:.3f})")
     scores = pd.DataFrame({"cell": adata.obs_names.astype(str), "flagged": flag, "novelty_score": score, "fold": fold})

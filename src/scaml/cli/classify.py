@@ -89,11 +89,15 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     _common_data(p, label_required=False, n_hvg=2000)
     p.add_argument("--hek-key", required=True, metavar="KEY", help="obs column flagging the foreign cells (e.g. is_hek)")
     p.add_argument("--hek-positive", default="true", metavar="VALUE", help="value marking a foreign cell (default true)")
-    p.add_argument("--method", choices=("iforest", "lof", "ocsvm", "classifier"), default="iforest",
-                   help="detector (default iforest); classifier: 1 - max class probability (needs --label-key)")
+    p.add_argument("--method", choices=("knn", "iforest", "lof", "ocsvm", "classifier"), default="knn",
+                   help="detector (default knn: distance to the nearest non-flagged cells in a Harmony-corrected "
+                        "PCA); classifier: 1 - max class probability (needs --label-key)")
     p.add_argument("--classifier", choices=_MODELS, default="lr", help="model for --method classifier (default lr)")
     p.add_argument("--n-pcs", type=int, default=30, metavar="N",
-                   help="principal components for iforest/lof/ocsvm (0: use the features directly; default 30)")
+                   help="principal components for knn/iforest/lof/ocsvm (0: use the features directly; default 30)")
+    p.add_argument("--batch-key", default=None, metavar="KEY",
+                   help="obs column of the batches Harmony corrects for --method knn (default: obs['batch'] "
+                        "when it has several levels; --param knn.harmony=False to turn it off)")
     p.add_argument("--hvg-cells", choices=("not-flagged", "all"), default="not-flagged",
                    help="choose HVGs on the non-flagged cells (default, strict) or on all cells (flag not used)")
     p.add_argument("--n-folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
@@ -165,8 +169,8 @@ def _novelty(args: argparse.Namespace) -> int:
         adata, hek_key=args.hek_key, hek_positive=args.hek_positive, method=args.method, label_key=args.label_key,
         classifier=args.classifier, features=args.features, n_hvg=args.n_hvg, embedding=args.embedding,
         n_pcs=args.n_pcs, hvg_cells=args.hvg_cells, n_folds=args.n_folds, random_state=args.random_state,
-        drop_missing_labels=args.drop_missing_labels, hyperparameters=overrides, outdir=args.outdir,
-        overwrite=args.overwrite, plots=not args.no_plots, input_path=path,
+        drop_missing_labels=args.drop_missing_labels, hyperparameters=overrides, batch_key=args.batch_key,
+        outdir=args.outdir, overwrite=args.overwrite, plots=not args.no_plots, input_path=path,
     )
     return 0
 
