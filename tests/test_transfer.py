@@ -97,9 +97,12 @@ def test_bad_inputs_raise_clear_errors(three_clusters):
         transfer_labels(ref, ref_labels, bad)
 
 
-def test_more_neighbours_than_reference_cells_is_clipped():
+def test_more_neighbours_than_reference_cells_is_refused_and_auto_fits_a_tiny_reference():
     ref = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
-    calls = transfer_labels(ref, ["a", "a", "b"], np.array([[0.05, 0.0]]), n_neighbors=50)
+    with pytest.raises(ScamlError, match="n_neighbors=50 is more than the 3 labelled reference cells"):
+        transfer_labels(ref, ["a", "a", "b"], np.array([[0.05, 0.0]]), n_neighbors=50)
+    calls = transfer_labels(ref, ["a", "a", "b"], np.array([[0.05, 0.0]]))
+    assert calls.attrs["n_neighbors"] == 3
     assert calls["best_label"].iloc[0] == "a"
 
 
