@@ -93,8 +93,16 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     m.add_argument("--allow-existing-conditions", action="store_true",
                    help="accept query batch names that exist in the reference (treated as the same batch)")
     m.add_argument("--unknown-threshold", type=float, default=0.5,
-                   help="uncertainty above which a cell is called Unknown (default 0.5; 1 = never)")
-    m.add_argument("--n-neighbors", type=int, default=50, help="neighbours of the kNN label transfer (default 50)")
+                   help="uncertainty (1 - p(call)) above which a cell is called Unknown (default 0.5; 1 = never)")
+    m.add_argument("--n-neighbors", default="auto", metavar="K|auto",
+                   help="reference neighbours of the kNN label transfer (default auto: "
+                        "clip(min(sqrt(N), m), 5, 50) with N labelled reference cells and m the cells of the "
+                        "smallest label; or a whole number from 1 to N)")
+    m.add_argument("--majority-voting", action="store_true",
+                   help="also give every Leiden cluster of the query the most frequent call of its cells "
+                        "(obs predicted_<label>_majority_voting; per-cell calls kept), as CellTypist does")
+    m.add_argument("--majority-voting-resolution", type=float, default=None, metavar="RES",
+                   help="Leiden resolution of the majority-voting clusters (default 5; higher = smaller clusters; implies --majority-voting)")
     m.add_argument("--threads", type=int, default=None,
                    help="CPU threads for query training (default: torch's; 1 is often fastest on a busy machine)")
     m.add_argument("--force", action="store_true", help="map even when the query holds < 50%% of the reference genes")
@@ -144,5 +152,8 @@ def run_map(args: argparse.Namespace) -> int:
         allow_existing_conditions=args.allow_existing_conditions, random_state=args.random_state,
         unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
         train_params=_given(args, _MAP_OPTIONS), umap=not args.no_umap,
+        majority_voting=args.majority_voting or args.majority_voting_resolution is not None,
+        **({"majority_voting_resolution": args.majority_voting_resolution}
+           if args.majority_voting_resolution is not None else {}),
     )
     return 0

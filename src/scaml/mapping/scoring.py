@@ -80,7 +80,12 @@ def score_transfer(
     Returns
     -------
     dict
-        The contents of ``metrics.json``.
+        The contents of ``metrics.json``: ``weighted_knn`` scores the per-cell calls
+        (``predicted_key``; an Unknown call is a miss), ``weighted_knn_no_unknown`` the most
+        probable label of every cell; with majority voting, ``majority_voting`` scores the
+        cluster calls (``predicted_key + "_majority_voting"``). ``scored`` names the column behind
+        each, and ``n_neighbors`` is the ``k`` used. The confusion matrix is of the per-cell calls
+        (``confusion_matrix_majority_voting.csv``: of the cluster calls).
     """
     true_col = mapped.obs[label_key]
     known = true_col.notna().to_numpy()
@@ -90,10 +95,21 @@ def score_transfer(
     metrics: dict[str, Any] = {
         "label_key": label_key,
         "predicted_key": predicted_key,
+        "n_neighbors": int(calls.attrs.get("n_neighbors", 0)) or None,
+        "n_neighbors_requested": str(calls.attrs.get("n_neighbors_requested", "")) or None,
         "weighted_knn": label_metrics(true, predicted),
         "weighted_knn_no_unknown": label_metrics(true, calls["best_label"].astype(str).to_numpy()[known]),
         "fraction_unknown": round(float((predicted == "Unknown").mean()), 4) if predicted.size else None,
+        "scored": {"weighted_knn": predicted_key, "weighted_knn_no_unknown": "the most probable label (no Unknown)"},
     }
+    voted = None
+    if "majority_voting" in calls.columns:
+        voted = calls["majority_voting"].astype(str).to_numpy()[known]
+        metrics["majority_voting"] = label_metrics(true, voted)
+        metrics["fraction_unknown_majority_voting"] = round(float((voted == "Unknown").mean()), 4) if voted.size \
+            else None
+        metrics["n_clusters"] = int(calls["cluster"].nunique())
+        metrics["scored"]["majority_voting"] = f"{predicted_key}_majority_voting"
     not_in_ref = sorted(set(true) - ref_labels - {"Unknown"})
     if not_in_ref:
         metrics["query_labels_not_in_reference"] = not_in_ref
@@ -103,12 +119,23 @@ def score_transfer(
     info("label transfer vs the query's " + repr(label_key) + ": " + ", ".join(
         f"{k}={v}" for k, v in metrics["weighted_knn"].items() if k != "n_cells"))
     record.data["metrics"] = {k: v for k, v in metrics["weighted_knn"].items()}
+    if voted is not None:
+        record.data["metrics_majority_voting"] = dict(metrics["majority_voting"])
+        info("majority voting vs the query's " + repr(label_key) + ": " + ", ".join(
+            f"{k}={v}" for k, v in metrics["majority_voting"].items() if k != "n_cells"))
+    confusion = _confusion(true, predicted)
+    write_csv(confusion, outdir / "confusion_matrix.csv")
+    plot_confusion(confusion, outdir / "figures" / "confusion_matrix.png", label_key)
+    if voted is not None:
+        write_csv(_confusion(true, voted), outdir / "confusion_matrix_majority_voting.csv")
+    return metrics
+
+
+def _confusion(true: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
+    """True x predicted counts; the reference labels sorted, Unknown last."""
     rows = sorted(set(true))
     cols = sorted((set(predicted) | set(rows)) - {"Unknown"})
     if "Unknown" in set(predicted) or "Unknown" in set(rows):
         cols.append("Unknown")
     confusion = pd.crosstab(pd.Series(true, name="true"), pd.Series(predicted, name="predicted"))
-    confusion = confusion.reindex(index=rows, columns=cols, fill_value=0)
-    write_csv(confusion, outdir / "confusion_matrix.csv")
-    plot_confusion(confusion, outdir / "figures" / "confusion_matrix.png", label_key)
-    return metrics
+    return confusion.reindex(index=rows, columns=cols, fill_value=0)
