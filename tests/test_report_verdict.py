@@ -34,8 +34,7 @@ NUMBER_RE = re.compile(
 def first_screen(page: str) -> str:
     """The HTML above the collapsed sections (the verdicts, key figures and warnings)."""
     start = page.index('id="verdict"')
-    end = page.find('<nav class="toc"')
-    return page[start:end if end > 0 else len(page)]
+    return page[start:page.index('<div id="details">')]
 
 
 def verdict_text(page: str) -> str:

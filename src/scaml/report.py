@@ -503,7 +503,10 @@ def _table_html(table: _Table) -> str:
                 cells.append(f"<th>{_esc(text)}</th>")
                 continue
             content, numeric = _cell(text)
-            cells.append(f'<td class="num">{content}</td>' if numeric else f"<td>{content}</td>")
+            if numeric:
+                cells.append(f'<td class="num">{content}</td>')
+            else:  # long text (notes) wraps in a readable column instead of stretching the table
+                cells.append(f'<td class="long">{content}</td>' if len(text) > 40 else f"<td>{content}</td>")
         body_rows.append("<tr>" + "".join(cells) + "</tr>")
     if not body_rows:
         body_rows.append(f'<tr><td colspan="{len(table.header)}" class="na">(no rows)</td></tr>')
@@ -580,7 +583,7 @@ _CSS = """
 * { box-sizing: border-box; }
 html { -webkit-text-size-adjust: 100%; }
 body {
-  margin: 0; color: var(--fg); background: var(--bg); overflow-wrap: anywhere;
+  margin: 0; color: var(--fg); background: var(--bg);
   font: 15px/1.55 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
 }
 main { max-width: 1240px; margin: 0 auto; padding: 20px 28px 64px; }
@@ -651,6 +654,8 @@ table.kv th { text-align: left; font-weight: 560; color: var(--muted); white-spa
 table.kv td { word-break: break-word; }
 table.kv table.kv th { padding-left: 0; }
 td.num { text-align: right; white-space: nowrap; }
+td.long { min-width: 18em; max-width: 40em; }
+.lines, .facts, figcaption, .folder { overflow-wrap: anywhere; }
 table.kv td.num { text-align: left; }
 .na, .muted { color: var(--muted); }
 .tablebox { margin: 4px 0 18px; }
@@ -974,7 +979,7 @@ def _render(contents: _Contents, title: str | None) -> str:
     counts = {"figures": _plural(n_figures, "figure"), "tables": _plural(n_tables, "table"),
               "files": _plural(len(contents.files), "file")}
     header = _header_html(contents, title, started, n_steps=len(steps))
-    return _page_html(contents, title, header, first, sections, counts, open_figures=not steps)
+    return _page_html(contents, title, header, first, sections, counts, open_figures=not steps, many=len(steps) > 1)
 
 
 def _versions(run: dict[str, Any]) -> dict[str, Any]:
@@ -1123,7 +1128,7 @@ def _header_html(contents: _Contents, title: str, started: str, *, n_steps: int 
 
 def _page_html(
     contents: _Contents, title: str, header: str, first: str, sections: list[tuple[str, str, str]],
-    counts: dict[str, str], *, open_figures: bool = False,
+    counts: dict[str, str], *, open_figures: bool = False, many: bool = False,
 ) -> str:
     """The HTML document: head with the style sheet, header, first screen, contents, sections, footer."""
     toc = "".join(
@@ -1137,7 +1142,8 @@ def _page_html(
                  open_=open_figures and anchor == "figures")
         for anchor, name, html_ in sections
     )
-    nav = f'<nav class="toc"><strong>More in this report</strong><ol>{toc}</ol></nav>\n' if sections else ""
+    # a contents box only where the step sections stand between the first screen and the details
+    nav = f'<nav class="toc"><strong>More in this report</strong><ol>{toc}</ol></nav>\n' if sections and many else ""
     scaml_version = _versions(contents.run or {}).get("scaml", "")
     generated = _dt.datetime.now().strftime("%d %b %Y, %H:%M")
     footer = (
@@ -1150,8 +1156,8 @@ def _page_html(
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<meta name="color-scheme" content="light dark">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f'<header class="top">{header}</header>\n{first}\n{nav}'
-        f"{body}\n{footer}\n</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
+        f'<header class="top">{header}</header>\n{first}\n<div id="details">{nav}'
+        f"{body}</div>\n{footer}\n</main>\n<script>{_SCRIPT}</script>\n</body>\n</html>\n"
     )
 
 
