@@ -655,7 +655,7 @@ table.kv td { word-break: break-word; }
 table.kv table.kv th { padding-left: 0; }
 td.num { text-align: right; white-space: nowrap; }
 td.long { min-width: 18em; max-width: 40em; }
-.lines, .facts, figcaption, .folder { overflow-wrap: anywhere; }
+.lines, .facts, figcaption, .folder, .tablebox > .name, h3 .count, .meta { overflow-wrap: anywhere; }
 table.kv td.num { text-align: left; }
 .na, .muted { color: var(--muted); }
 .tablebox { margin: 4px 0 18px; }
