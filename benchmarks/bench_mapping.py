@@ -296,7 +296,8 @@ def symphony_10k(threads: int) -> dict:
     from scaml.mapping.transfer import transfer_labels
 
     start = time.perf_counter()
-    calls = transfer_labels(reference.embedding, ref.obs["cell_type"].to_numpy(), mapped.embedding, threshold=1.0)
+    calls = transfer_labels(reference.embedding, ref.obs["cell_type"].to_numpy(), mapped.embedding,
+                            n_neighbors=50, threshold=1.0)  # the documented k; scaml map now defaults to auto
     knn = time.perf_counter() - start
     acc = float((calls["label"].to_numpy() == query.obs["cell_type"].astype(str).to_numpy()).mean())
     return {"reference_cells": int(ref.n_obs), "query_cells": int(query.n_obs), "build_s": build,
