@@ -83,8 +83,8 @@ def main() -> None:
     _run("learning-curve (lr)", ["learning-curve", ref, "--label-key", "cell_type", "--group-key", "batch",
                                  "--model", "lr", "--sizes", "0.1", "0.5", "1", "--repeats", "2",
                                  "--out", folder / "curve", "--overwrite"], rows)
-    _run("novelty (lof)", ["novelty", ref, "--hek-key", "is_foreign", "--hek-positive", "True",
-                           "--method", "lof", "--out", folder / "novelty", "--overwrite"], rows)
+    _run("novelty (knn)", ["novelty", ref, "--hek-key", "is_foreign", "--hek-positive", "True",
+                           "--out", folder / "novelty", "--overwrite"], rows)
     for method in args.methods:
         refdir = folder / f"ref_{method}"
         build = ["reference", "build", ref, "--method", method, "--batch-key", "batch",
