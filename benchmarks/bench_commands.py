@@ -22,11 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+# The peak is the process's own VmHWM: ru_maxrss would carry over the parent's RSS at fork.
 RUNNER = """
-import resource, sys
+import sys
 from scaml.cli import main
 code = main(sys.argv[1:])
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 print(f"__PEAK_MIB__ {peak:.0f}", file=sys.stderr)
 sys.exit(code)
 """
