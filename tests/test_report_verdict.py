@@ -228,6 +228,21 @@ def test_map_verdict_accuracy_f1_unknown(runs: dict[str, Path]) -> None:
     assert screen.index("joint_umap.png") < screen.index("confusion_matrix.png")
 
 
+def test_map_verdict_shows_majority_voting_from_its_file(runs: dict[str, Path], tmp_path: Path) -> None:
+    outdir = tmp_path / "map_voted"
+    shutil.copytree(runs["map"], outdir)
+    metrics = json.loads((outdir / "metrics.json").read_text())
+    metrics["majority_voting"] = {"accuracy": 0.9123, "balanced_accuracy": 0.9, "macro_f1": 0.8771, "n_cells": 10}
+    metrics["fraction_unknown_majority_voting"] = 0.025
+    write_json(metrics, outdir / "metrics.json")
+    write_report(outdir)
+    page = _page(outdir)
+    found = check_numbers(page, outdir, minimum=5)
+    assert {("metrics.json", "/majority_voting/accuracy"), ("metrics.json", "/majority_voting/macro_f1"),
+            ("metrics.json", "/fraction_unknown_majority_voting")} <= keys_of(found)
+    assert "majority voting over query clusters: accuracy 0.912, macro F1 0.877, 2.5% Unknown" in verdict_text(page)
+
+
 def test_reference_verdict(runs: dict[str, Path]) -> None:
     outdir = runs["reference"]
     found = check_numbers(_page(outdir), outdir, minimum=2)

@@ -632,6 +632,16 @@ def map_verdict(outdir: Path, run: dict[str, Any]) -> Verdict:
         unknown = _json_number(metrics, source, "fraction_unknown", style="percent")
         if unknown:
             verdict.lines.append(Line("called Unknown", [unknown, " of the query cells"]))
+        voted = _json_number(metrics, source, "majority_voting", "accuracy")
+        if voted:
+            parts = ["accuracy ", voted]
+            voted_f1 = _json_number(metrics, source, "majority_voting", "macro_f1")
+            if voted_f1:
+                parts += [", macro F1 ", voted_f1]
+            voted_unknown = _json_number(metrics, source, "fraction_unknown_majority_voting", style="percent")
+            if voted_unknown:
+                parts += [", ", voted_unknown, " Unknown"]
+            verdict.lines.append(Line("majority voting over query clusters", parts))
         scanvi = _json_number(metrics, source, "scanvi_classifier", "accuracy")
         if scanvi:
             verdict.lines.append(Line("scANVI classifier", ["accuracy ", scanvi]))
