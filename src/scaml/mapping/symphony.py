@@ -12,10 +12,12 @@ Building a reference keeps what mapping needs:
   distances to their clusters.
 
 A reference with a single batch (``batch_key`` with one level, or ``batch_key=None``) needs no
-integration: its PCA embedding is kept as is and only the soft clustering Harmony would have done
-is run (soft k-means on unit-length cells, started from scaml's Harmony k-means, ``sigma`` as
-Harmony's), so ``Y``, ``Nr`` and ``C`` exist and the query's correction works as with several
-batches (Symphony does the same for a reference without batch variables).
+integration: its PCA embedding is kept as is and scaml's Harmony is run on it with that one batch,
+as symphonypy does, for its soft clusters only (with one batch Harmony's diversity penalty is flat
+and its ridge correction is zero, so what remains is its clustering: k-means start, blockwise soft
+k-means rounds, ``sigma``), so ``Y``, ``Nr`` and ``C`` exist and the query's correction works as
+with several batches. Harmony's clustering maps kang_ifnb1k's STIM cells onto its CTRL cells
+better than a plain soft k-means from the same start (benchmarks/README.md, bench_transfer).
 
 Mapping a query: normalise and log1p like the reference (raw counts) or take the log data as is,
 align genes by name (genes missing in the query are zero before scaling), scale with the
@@ -104,47 +106,6 @@ def _soft_assign(Z: np.ndarray, Y: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     R = np.exp(logits)
     R /= R.sum(axis=1, keepdims=True)
     return R
-
-
-def _soft_kmeans(
-    Z: np.ndarray,
-    K: int,
-    sigma: np.ndarray,
-    random_state: int | None,
-    max_iter: int = 20,
-    tol: float = 1e-4,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Soft k-means of the unit-length rows of ``Z`` (Harmony's clustering without batches).
-
-    Starts from scaml's Harmony k-means (same seeding), then alternates
-    ``R = softmax(-2 (1 - z_cos . y_k) / sigma_k)`` and ``y_k = normalise(sum_i R_ik z_cos_i)`` until
-    the objective (k-means error + sigma-weighted entropy, as Harmony's without the diversity term)
-    changes by less than ``tol`` (relative). Returns ``R`` (cells x K) and a summary.
-    """
-    from ..harmony.core import kmeans_centroids, make_backend
-
-    be = make_backend("numpy", "cpu", "float32")
-    rng = np.random.default_rng(random_state)
-    Zc = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
-    start = be.asarray(Zc)
-    with be.parallel():
-        Y = kmeans_centroids(be, start, K, rng)  # K x d
-    del start
-    Y = (Y / np.maximum(np.linalg.norm(Y, axis=1, keepdims=True), 1e-12)).T  # d x K
-    objective: list[float] = []
-    converged = False
-    for _ in range(max_iter):
-        R = _soft_assign(Zc, Y, sigma)
-        dist = 2.0 * (1.0 - Zc @ Y)
-        ent = R * np.log(np.maximum(R, 1e-300))
-        objective.append(float((R * dist).sum() + (ent.sum(axis=0) * sigma).sum()))
-        Y = Zc.T @ R
-        Y /= np.maximum(np.linalg.norm(Y, axis=0, keepdims=True), 1e-12)
-        if len(objective) > 1 and abs(objective[-2] - objective[-1]) <= tol * abs(objective[-2]):
-            converged = True
-            break
-    R = _soft_assign(Zc, Y, sigma)
-    return R, {"n_iter": len(objective), "converged": converged, "objective": objective[-1]}
 
 
 def _cluster_gaussians(Z: np.ndarray, R: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -482,8 +443,8 @@ def build_symphony_reference(
     n_comps
         Principal components.
     theta, nclust, random_state, **harmony_params
-        Passed to :func:`scaml.harmony.run_harmony`. With a single batch only ``nclust``,
-        ``sigma`` and ``random_state`` apply (soft k-means); the others are not used.
+        Passed to :func:`scaml.harmony.run_harmony`. With a single batch Harmony runs for its
+        clustering only; ``theta``, ``lamb`` and ``tau`` have no effect there.
 
     Returns
     -------
@@ -605,9 +566,10 @@ def _harmony_embedding(
 def _single_batch_embedding(
     Z: np.ndarray, which: str, nclust: int | None, random_state: int, harmony_params: dict[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """A single-batch reference: its PCA kept as is, and only Harmony's soft clustering (see the module docstring)."""
+    """A single-batch reference: its PCA kept as is, and Harmony's soft clusters of it (see the module docstring)."""
     from .._utils import info
     from ..harmony import run_harmony
+    from ..harmony.core import Design, HarmonyParams, harmonize
 
     n_cells = Z.shape[0]
     K = max(int(min(round(n_cells / 30.0), 100)), 1) if nclust is None else nclust
@@ -628,21 +590,27 @@ def _single_batch_embedding(
         raise ScamlError(
             f"unknown Harmony parameter(s) {unknown}; see scaml.harmony.run_harmony for the names."
         )
-    unused = sorted(set(harmony_params) - {"sigma", "verbose"})
+    unused = sorted(set(harmony_params) & {"theta", "lamb", "tau"})
     info(
         f"reference: {which}; no Harmony correction is needed, running only its soft clustering "
         f"({K} clusters) for the query's correction"
-        + (f" (not used: theta, {', '.join(unused)})." if unused else " (theta not used).")
+        + (f" (not used with one batch: {', '.join(unused)})." if unused else ".")
     )
-    R, summary = _soft_kmeans(Z.astype(np.float64), K, sigma, random_state)
+    usable = set(inspect.signature(HarmonyParams).parameters) - {"sigma", "nclust", "random_state", *unused}
+    params = {k: v for k, v in harmony_params.items() if k in usable}
+    hp = HarmonyParams(sigma=sigma.tolist(), nclust=K, random_state=random_state, **params)
+    design = Design(codes=np.zeros((n_cells, 1), dtype=np.int64), n_levels=[1])
+    state = harmonize(np.ascontiguousarray(Z, dtype=np.float32), design, hp)
     model_info = {
         "integration": "none (single batch)",
-        "soft_kmeans": {
+        "harmony_clustering": {
             "sigma": float(sigma[0]) if np.all(sigma == sigma[0]) else sigma.tolist(),
-            **summary,
+            "n_iter": int(state.n_iter),
+            "converged": bool(state.converged),
+            "objective": float(state.objective_harmony[-1]),
         },
     }
-    return Z.astype(np.float32), R, sigma, model_info
+    return Z.astype(np.float32), np.asarray(state.R, dtype=np.float64), sigma, model_info
 
 
 def _cluster_terms(embedding: np.ndarray, R: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
