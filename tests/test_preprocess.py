@@ -9,9 +9,9 @@ from scaml import preprocess as pp
 from scaml.errors import ScamlError
 
 
-def test_detect_input_kinds(small_counts):
+def test_find_expression_kinds(small_counts):
     counts = small_counts.copy()
-    assert pp.detect_input(counts).kind == "counts"
+    assert pp.find_expression(counts).kind == "counts"
 
     lognorm = small_counts.copy()
     pp.normalize_log1p(lognorm)
@@ -20,15 +20,15 @@ def test_detect_input_kinds(small_counts):
     assert found.kind == "counts" and found.source == 'layers["counts"]'
     assert found.matrix is lognorm.layers["counts"]
     del lognorm.layers["counts"]
-    check = pp.detect_input(lognorm)
+    check = pp.find_expression(lognorm)
     assert check.kind == "lognorm" and "log-normalised" in check.reason
 
     fractional = small_counts.copy()
     fractional.X = fractional.X * 1.37  # counts-like but not integer (e.g. panc8's celseq)
-    assert pp.detect_input(fractional).kind == "counts"
+    assert pp.find_expression(fractional).kind == "counts"
     with pytest.raises(ScamlError, match="counts are required"):
-        pp.detect_input(fractional, "counts")
-    assert pp.detect_input(lognorm, "normalized").kind == "lognorm"
+        pp.find_expression(fractional, "counts")
+    assert pp.find_expression(lognorm, "normalized").kind == "lognorm"
 
 
 def test_qc_filter_removes_low_quality_cells(small_counts):

@@ -20,14 +20,6 @@ InputKind = Literal["counts", "lognorm"]
 LOG_SCALE_MAX = 50.0
 
 
-@dataclass(frozen=True)
-class InputCheck:
-    """What ``X`` holds: raw counts or already normalised values, and why we think so."""
-
-    kind: InputKind
-    reason: str
-
-
 def counts_verdict(X: Any) -> tuple[bool, str | None]:
     """Whether a matrix can be used as counts, and what keeps it from being raw integer counts.
 
@@ -169,12 +161,6 @@ def _classify(X: Any, source: str, expected: str) -> Expression:
              "taken as (non-integer) counts; pass --input-kind normalized if it is normalised data")
         return Expression(X, "counts", source, f"{source} holds non-integer values up to {top:.4g}, taken as counts")
     return Expression(X, "lognorm", source, f"{source} is not raw counts ({problem}); taken as log-normalised")
-
-
-def detect_input(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto") -> InputCheck:
-    """What :func:`find_expression` finds, as an :class:`InputCheck` (kind and reason)."""
-    found = find_expression(adata, expected)
-    return InputCheck(found.kind, found.reason)
 
 
 def lognormalized(adata: ad.AnnData, expected: Literal["auto", "counts", "normalized"] = "auto",
