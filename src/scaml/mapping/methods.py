@@ -175,13 +175,6 @@ def _signature_names(func: Callable[..., Any], drop: set[str]) -> set[str]:
 
 # ----------------------------------------------------------------------------- VAEs
 
-def read_vae_matrix(adata: ad.AnnData, likelihood: str, layer: str | None, what: str, hint: str) -> tuple[Any, str]:
-    """The matrix a VAE models (:func:`scaml.vae.model.read_matrix`), for the reference or the query."""
-    from ..vae.model import read_matrix
-
-    return read_matrix(adata, layer, likelihood, what=what, hint=hint)
-
-
 def _hvg_input(matrix: Any, likelihood: str) -> Any:
     """Log-normalised values for the HVG rule: counts are normalised, log data taken as they are."""
     if likelihood in COUNT_LIKELIHOODS or counts_verdict(matrix)[0]:
@@ -263,9 +256,11 @@ class VAEMethod(MappingMethod):
         options = self.select_options(options, "build")
         likelihood = options.get("gene_likelihood") or self._model_class().default_likelihood
         layer = options.pop("layer", None)
-        matrix, source = read_vae_matrix(
-            adata, likelihood, layer, "reference",
-            "Pass raw counts (in X or layers['counts']), or use --gene-likelihood mse "
+        from ..vae.model import read_matrix
+
+        matrix, source = read_matrix(
+            adata, layer, likelihood, what="reference",
+            hint="Pass raw counts (in X or layers['counts']), or use --gene-likelihood mse "
             "(gene_likelihood='mse') for normalised / log-transformed data.",
         )
         info(f"the {self.model} reference reads {source}")
@@ -313,9 +308,11 @@ class VAEMethod(MappingMethod):
         options = self.select_options(options, "map")
         likelihood = str(reference.manifest.get("gene_likelihood", "nb"))
         layer = reference.manifest.get("layer")
-        matrix, source = read_vae_matrix(
-            query, likelihood, layer if layer in query.layers else None, "query",
-            f"The reference model uses gene_likelihood={likelihood!r}: pass the query's raw counts "
+        from ..vae.model import read_matrix
+
+        matrix, source = read_matrix(
+            query, layer if layer in query.layers else None, likelihood, what="query",
+            hint=f"The reference model uses gene_likelihood={likelihood!r}: pass the query's raw counts "
             "(in X or layers['counts']), or rebuild the reference with --gene-likelihood mse on normalised data.",
         )
         info(f"the query's {source} is mapped")
