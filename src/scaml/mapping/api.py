@@ -58,6 +58,7 @@ def build_reference(
     n_hvg: int | None = 2000,
     unlabeled_category: str | None = None,
     train_params: dict | None = None,
+    tuning: dict | None = None,
     **model_params: Any,
 ) -> Path:
     """Build a mapping reference and save it as a directory.
@@ -92,6 +93,10 @@ def build_reference(
     train_params
         More arguments of the VAE's ``train`` (``batch_size``, ``lr``, ``early_stopping``,
         ``n_threads``...).
+    tuning
+        The record of a hyperparameter search (:func:`scaml.mapping.tune.tune_reference`):
+        ``settings`` go to ``run.json``'s ``parameters.tuning``, ``result`` to ``data.tuning``
+        and to the manifest's ``tuning``.
     **model_params
         Options of the method: the model's (``n_latent``, ``hidden_layers``, ``gene_likelihood``,
         ``dropout_rate``, ``beta``...) and training's (as ``train_params``) for a VAE;
@@ -125,6 +130,9 @@ def build_reference(
                          "random_state": random_state, "n_hvg": n_hvg, "options": prepared.options}
     record.inputs = {"reference": input_path} if input_path else {}
     record.data = {"n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
+    if tuning is not None:
+        record.parameters["tuning"] = tuning.get("settings", {})
+        record.data["tuning"] = tuning.get("result", {})
     info(f"building a {chosen.name} reference on {adata.n_obs} cells x {adata.n_vars} genes "
          f"({adata.obs[batch_key].nunique()} batches of {batch_key!r})")
     built = chosen.build(prepared, batch_key, label_key, n_hvg=n_hvg, random_state=random_state,
@@ -132,6 +140,8 @@ def build_reference(
     manifest = reference_manifest(adata, chosen.name, batch_key, label_key)
     manifest.update(built.manifest)
     manifest["n_genes"] = len(built.genes)
+    if tuning is not None:
+        manifest["tuning"] = tuning.get("result", {})
     with record.timer("write"):
         write_reference(outdir, manifest, built.latent, reference_obs(adata, batch_key, label_key))
     record.data.update({"n_latent": int(built.latent.shape[1]), "n_model_genes": len(built.genes)})
