@@ -20,8 +20,9 @@ says so); Symphony has no such hyperparameters and is refused.
 
 The search (Optuna's TPE sampler, seeded) covers ``n_latent``, the depth (``n_layers``) and width
 (``n_hidden``) of the hidden layers, ``dropout_rate``, the learning rate ``lr`` and ``kl_weight``,
-the KL weight the warm-up reaches by the last epoch (``kl_warmup_epochs = ceil(max_epochs /
-kl_weight)``; scaml's default warm-up of 400 epochs is ``kl_weight = min(1, max_epochs / 400)``).
+the KL weight the warm-up reaches at ``max_epochs`` (``kl_warmup_epochs = ceil(max_epochs /
+kl_weight)``; scaml's default warm-up of 400 epochs is ``kl_weight = min(1, max_epochs / 400)``;
+early stopping may end a training sooner, at a lower weight).
 Options the user sets (e.g. ``n_latent=10``, ``hidden_layers=(128, 128)``) are fixed and not
 searched. Trial 1 is scaml's defaults, so the best trial is never worse than the defaults on the
 tuning objective. Every trial trains for the same ``max_epochs`` (given, or scaml's rule for the
@@ -95,6 +96,8 @@ class TuningResult:
         Its objective.
     default_objective
         The objective of scaml's defaults (trial 1), or None when they were not tried.
+    holdout_batch
+        The reference batch every trial mapped as its query.
     """
 
     reference: Path
@@ -102,6 +105,7 @@ class TuningResult:
     best_params: dict[str, Any]
     best_objective: float
     default_objective: float | None
+    holdout_batch: str = ""
 
 
 # ----------------------------------------------------------------------------- rules
@@ -585,7 +589,7 @@ def tune_reference(
                 title=f"{chosen.name} tuning: held-out batch {holdout!r}, objective = "
                       f"{1 - mixing_weight:g} x {label_metric} + {mixing_weight:g} x iLISI")
     info(f"tuning table and plot written to {reference / TUNING_DIR}")
-    return TuningResult(reference, table, best_params, float(best_row["objective"]), default_objective)
+    return TuningResult(reference, table, best_params, float(best_row["objective"]), default_objective, holdout)
 
 
 def _plain(value: Any) -> Any:
