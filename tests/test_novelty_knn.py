@@ -1,4 +1,4 @@
-"""The ``knn`` novelty method (the default of ``scaml novelty``) on simulated data."""
+"""The ``knn`` novelty method (the distance part of the default ``coverage``) on simulated data."""
 
 from __future__ import annotations
 
@@ -25,11 +25,11 @@ def held_out():
 
 
 def _run(adata, **kwargs):
-    options = {"hek_key": "novel", "n_hvg": 120, "n_pcs": 10, "n_folds": 3, "plots": False}
+    options = {"hek_key": "novel", "method": "knn", "n_hvg": 120, "n_pcs": 10, "n_folds": 3, "plots": False}
     return run_novelty(adata, **{**options, **kwargs})
 
 
-def test_knn_is_the_default_and_finds_a_held_out_type(held_out):
+def test_knn_finds_a_held_out_type(held_out):
     res = _run(held_out)
     metrics = res["metrics"]
     assert metrics["method"] == "knn" and res["parameters"]["method"] == "knn"
@@ -144,12 +144,13 @@ def test_knn_bad_options(held_out):
         _run(adata, batch_key="harvest")
 
 
-def test_novelty_cli_default_is_knn(held_out, tmp_path, capsys):
+def test_novelty_cli_knn(held_out, tmp_path, capsys):
     from scaml.io import write_h5ad
 
     path = tmp_path / "held_out.h5ad"
     write_h5ad(held_out, path)
-    base = ["novelty", "--adata", str(path), "--hek-key", "novel", "--n-hvg", "120", "--n-folds", "3", "-q", "--no-plots"]
+    base = ["novelty", "--adata", str(path), "--hek-key", "novel", "--n-hvg", "120", "--n-folds", "3", "-q", "--no-plots",
+            "--method", "knn"]
     assert main([*base, "--outdir", str(tmp_path / "default")]) == 0
     metrics = json.loads((tmp_path / "default" / "novelty_metrics.json").read_text())
     run = json.loads((tmp_path / "default" / "run.json").read_text())

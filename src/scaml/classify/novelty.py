@@ -1,7 +1,10 @@
 """Novelty detection of foreign cells (e.g. HEK293 contaminating an iPSC-microglia culture).
 
-The default method, ``knn``, scores a cell by its distance to the nearest non-flagged cells in a
-batch-corrected embedding (:mod:`scaml.classify.novelty_knn`). Detectors are fitted on the cells that are NOT flagged and score every cell;
+The default method, ``coverage``, combines two scores on a batch-corrected embedding of every cell
+(:mod:`scaml.classify.novelty_knn`): the distance to the nearest non-flagged cells (the ``knn``
+method alone) and the share of query cells among a cell's neighbours in the joint reference + query
+kNN graph (a type the reference lacks forms a query-only neighbourhood), merged by Fisher's method on
+their ranks. Detectors are fitted on the cells that are NOT flagged and score every cell;
 the flag is used only to evaluate the scores (AUROC, AUPRC). To avoid scoring
 a cell with a model that saw it, scores are cross-fitted: the non-flagged
 cells are split into ``n_folds`` folds (flagged cells are spread over the same
@@ -34,7 +37,10 @@ from .models import (
 )
 
 #: Methods of :func:`run_novelty` (the first is the default).
-METHODS = ("knn", "iforest", "lof", "ocsvm", "classifier")
+METHODS = ("coverage", "knn", "iforest", "lof", "ocsvm", "classifier")
+
+#: Methods that work on the shared embedding of every cell (PCA of all cells, Harmony over the batches).
+EMBEDDING_METHODS = ("coverage", "knn")
 
 _TRUTHY = {"true", "t", "yes", "y", "1", "1.0"}
 
@@ -165,7 +171,12 @@ def _method_parameters(
         if labels.nunique() < 2:
             raise ScamlError(f"the non-flagged cells hold a single class in adata.obs[{label_key!r}]; a classifier needs two.")
         return classifier, params, labels
-    params = copy.deepcopy(NOVELTY_HYPERPARAMETERS[method])
+    if method == "coverage":
+        from .novelty_knn import COVERAGE_HYPERPARAMETERS
+
+        params = copy.deepcopy(COVERAGE_HYPERPARAMETERS)
+    else:
+        params = copy.deepcopy(NOVELTY_HYPERPARAMETERS[method])
     extra = hyperparameters.get(method, {})
     unknown = [k for k in extra if k not in params]
     if unknown:
@@ -175,16 +186,20 @@ def _method_parameters(
         from .novelty_knn import check_knn_params
 
         params = check_knn_params(params)
+    elif method == "coverage":
+        from .novelty_knn import check_coverage_params
+
+        params = check_coverage_params(params)
     return classifier, params, None
 
 
 def _batch_labels(adata: ad.AnnData, batch_key: str | None, method: str) -> tuple[str | None, np.ndarray | None]:
-    """The batch column Harmony corrects for the ``knn`` method, and its labels.
+    """The batch column Harmony corrects for the ``coverage`` and ``knn`` methods, and its labels.
 
     ``batch_key`` None: ``obs["batch"]`` when it exists with two or more levels and no missing value.
     """
     if batch_key is None:
-        if method != "knn" or "batch" not in adata.obs.columns:
+        if method not in EMBEDDING_METHODS or "batch" not in adata.obs.columns:
             return None, None
         column = adata.obs["batch"]
         if column.isna().any() or column.nunique() < 2:
@@ -279,7 +294,7 @@ def run_novelty(
     *,
     hek_key: str,
     hek_positive: Any = "true",
-    method: str = "knn",
+    method: str = "coverage",
     label_key: str | None = None,
     classifier: str = "lr",
     features: str = "hvg",
@@ -309,8 +324,12 @@ def run_novelty(
         The value of ``hek_key`` that marks a foreign cell (``true``, ``1``, ``yes``
         match boolean columns).
     method
-        ``"knn"`` (default: the mean cosine distance to the 30 nearest non-flagged cells of the
-        other folds in a Harmony-corrected PCA, :mod:`scaml.classify.novelty_knn`), ``"iforest"`` (IsolationForest), ``"lof"`` (LocalOutlierFactor, novelty mode),
+        ``"coverage"`` (default, :func:`scaml.classify.novelty_knn.coverage_novelty`): Fisher's
+        combination of the ranks of two scores in a Harmony-corrected PCA of all cells, the mean
+        cosine distance to the 30 nearest non-flagged cells of the other folds and the share of
+        query cells (the fold's non-flagged cells and every flagged cell) among a cell's 10 nearest
+        cells; ``"knn"`` (the distance alone, :mod:`scaml.classify.novelty_knn`), ``"iforest"``
+        (IsolationForest), ``"lof"`` (LocalOutlierFactor, novelty mode),
         ``"ocsvm"`` (one-class SVM) or ``"classifier"`` (1 - the maximum class
         probability of ``classifier`` trained on ``label_key`` of the non-flagged cells).
     label_key
@@ -322,10 +341,10 @@ def run_novelty(
     n_pcs
         iforest / lof / ocsvm work on this many principal components of the
         log-normalised features (fitted within each fold on the training cells);
-        0 to use the standardised features directly. knn works on this many principal
-        components fitted on all cells (``knn.pca_cells="all"``, the flag is not used) or on
-        each fold's reference cells (``"reference"``); 0 for the features themselves. With
-        ``embedding``, knn uses the embedding as it is (no PCA, no Harmony).
+        0 to use the standardised features directly. coverage and knn work on this many principal
+        components fitted on all cells (the flag is not used; knn also offers
+        ``knn.pca_cells="reference"``: each fold's reference cells); 0 for the features themselves.
+        With ``embedding``, coverage and knn use the embedding as it is (no PCA, no Harmony).
     hvg_cells
         Cells on which highly variable genes are chosen: ``"not-flagged"`` (default,
         strict: the features know nothing of the foreign cells) or ``"all"`` (every
@@ -338,20 +357,25 @@ def run_novelty(
     drop_missing_labels
         For ``method="classifier"``: leave non-flagged cells without a label out of training.
     hyperparameters
-        Overrides of :data:`scaml.classify.models.NOVELTY_HYPERPARAMETERS` (detectors) or
-        of the classifier's hyperparameters, keyed by method / model name.
+        Overrides of :data:`scaml.classify.novelty_knn.COVERAGE_HYPERPARAMETERS` (coverage:
+        ``n_neighbors`` 30, ``share_neighbors`` 10, ``combine`` fisher / mean / max, ``metric``
+        cosine / euclidean, ``harmony`` True, ``harmony_theta`` 2),
+        :data:`scaml.classify.models.NOVELTY_HYPERPARAMETERS` (knn and the detectors) or of the
+        classifier's hyperparameters, keyed by method / model name.
     batch_key
-        ``obs`` column of the batches that Harmony corrects in the knn embedding; None
-        (default): ``obs["batch"]`` when it has two or more levels. Only knn uses it; turn the
-        correction off with ``{"knn": {"harmony": False}}``.
+        ``obs`` column of the batches that Harmony corrects in the coverage / knn embedding; None
+        (default): ``obs["batch"]`` when it has two or more levels. Only coverage and knn use it;
+        turn the correction off with ``{"coverage": {"harmony": False}}``.
     outdir, overwrite, plots, input_path
-        Output directory (novelty_scores.csv, novelty_metrics.json,
+        Output directory (novelty_scores.csv: per-cell scores, with the two components of
+        coverage as ``distance`` and ``query_share``; novelty_metrics.json,
         novelty_histogram.png, novelty_curves.png, run.json); nothing written when None.
 
     Returns
     -------
     dict
-        ``metrics`` (AUROC, AUPRC, ...), ``scores`` (a per-cell DataFrame) and the parameters.
+        ``metrics`` (AUROC, AUPRC, ...; for coverage also each component's AUROC / AUPRC under
+        ``metrics["coverage"]["components"]``), ``scores`` (a per-cell DataFrame) and the parameters.
     """
     from ..runinfo import RunRecord
 
@@ -381,7 +405,7 @@ def run_novelty(
                   "classifier": classifier if method == "classifier" else None, "features": features if embedding is None else "embedding",
                   "n_hvg": n_hvg, "hvg_cells": hvg_cells, "embedding": embedding,
                   "n_pcs": n_pcs if method != "classifier" else None,
-                  "batch_key": batch_key if method == "knn" else None,
+                  "batch_key": batch_key if method in EMBEDDING_METHODS else None,
                   "n_folds": n_folds, "random_state": random_state}
     record = RunRecord("novelty", parameters={**parameters, "hyperparameters": params},
                        inputs={"adata": str(input_path)} if input_path else {})
@@ -395,27 +419,41 @@ def run_novelty(
         feats = build_features(adata, rows, normal if hvg_cells == "not-flagged" else rows, features=features,
                                n_hvg=n_hvg_used, embedding=embedding, expression=expression)
     fold, rng = _assign_folds(flag, normal, n_folds, random_state)
-    knn_description = None
+    knn_description, components = None, {}
     if method == "knn":
         from .novelty_knn import knn_novelty
 
         with record.timer("fit"):
             score, knn_description = knn_novelty(feats.X, normal, fold, params=params, n_pcs=int(n_pcs), batch=batch,
                                                  reduce=embedding is None, random_state=random_state)
+    elif method == "coverage":
+        from .novelty_knn import coverage_novelty
+
+        with record.timer("fit"):
+            score, components, knn_description = coverage_novelty(
+                feats.X, normal, fold, params=params, n_pcs=int(n_pcs), batch=batch, reduce=embedding is None,
+                random_state=random_state)
+        knn_description["components"] = {
+            name: {key: novelty_metrics(flag, value)[key] for key in ("auroc", "auprc", "tpr_at_fpr_0.05")}
+            for name, value in components.items()}
     else:
         score = _cross_fit_scores(feats.X, normal, fold, rng, method=method, params=params, classifier=classifier,
                                   labels=labels, n_pcs=n_pcs, n_folds=n_folds, random_state=random_state,
                                   record=record)
     metrics = novelty_metrics(flag, score)
     evaluation = ("cross-fitted: every cell scored against the non-flagged cells of the other folds (never itself)"
-                  if method == "knn" else "cross-fitted: every cell scored by a model that never saw it")
+                  if method == "knn" else
+                  "cross-fitted: every cell scored against the non-flagged cells of the other folds (never itself); "
+                  "the query of its fold is that fold's non-flagged cells and every flagged cell"
+                  if method == "coverage" else "cross-fitted: every cell scored by a model that never saw it")
     metrics.update(method=method, n_folds=n_folds, evaluation=evaluation, hyperparameters=params,
                    features=feats.description)
     if knn_description is not None:
-        metrics["knn"] = {**knn_description, "batch_key": batch_key}
+        metrics[method] = {**knn_description, "batch_key": batch_key}
     info(f"novelty ({method}): AUROC {metrics['auroc']:.3f}, AUPRC {metrics['auprc']:.3f} "
          f"(baseline {metrics['auprc_baseline']:.3f})")
-    scores = pd.DataFrame({"cell": adata.obs_names.astype(str), "flagged": flag, "novelty_score": score, "fold": fold})
+    scores = pd.DataFrame({"cell": adata.obs_names.astype(str), "flagged": flag, "novelty_score": score, "fold": fold,
+                           **components})
     if label_key is not None and label_key in adata.obs:
         scores[label_key] = adata.obs[label_key].astype(str).to_numpy()
     result = {"metrics": metrics, "scores": scores, "parameters": parameters, "outdir": str(out) if out else None}

@@ -83,21 +83,32 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         description=(
             "Fit a novelty detector on the cells that are not flagged, score every cell (cross-fitted, so no cell is "
             "scored by a model that saw it) and report AUROC / AUPRC against the flag. Writes novelty_scores.csv, "
-            "novelty_metrics.json, novelty_histogram.png and novelty_curves.png."
+            "novelty_metrics.json, novelty_histogram.png and novelty_curves.png. "
+            "The default method, coverage, works on a PCA of all cells (--n-pcs, the flag not used), Harmony-"
+            "corrected over --batch-key, and combines two scores by Fisher's method on their ranks: the mean "
+            "cosine distance to the n_neighbors (30) nearest non-flagged cells of the other folds, and the query "
+            "share, the fraction of query cells (the fold's non-flagged cells and every flagged cell) among a "
+            "cell's share_neighbors (10) nearest cells. The distance finds foreign cells; the query share finds "
+            "cell types the reference lacks even next to a type it has. Both are written to novelty_scores.csv "
+            "(distance, query_share) and scored in novelty_metrics.json. Options: --param coverage.n_neighbors=30 "
+            "coverage.share_neighbors=10 coverage.combine=fisher|mean|max coverage.metric=cosine|euclidean "
+            "coverage.harmony=True coverage.harmony_theta=2."
         ),
     )
     _common_data(p, label_required=False, n_hvg=2000)
     p.add_argument("--hek-key", required=True, metavar="KEY", help="obs column flagging the foreign cells (e.g. is_hek)")
     p.add_argument("--hek-positive", default="true", metavar="VALUE", help="value marking a foreign cell (default true)")
-    p.add_argument("--method", choices=("knn", "iforest", "lof", "ocsvm", "classifier"), default="knn",
-                   help="detector (default knn: distance to the nearest non-flagged cells in a Harmony-corrected "
-                        "PCA); classifier: 1 - max class probability (needs --label-key)")
+    p.add_argument("--method", choices=("coverage", "knn", "iforest", "lof", "ocsvm", "classifier"), default="coverage",
+                   help="detector (default coverage: distance to the nearest non-flagged cells combined with the share "
+                        "of query cells among a cell's neighbours, in a Harmony-corrected PCA; knn: the distance "
+                        "alone); classifier: 1 - max class probability (needs --label-key)")
     p.add_argument("--classifier", choices=_MODELS, default="lr", help="model for --method classifier (default lr)")
     p.add_argument("--n-pcs", type=int, default=30, metavar="N",
-                   help="principal components for knn/iforest/lof/ocsvm (0: use the features directly; default 30)")
+                   help="principal components for coverage/knn/iforest/lof/ocsvm (0: use the features directly; "
+                        "default 30)")
     p.add_argument("--batch-key", default=None, metavar="KEY",
-                   help="obs column of the batches Harmony corrects for --method knn (default: obs['batch'] "
-                        "when it has several levels; --param knn.harmony=False to turn it off)")
+                   help="obs column of the batches Harmony corrects for --method coverage / knn (default: "
+                        "obs['batch'] when it has several levels; --param coverage.harmony=False to turn it off)")
     p.add_argument("--hvg-cells", choices=("not-flagged", "all"), default="not-flagged",
                    help="choose HVGs on the non-flagged cells (default, strict) or on all cells (flag not used)")
     p.add_argument("--n-folds", type=int, default=5, metavar="K", help="cross-fitting folds (default 5)")
