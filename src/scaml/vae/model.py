@@ -436,6 +436,7 @@ class BaseVAE:
             lr_reduce_patience=int(lr_reduce_patience), kl_warmup_epochs=int(kl_warmup_epochs),
             seed=self._config["params"]["random_state"], verbose=verbose,
             description=f"{self.model_name}{' query' if self.is_query else ''}",
+            n_samples_per_label=self._config["params"].get("n_samples_per_label"),
         )
         if not any(p.requires_grad for p in self.module.parameters()):
             info("nothing to train: every weight is frozen (the query adds no new batch); the model is unchanged.")
@@ -613,7 +614,16 @@ class TRVAE(BaseVAE):
 
 
 class SCANVI(BaseVAE):
-    """scANVI-like conditional VAE: a classifier on the latent mean, trained on the labelled cells.
+    """scANVI (Xu et al. 2021): a conditional VAE whose generative model holds the cell label.
+
+    z2 ~ N(0, I), y ~ Cat(uniform), z1 | z2, y ~ N(mu(z2, y), sigma(z2, y)), x | z1, batch ~ NB / ZINB
+    (the decoder of :class:`SCVI`, observed library size). Inference: q(z1 | x, batch) (the
+    encoder; its mean is the embedding), q(y | z1) (the classifier) and q(z2 | z1, y).
+    Labelled cells enter the ELBO with their label; unlabelled cells (``unlabeled_category`` or
+    missing, and every query cell after :func:`scaml.vae.load_query`) with the average over
+    q(y | z1) plus KL(q(y | z1) || p(y)). The classifier is also trained by a cross-entropy on
+    labelled cells, weighted by ``classification_ratio``. Trained from scratch (as scvi-tools'
+    ``SCANVI(adata)``); :meth:`from_scvi_model` starts from a trained :class:`SCVI` instead.
 
     Parameters
     ----------
@@ -622,9 +632,23 @@ class SCANVI(BaseVAE):
     unlabeled_category
         The value of ``label_key`` that marks unlabelled cells (missing values are unlabelled too).
     classification_ratio
-        Weight of the classification loss (mean cross-entropy over labelled cells).
+        Weight of the classification loss (mean cross-entropy over labelled cells; scvi-tools' 50).
+    n_samples_per_label
+        Label-balanced classification loss: each epoch draws at most this many labelled cells of
+        every label (all cells of a smaller label) and each training step adds the cross-entropy
+        of one mini-batch of them (scvi-tools' ``n_samples_per_label``). Default None: the
+        labelled cells of each step's own mini-batch.
     **kwargs
         See :class:`BaseVAE`.
+
+    Examples
+    --------
+    >>> from scaml.datasets import simulate
+    >>> adata = simulate(300, 300, n_batches=2, n_cell_types=3)
+    >>> model = SCANVI(adata, "batch", label_key="cell_type").train(max_epochs=2, verbose=False)
+    >>> labels, probabilities = model.predict()
+    >>> probabilities.shape
+    (300, 3)
     """
 
     model_name = "SCANVI"
@@ -638,20 +662,31 @@ class SCANVI(BaseVAE):
         unlabeled_category: str = "Unknown",
         *,
         classification_ratio: float = 50.0,
+        n_samples_per_label: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             adata, batch_key, label_key=label_key, unlabeled_category=unlabeled_category,
-            classification_ratio=classification_ratio, **kwargs,
+            classification_ratio=classification_ratio, n_samples_per_label=n_samples_per_label, **kwargs,
         )
 
     def _extra_params(
         self, adata: ad.AnnData, label_key: str = "cell_type", unlabeled_category: str = "Unknown",
-        classification_ratio: float = 50.0, **extra: Any,
+        classification_ratio: float = 50.0, n_samples_per_label: int | None = None, **extra: Any,
     ) -> dict:
         super()._extra_params(adata, **extra)
         if label_key not in adata.obs.columns:
             raise missing_key_error(label_key, adata.obs.columns, "adata.obs", "label_key")
+        if not (math.isfinite(float(classification_ratio)) and float(classification_ratio) >= 0):
+            raise ScamlError(f"classification_ratio must be a finite number >= 0; got {classification_ratio}.")
+        if n_samples_per_label is not None:
+            if isinstance(n_samples_per_label, bool) or not float(n_samples_per_label).is_integer() \
+                    or int(n_samples_per_label) < 1:
+                raise ScamlError(
+                    f"n_samples_per_label must be a whole number >= 1 (or None for all labelled cells); "
+                    f"got {n_samples_per_label!r}."
+                )
+            n_samples_per_label = int(n_samples_per_label)
         values = adata.obs[label_key]
         known = values[values.notna()].astype(str)
         known = known[known != str(unlabeled_category)]
@@ -665,21 +700,87 @@ class SCANVI(BaseVAE):
         self.label_key = label_key
         return {
             "label_key": label_key, "unlabeled_category": str(unlabeled_category),
-            "classification_ratio": float(classification_ratio),
+            "classification_ratio": float(classification_ratio), "n_samples_per_label": n_samples_per_label,
         }
 
     def _module_extras(self, params: dict) -> dict:
-        return {"n_labels": len(self.labels or []), "classification_ratio": params["classification_ratio"]}
+        return {"n_labels": len(self.labels or []), "classification_ratio": params["classification_ratio"],
+                "label_generative": True}
 
     def _label_codes(self, adata: ad.AnnData, training: bool) -> np.ndarray | None:
-        if not training or self.is_query:
-            return None  # query cells are treated as unlabelled
-        values = adata.obs[self.label_key]
+        surgery = self._config.get("surgery") or {}
+        if not training or (self.is_query and not surgery.get("query_labels")):
+            return None  # query cells are unlabelled (unless load_query(..., use_query_labels=True))
+        key = self.label_key if self.label_key in adata.obs.columns else None
+        if key is None:
+            if self.is_query:
+                return None
+            raise missing_key_error(str(self.label_key), adata.obs.columns, "adata.obs", "label_key")
+        values = adata.obs[key]
         index = {c: i for i, c in enumerate(self.labels or [])}
         as_str = values.astype(str).to_numpy()
         codes = np.fromiter((index.get(v, -1) for v in as_str), dtype=np.int64, count=as_str.size)
         codes[values.isna().to_numpy()] = -1
         return codes
+
+    @classmethod
+    def from_scvi_model(
+        cls,
+        scvi_model: SCVI,
+        adata: ad.AnnData,
+        label_key: str = "cell_type",
+        unlabeled_category: str = "Unknown",
+        **kwargs: Any,
+    ) -> SCANVI:
+        """A SCANVI whose encoder, decoder and dispersions start from a trained :class:`SCVI`.
+
+        As scvi-tools' ``SCANVI.from_scvi_model``: the architecture, likelihood and batch key are
+        the SCVI model's; the classifier, q(z2 | z1, y) and p(z1 | z2, y) start fresh. Train it
+        with :meth:`train` (usually for fewer epochs than from scratch).
+
+        Parameters
+        ----------
+        scvi_model
+            A trained reference SCVI (not a query model).
+        adata
+            The cells the SCVI model was trained on (same genes and batches), with the labels.
+        label_key, unlabeled_category
+            As for :class:`SCANVI`.
+        **kwargs
+            ``classification_ratio``, ``n_samples_per_label``, ``random_state``, ``device``.
+
+        Returns
+        -------
+        SCANVI
+            The new model, holding ``adata``.
+        """
+        if not isinstance(scvi_model, SCVI) or scvi_model.is_query:
+            raise ScamlError(
+                f"from_scvi_model needs a trained reference scaml.vae.SCVI; got {type(scvi_model).__name__}"
+                f"{' (a query model)' if isinstance(scvi_model, BaseVAE) and scvi_model.is_query else ''}."
+            )
+        allowed = {"classification_ratio", "n_samples_per_label", "random_state", "device"}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ScamlError(
+                f"from_scvi_model takes the architecture from the SCVI model; unexpected arguments {unknown} "
+                f"(allowed: {sorted(allowed)})."
+            )
+        p = scvi_model._config["params"]
+        arch = {k: p[k] for k in ("layer", "n_latent", "hidden_layers", "dropout_rate", "use_layer_norm",
+                                  "use_batch_norm", "gene_likelihood", "dispersion", "random_state")}
+        arch.update(kwargs)
+        model = cls(adata, scvi_model.batch_key, label_key, unlabeled_category, **arch)
+        if model.genes != scvi_model.genes or model.conditions != scvi_model.conditions:
+            raise ScamlError(
+                "adata does not have the SCVI model's genes and batches; pass the AnnData the SCVI model "
+                "was trained on."
+            )
+        state = {k: v for k, v in scvi_model.module.state_dict().items()
+                 if k.startswith(("encoder.", "decoder.", "log_theta."))}
+        model.module.load_state_dict(state, strict=False)
+        model._config["params"]["from_scvi_model"] = True
+        return model
 
     @torch.no_grad()
     def predict(self, adata: ad.AnnData | None = None, batch_size: int = 1024) -> tuple[np.ndarray, pd.DataFrame]:

@@ -46,6 +46,8 @@ class ModuleConfig:
     mmd_beta: float = 0.0
     n_labels: int = 0
     classification_ratio: float = 50.0
+    #: scANVI's generative model: z1 | z2, y (False: only a classifier on z1, as scaml <= 0.1 saved it)
+    label_generative: bool = False
 
     @property
     def n_conditions(self) -> int:
@@ -175,6 +177,47 @@ class Decoder(nn.Module):
         return out, pi, h1
 
 
+class LabelMLP(nn.Module):
+    """Fully connected layers with the label injected into every layer, then a Gaussian head.
+
+    Each layer is ``W h + b + E[y]`` (``E``: one row per label, the one-hot label as a
+    lookup) -> norm -> ReLU -> dropout; the head gives a mean and a log variance. It serves
+    as scANVI's q(z2 | z1, y) and p(z1 | z2, y) (n_latent -> n_latent).
+    """
+
+    def __init__(
+        self, n_in: int, n_out: int, hidden: Sequence[int], n_labels: int, dropout_rate: float,
+        layer_norm: bool, batch_norm: bool,
+    ) -> None:
+        super().__init__()
+        widths = [n_in, *hidden]
+        self.layers = nn.ModuleList(
+            ConditionalLinear(a, b, [n_labels]) for a, b in zip(widths[:-1], widths[1:], strict=True)
+        )
+        self.post = nn.ModuleList(
+            nn.Sequential(_norm(b, layer_norm, batch_norm), nn.ReLU(), nn.Dropout(dropout_rate)) for b in hidden
+        )
+        self.mean = nn.Linear(widths[-1], n_out)
+        self.log_var = nn.Linear(widths[-1], n_out)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log variance (clamped to [-15, 15]) given inputs ``x`` and integer labels."""
+        h = x
+        for layer, post in zip(self.layers, self.post, strict=True):
+            h = post(layer(h, label))
+        return self.mean(h), self.log_var(h).clamp(-15.0, 15.0)
+
+
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Log density of a diagonal Gaussian at ``x``, summed over the last dimension."""
+    return -0.5 * ((x - mean).pow(2) * torch.exp(-log_var) + log_var + math.log(2 * math.pi)).sum(dim=-1)
+
+
+def kl_standard_normal(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_var)) || N(0, I)), summed over the last dimension."""
+    return 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=-1)
+
+
 class NonZeros(NamedTuple):
     """The stored (non-zero) entries of a dense batch: flat positions, gene columns, values."""
 
@@ -294,7 +337,13 @@ class ConditionalVAE(nn.Module):
     """The conditional VAE shared by SCVI-, TRVAE- and SCANVI-like models.
 
     ``mmd_beta > 0`` adds trVAE's MMD penalty on the first decoder layer;
-    ``n_labels > 0`` adds scANVI's classifier on the latent mean.
+    ``n_labels > 0`` adds scANVI's classifier q(y | z1) on the latent (trained on the labelled
+    cells); ``label_generative`` makes it the full scANVI model (Xu et al. 2021): z2 ~ N(0, I),
+    y ~ Cat(p(y)), z1 | z2, y ~ N(mu(z2, y), sigma(z2, y)), x | z1, c ~ NB / ZINB, with the
+    inference networks q(z1 | x, c) (the encoder), q(y | z1) (the classifier) and
+    q(z2 | z1, y). Labelled cells use their label in the ELBO; unlabelled cells
+    (label -1, or no labels at all, as query cells) average it over q(y | z1) and add
+    KL(q(y | z1) || p(y)).
     """
 
     def __init__(self, cfg: ModuleConfig) -> None:
@@ -322,6 +371,24 @@ class ConditionalVAE(nn.Module):
             )
         else:
             self.classifier = None
+        if cfg.label_generative:
+            if cfg.n_labels < 2:
+                raise ValueError("label_generative needs n_labels >= 2")
+            # scANVI: q(z2 | z1, y) (with the encoder's dropout) and p(z1 | z2, y) (no dropout)
+            self.encoder_z2: LabelMLP | None = LabelMLP(
+                cfg.n_latent, cfg.n_latent, cfg.hidden_layers, cfg.n_labels, cfg.dropout_rate,
+                cfg.use_layer_norm, cfg.use_batch_norm,
+            )
+            self.decoder_z1: LabelMLP | None = LabelMLP(
+                cfg.n_latent, cfg.n_latent, list(reversed(cfg.hidden_layers)), cfg.n_labels, 0.0,
+                cfg.use_layer_norm, cfg.use_batch_norm,
+            )
+            # p(y): uniform, as scvi-tools' default
+            self.register_buffer("log_y_prior", torch.full((cfg.n_labels,), -math.log(cfg.n_labels)),
+                                 persistent=False)
+        else:
+            self.encoder_z2 = None
+            self.decoder_z1 = None
 
     # --------------------------------------------------------------- surgery support
     def conditional_layers(self) -> list[ConditionalLinear]:
@@ -352,6 +419,44 @@ class ConditionalVAE(nn.Module):
         return self.classifier(z)
 
     # --------------------------------------------------------------- loss
+    def label_terms(
+        self, z1: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """scANVI's per-cell terms above z1: (unweighted z1 term, KL-weighted term).
+
+        z1 term: ``E_q log q(z1 | x) - E_y log p(z1 | z2, y)``; KL-weighted term:
+        ``E_y KL(q(z2 | z1, y) || N(0, I))`` (+ ``KL(q(y | z1) || p(y))`` for unlabelled cells),
+        where ``E_y`` is the cell's own label for labelled cells and the average over
+        q(y | z1) for unlabelled ones. As in scvi-tools, only the second term follows the
+        KL warm-up. z2 is one reparametrised sample per label (its mean in eval mode).
+        """
+        assert self.encoder_z2 is not None and self.decoder_z1 is not None and self.classifier is not None
+        n, n_labels = z1.shape[0], self.cfg.n_labels
+        logits = self.classifier(z1)
+        probs = torch.softmax(logits, dim=-1)
+        if labels is None:
+            labelled = torch.zeros(n, dtype=torch.bool, device=z1.device)
+            weights = probs
+        else:
+            labelled = labels >= 0
+            onehot = F.one_hot(labels.clamp_min(0), n_labels).to(probs.dtype)
+            weights = torch.where(labelled[:, None], onehot, probs)
+        # every cell with every label (label-major rows): small networks, n * n_labels rows
+        ys = torch.arange(n_labels, device=z1.device).repeat_interleave(n)
+        z1s = z1.repeat(n_labels, 1)
+        m2, lv2 = self.encoder_z2(z1s, ys)
+        z2 = m2 + torch.exp(0.5 * lv2) * torch.randn_like(m2) if self.training else m2
+        m1, lv1 = self.decoder_z1(z2, ys)
+        nll_z1 = -gaussian_log_density(z1s, m1, lv1).view(n_labels, n).T  # cells x labels
+        kl_z2 = kl_standard_normal(m2, lv2).view(n_labels, n).T
+        # E_q log q(z1 | x) in closed form (the same gradients as the one-sample estimate)
+        neg_entropy = -0.5 * (log_var + math.log(2 * math.pi) + 1.0).sum(dim=-1)
+        z1_term = neg_entropy + (weights * nll_z1).sum(dim=-1)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        kl_y = (probs * (log_probs - self.log_y_prior)).sum(dim=-1)
+        kl_term = (weights * kl_z2).sum(dim=-1) + torch.where(labelled, torch.zeros_like(kl_y), kl_y)
+        return z1_term, kl_term
+
     def loss(
         self,
         x: torch.Tensor,
@@ -361,14 +466,19 @@ class ConditionalVAE(nn.Module):
         kl_weight: float = 1.0,
         log_factorial: torch.Tensor | None = None,
         nz: NonZeros | None = None,
+        labelled: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean over cells of reconstruction + ``kl_weight`` * KL (+ MMD, + classification).
 
         ``log_factorial`` (per cell, sum of ``lgamma(x + 1)``) completes the NB
         log likelihood; it is a constant and changes no gradient. ``nz`` (the
         non-zero entries of ``x``) lets the likelihood skip work on zero counts.
+        ``labels`` (-1: unlabelled) enter scANVI's ELBO and, unless ``labelled``
+        (counts, conditions and labels of a separate batch of labelled cells, e.g. a
+        label-balanced sample) is given, the classification loss.
 
-        Returns the scalar loss and its detached parts.
+        Returns the scalar loss and its detached parts (``kl``: the part that the
+        KL weight multiplies).
         """
         mean, log_var = self.encoder(x, cond)
         std = torch.exp(0.5 * log_var)
@@ -390,19 +500,30 @@ class ConditionalVAE(nn.Module):
                 recon_mean = recon_mean + log_factorial.mean()
         else:
             recon_mean = (out - x).pow(2).sum() / n_cells
-        kl = 0.5 * (mean.pow(2) + log_var.exp() - 1.0 - log_var).sum(dim=-1)
-        kl_mean = kl.mean()
-        total = recon_mean + kl_weight * kl_mean
-        parts = {"reconstruction": recon_mean.detach(), "kl": kl_mean.detach()}
+        parts: dict[str, torch.Tensor] = {"reconstruction": recon_mean.detach()}
+        if self.cfg.label_generative:
+            z1_term, kl = self.label_terms(z, mean, log_var, labels)
+            z1_mean = z1_term.mean()
+            kl_mean = kl.mean()
+            total = recon_mean + z1_mean + kl_weight * kl_mean
+            parts["z1"] = z1_mean.detach()
+        else:
+            kl_mean = kl_standard_normal(mean, log_var).mean()
+            total = recon_mean + kl_weight * kl_mean
+        parts["kl"] = kl_mean.detach()
         if self.cfg.mmd_beta > 0:
             mmd = mmd_between_conditions(h1, cond, self.cfg.n_conditions)
             total = total + self.cfg.mmd_beta * mmd
             parts["mmd"] = mmd.detach()
-        if self.classifier is not None and labels is not None:
+        if self.classifier is not None and (labels is not None or labelled is not None):
             # mean cross-entropy over the labelled cells (label -1: unlabelled), without a host sync
-            logits = self.classifier(mean)
-            ce_sum = F.cross_entropy(logits, labels, ignore_index=-1, reduction="sum")
-            ce = ce_sum / (labels >= 0).sum().clamp_min(1)
+            if labelled is not None:
+                x_l, cond_l, y_l = labelled
+                logits = self.classifier(self.encoder(x_l, cond_l)[0])
+            else:
+                logits, y_l = self.classifier(mean), labels
+            ce_sum = F.cross_entropy(logits, y_l, ignore_index=-1, reduction="sum")
+            ce = ce_sum / (y_l >= 0).sum().clamp_min(1)
             total = total + self.cfg.classification_ratio * ce
             parts["classification"] = ce.detach()
         return total, parts

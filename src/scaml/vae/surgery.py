@@ -36,6 +36,7 @@ def load_query(
     min_gene_overlap: float = 0.5,
     force: bool = False,
     allow_existing_conditions: bool = False,
+    use_query_labels: bool = False,
 ) -> BaseVAE:
     """Build a query model from a trained reference model by architecture surgery.
 
@@ -65,6 +66,11 @@ def load_query(
     allow_existing_conditions
         Accept query batches whose names exist in the reference and treat them
         as those reference conditions (otherwise an error).
+    use_query_labels
+        SCANVI only: query cells whose ``label_key`` value is one of the reference's labels
+        train as labelled cells (their label in the ELBO, and the classification loss);
+        the others stay unlabelled. Default False: every query cell is unlabelled and
+        trains through scANVI's unlabelled loss (the average over q(y | z1)).
 
     Returns
     -------
@@ -79,6 +85,13 @@ def load_query(
         batch name that exists in the reference.
     """
     _check_inputs(model, adata_query, min_gene_overlap)
+    if use_query_labels:
+        if model.labels is None:
+            raise ScamlError(
+                f"use_query_labels=True needs a SCANVI reference; this is a {model.model_name} model (drop the option)."
+            )
+        if model.label_key not in adata_query.obs.columns:
+            raise missing_key_error(str(model.label_key), adata_query.obs.columns, "adata_query.obs", "label_key")
     n_shared, fraction = _check_gene_overlap(model, adata_query, min_gene_overlap, force)
     key, new, default_condition = _query_conditions(model, adata_query, query_batch_key, allow_existing_conditions)
     surgery = {
@@ -93,6 +106,8 @@ def load_query(
         "gene_overlap": round(fraction, 4),
         "n_shared_genes": n_shared,
     }
+    if use_query_labels:
+        surgery["query_labels"] = True
     module = _query_module(model, surgery)
     query = _query_model(model, module, surgery, adata_query)
     n_trainable = sum(int(np.prod(p.shape)) for p in module.parameters() if p.requires_grad)
@@ -100,6 +115,9 @@ def load_query(
         f"surgery: {len(new)} new condition(s) {new[:10]}; {n_trainable} trainable weights "
         f"({'all' if unfrozen else 'new condition columns' + (' and dispersion' if train_dispersion else '')})."
     )
+    if query._data is not None and query._data.labels is not None:
+        n_lab = int((query._data.labels >= 0).sum())
+        info(f"surgery: {n_lab} of {adata_query.n_obs} query cells carry a reference label and train as labelled cells.")
     return query
 
 

@@ -31,6 +31,7 @@ class TrainSettings:
     lr_factor: float = 0.6
     min_lr: float = 1e-5
     kl_warmup_epochs: int = 0
+    n_samples_per_label: int | None = None
     seed: int = 0
     verbose: bool = True
     description: str = "training"
@@ -79,6 +80,55 @@ def set_train_mode(module: ConditionalVAE, frozen_norm: bool, freeze_dropout: bo
             sub.eval()
 
 
+def balanced_label_rows(
+    labels: np.ndarray, rows: np.ndarray, n_per_label: int | None, generator: torch.Generator
+) -> np.ndarray:
+    """The labelled cells among ``rows`` for the classification loss, in random order.
+
+    ``n_per_label`` None: every labelled cell (label >= 0); otherwise at most ``n_per_label``
+    cells of each label, drawn without replacement (all cells of a smaller label), as
+    scvi-tools' ``n_samples_per_label``. Drawn anew at each call (once per epoch).
+    """
+    rows = np.asarray(rows)
+    lab = labels[rows]
+    keep = rows[lab >= 0]
+    if n_per_label is not None:
+        picked = []
+        for code in np.unique(lab[lab >= 0]):
+            cells = rows[lab == code]
+            if cells.size > n_per_label:
+                cells = cells[torch.randperm(cells.size, generator=generator).numpy()[:n_per_label]]
+            picked.append(cells)
+        keep = np.concatenate(picked) if picked else keep[:0]
+    return keep[torch.randperm(keep.size, generator=generator).numpy()]
+
+
+class _LabelledStream:
+    """Endless mini-batches of (balanced) labelled cells beside the main batches, redrawn each epoch."""
+
+    def __init__(self, data: CellData, rows: np.ndarray, n_per_label: int | None, batch_size: int,
+                 device: torch.device, generator: torch.Generator) -> None:
+        assert data.labels is not None
+        self.data, self.rows, self.n_per_label = data, rows, n_per_label
+        self.batch_size, self.device, self.generator = batch_size, device, generator
+        self._it = None
+
+    def new_epoch(self) -> None:
+        order = balanced_label_rows(self.data.labels, self.rows, self.n_per_label, self.generator)
+        self._order = order
+        self._it = self.data.batches(self.batch_size, self.device, order=order) if order.size > 1 else None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        if self._it is None:
+            return None
+        batch = next(self._it, None)
+        if batch is None:  # cycle through the epoch's sample again (scvi-tools' concatenated loaders)
+            self._it = self.data.batches(self.batch_size, self.device, order=self._order)
+            batch = next(self._it)
+        assert batch.labels is not None
+        return batch.x, batch.cond, batch.labels
+
+
 @torch.no_grad()
 def evaluate_loss(
     module: ConditionalVAE, data: CellData, rows: np.ndarray, device: torch.device, batch_size: int = 1024,
@@ -122,6 +172,11 @@ def train_module(
     with; early stopping and LR reduction follow it once the first
     ``kl_warmup_epochs // 4`` epochs (at most ``max_epochs // 4``) are over. On
     early stopping the best weights are restored.
+
+    With ``settings.n_samples_per_label`` (and labels), the classification loss of each step
+    is computed on a separate mini-batch of labelled training cells, at most
+    ``n_samples_per_label`` per label, redrawn every epoch (see :func:`balanced_label_rows`);
+    otherwise on the labelled cells of the step's own mini-batch.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -148,6 +203,10 @@ def train_module(
     }
     best_loss, best_state, best_epoch, bad_epochs = math.inf, None, -1, 0
     step = 0
+    stream = None
+    if settings.n_samples_per_label is not None and data.labels is not None and module.classifier is not None:
+        stream = _LabelledStream(data, train_rows, settings.n_samples_per_label, settings.batch_size, device,
+                                 generator)
     show = settings.verbose and not is_quiet()
     with progress() if show else _NoBar() as bar:
         task = bar.add_task(settings.description, total=settings.max_epochs, status="")
@@ -159,10 +218,13 @@ def train_module(
             monitored_sum = torch.zeros((), device=device)  # the loss at the final KL weight
             n_seen = 0
             kl_weight = kl_weight_at(step)
+            if stream is not None:
+                stream.new_epoch()
             for batch in data.batches(settings.batch_size, device, order=order):
                 kl_weight = kl_weight_at(step)
                 loss, parts = module.loss(
-                    batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz
+                    batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz,
+                    labelled=None if stream is None else stream.next(),
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
