@@ -12,7 +12,13 @@ import pytest
 from scaml.cli import main
 from scaml.datasets import simulate
 from scaml.errors import ScamlError
-from scaml.mapping.tune import SEARCH_SPACE, choose_holdout_batch, kl_warmup_epochs, tune_reference
+from scaml.mapping.tune import (
+    SEARCH_SPACE,
+    choose_holdout_batch,
+    kl_warmup_epochs,
+    search_space,
+    tune_reference,
+)
 
 #: Short training everywhere: the tests check the machinery, not the models.
 FAST = {"max_epochs": 3, "query_max_epochs": 2, "n_hvg": 150, "train_params": {"n_threads": 1}}
@@ -83,6 +89,21 @@ def test_holdout_rule_is_the_largest_batch():
     assert choose_holdout_batch(["a", "b", "b"], "a") == "a"
     with pytest.raises(ScamlError, match="at least 2 batches"):
         choose_holdout_batch(["a", "a"])
+
+
+def test_given_options_are_fixed_not_searched():
+    space = search_space(400, {"hidden_layers", "lr"})
+    assert set(space) == {"n_latent", "dropout_rate", "kl_weight"}
+    assert space["kl_weight"]["default"] == 1.0
+    assert search_space(20, set())["kl_weight"]["default"] == pytest.approx(0.05)  # 20 of 400 warm-up epochs
+    assert kl_warmup_epochs(0.05, 20) == 400
+
+
+def test_timeout_stops_the_search(cells, tmp_path):
+    result = tune_reference(cells, "scvi", "batch", "cell_type", tmp_path / "ref", 5, timeout=1e-3,
+                            random_state=0, **FAST)
+    assert len(result.trials) == 1 and bool(result.trials["default"].iloc[0])
+    assert _json(tmp_path / "ref" / "run.json")["parameters"]["tuning"]["timeout_seconds"] == 1e-3
 
 
 def test_requests_that_cannot_be_tuned_are_refused(cells, tmp_path):
