@@ -253,3 +253,19 @@ def test_from_scvi_model(split):
         SCANVI.from_scvi_model(scvi, ref[:, :200].copy(), "cell_type")
     with pytest.raises(ScamlError, match="reference scaml.vae.SCVI"):
         SCANVI.from_scvi_model(model, ref, "cell_type")
+
+
+def test_cli_n_samples_per_label(split, tmp_path, capsys):
+    from scaml.cli import main
+
+    ref, _ = split
+    path = tmp_path / "ref.h5ad"
+    ref.write_h5ad(path)
+    base = ["reference", "build", str(path), "--batch-key", "batch", "--label-key", "cell_type", "--n-hvg", "0",
+            "--max-epochs", "2", "--hidden-layers", "16", "--threads", "1", "--n-samples-per-label", "20", "--quiet"]
+    assert main([*base, "--method", "scanvi", "--out", str(tmp_path / "scanvi")]) == 0
+    config = json.loads((tmp_path / "scanvi" / "model" / "config.json").read_text())
+    assert config["params"]["n_samples_per_label"] == 20 and config["module"]["label_generative"] is True
+    capsys.readouterr()
+    assert main([*base, "--method", "scvi", "--out", str(tmp_path / "scvi")]) == 0
+    assert "n_samples_per_label" in capsys.readouterr().err  # reported as unused by scvi

@@ -12,7 +12,7 @@ _BUILD_OPTIONS = {
     "max_epochs": "max_epochs", "n_latent": "n_latent", "hidden_layers": "hidden_layers",
     "gene_likelihood": "gene_likelihood", "beta": "beta", "unlabeled_category": "unlabeled_category",
     "batch_size": "batch_size", "device": "device", "threads": "n_threads", "n_comps": "n_comps",
-    "theta": "theta",
+    "theta": "theta", "n_samples_per_label": "n_samples_per_label",
 }
 _MAP_OPTIONS = {"threads": "n_threads"}
 
@@ -58,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     vae.add_argument("--beta", type=float, default=None, help="trvae: weight of the MMD penalty (default 1)")
     vae.add_argument("--unlabeled-category", default=None,
                      help="scanvi: label value of unlabelled reference cells (default Unknown)")
+    vae.add_argument("--n-samples-per-label", type=int, default=None, metavar="N",
+                     help="scanvi: label-balanced classification loss on at most N cells of each label per "
+                          "epoch (default: all labelled cells)")
     vae.add_argument("--batch-size", type=int, default=None, help="cells per mini-batch (default 128)")
     vae.add_argument("--device", default=None, help="auto, cpu or cuda (default auto; also Harmony's device for symphony)")
     vae.add_argument("--threads", type=int, default=None,
