@@ -419,6 +419,17 @@ class ConditionalVAE(nn.Module):
         return self.classifier(z)
 
     # --------------------------------------------------------------- loss
+    def _z1_terms(self, z1: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: ``-log p(z1 | z2, y)`` and ``KL(q(z2 | z1, y) || N(0, I))`` for the given labels.
+
+        z2 is one reparametrised sample of q(z2 | z1, y) (its mean in eval mode).
+        """
+        assert self.encoder_z2 is not None and self.decoder_z1 is not None
+        m2, lv2 = self.encoder_z2(z1, labels)
+        z2 = m2 + torch.exp(0.5 * lv2) * torch.randn_like(m2) if self.training else m2
+        m1, lv1 = self.decoder_z1(z2, labels)
+        return -gaussian_log_density(z1, m1, lv1), kl_standard_normal(m2, lv2)
+
     def label_terms(
         self, z1: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,36 +437,43 @@ class ConditionalVAE(nn.Module):
 
         z1 term: ``E_q log q(z1 | x) - E_y log p(z1 | z2, y)``; KL-weighted term:
         ``E_y KL(q(z2 | z1, y) || N(0, I))`` (+ ``KL(q(y | z1) || p(y))`` for unlabelled cells),
-        where ``E_y`` is the cell's own label for labelled cells and the average over
-        q(y | z1) for unlabelled ones. As in scvi-tools, only the second term follows the
-        KL warm-up. z2 is one reparametrised sample per label (its mean in eval mode).
+        where ``E_y`` is the cell's own label for labelled cells (label >= 0) and the average
+        over q(y | z1) for unlabelled ones (label -1, or ``labels`` None). As in scvi-tools,
+        only the second term follows the KL warm-up. Labelled cells cost one pass of the small
+        z2 / z1 networks, unlabelled cells one per label.
         """
-        assert self.encoder_z2 is not None and self.decoder_z1 is not None and self.classifier is not None
-        n, n_labels = z1.shape[0], self.cfg.n_labels
+        assert self.classifier is not None
+        n_labels = self.cfg.n_labels
         logits = self.classifier(z1)
         probs = torch.softmax(logits, dim=-1)
+        # E_q log q(z1 | x) in closed form (the same gradients as the one-sample estimate)
+        z1_term = -0.5 * (log_var + math.log(2 * math.pi) + 1.0).sum(dim=-1)
+        kl_term = torch.zeros_like(z1_term)
         if labels is None:
-            labelled = torch.zeros(n, dtype=torch.bool, device=z1.device)
-            weights = probs
+            unlabelled = None  # every cell
         else:
             labelled = labels >= 0
-            onehot = F.one_hot(labels.clamp_min(0), n_labels).to(probs.dtype)
-            weights = torch.where(labelled[:, None], onehot, probs)
-        # every cell with every label (label-major rows): small networks, n * n_labels rows
-        ys = torch.arange(n_labels, device=z1.device).repeat_interleave(n)
-        z1s = z1.repeat(n_labels, 1)
-        m2, lv2 = self.encoder_z2(z1s, ys)
-        z2 = m2 + torch.exp(0.5 * lv2) * torch.randn_like(m2) if self.training else m2
-        m1, lv1 = self.decoder_z1(z2, ys)
-        nll_z1 = -gaussian_log_density(z1s, m1, lv1).view(n_labels, n).T  # cells x labels
-        kl_z2 = kl_standard_normal(m2, lv2).view(n_labels, n).T
-        # E_q log q(z1 | x) in closed form (the same gradients as the one-sample estimate)
-        neg_entropy = -0.5 * (log_var + math.log(2 * math.pi) + 1.0).sum(dim=-1)
-        z1_term = neg_entropy + (weights * nll_z1).sum(dim=-1)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        kl_y = (probs * (log_probs - self.log_y_prior)).sum(dim=-1)
-        kl_term = (weights * kl_z2).sum(dim=-1) + torch.where(labelled, torch.zeros_like(kl_y), kl_y)
-        return z1_term, kl_term
+            own_nll, own_kl = self._z1_terms(z1, labels.clamp_min(0))
+            zero = torch.zeros_like(own_nll)
+            z1_term = z1_term + torch.where(labelled, own_nll, zero)
+            kl_term = kl_term + torch.where(labelled, own_kl, zero)
+            if bool(labelled.all()):
+                return z1_term, kl_term
+            unlabelled = torch.nonzero(~labelled).squeeze(1)
+        zu = z1 if unlabelled is None else z1[unlabelled]
+        pu = probs if unlabelled is None else probs[unlabelled]
+        m = zu.shape[0]
+        # every unlabelled cell with every label (label-major rows)
+        ys = torch.arange(n_labels, device=z1.device).repeat_interleave(m)
+        nll, kl_z2 = self._z1_terms(zu.repeat(n_labels, 1), ys)
+        nll, kl_z2 = nll.view(n_labels, m).T, kl_z2.view(n_labels, m).T  # cells x labels
+        log_pu = torch.log_softmax(logits if unlabelled is None else logits[unlabelled], dim=-1)
+        kl_y = (pu * (log_pu - self.log_y_prior)).sum(dim=-1)
+        add_z1 = (pu * nll).sum(dim=-1)
+        add_kl = (pu * kl_z2).sum(dim=-1) + kl_y
+        if unlabelled is None:
+            return z1_term + add_z1, kl_term + add_kl
+        return z1_term.index_add(0, unlabelled, add_z1), kl_term.index_add(0, unlabelled, add_kl)
 
     def loss(
         self,
