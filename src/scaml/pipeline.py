@@ -1,7 +1,8 @@
 """The integration pipeline: QC -> normalise -> HVG -> PCA -> Harmony -> neighbours/UMAP/Leiden -> markers.
 
+scATAC-seq peaks take QC -> TF-IDF -> LSI (minus the depth component) -> Harmony -> the same steps.
 :func:`integrate` is what ``scaml integrate`` and ``scaml demo`` run; every step is also a
-function of :mod:`scaml.preprocess`, :mod:`scaml.harmony` or scanpy that a notebook can call.
+function of :mod:`scaml.preprocess`, :mod:`scaml.atac`, :mod:`scaml.harmony` or scanpy that a notebook can call.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ DEFAULT_RESOLUTIONS = (0.3, 0.5, 0.8)
 
 def integrate(
     data: str | os.PathLike | ad.AnnData,
-    batch_key: str | Sequence[str],
+    batch_key: str | Sequence[str] | None = None,
     out: str | os.PathLike | None = None,
     *,
+    modality: Literal["auto", "rna", "atac"] = "auto",
     theta: float | Sequence[float] | None = None,
     label_key: str | None = None,
     use_rep: str | None = None,
@@ -57,6 +59,7 @@ def integrate(
     random_state: int = 0,
     overwrite: bool = False,
     evaluate: bool = True,
+    atac_params: dict[str, Any] | None = None,
 ) -> ad.AnnData:
     """Run the whole integration pipeline and, with ``out``, write every output.
 
@@ -66,10 +69,15 @@ def integrate(
         A path (h5ad, 10x .h5, 10x folder, CSV/TSV) or an AnnData object. Neither is modified:
         an AnnData is copied.
     batch_key
-        Column(s) of ``obs`` that Harmony corrects for; several give several covariates.
+        Column(s) of ``obs`` that Harmony corrects for; several give several covariates. None: nothing
+        is corrected (no Harmony, no batch metrics), and the run says so.
     out
         Output directory (``integrated.h5ad``, ``summary.json``, ``run.json``, ``figures/``,
         ``metrics.csv``). None computes without writing.
+    modality
+        ``"rna"`` (genes), ``"atac"`` (peak or bin counts: QC -> TF-IDF -> LSI -> Harmony on
+        ``obsm["X_lsi"]``) or ``"auto"``: ATAC when the feature names parse as peaks (``chr-start-end``
+        or ``chr:start-end``).
     theta
         Harmony diversity penalty, one per batch key (default 2 each).
     label_key
@@ -102,15 +110,23 @@ def integrate(
     evaluate
         Compute batch-mixing (and, with ``label_key``, bio-conservation) metrics on the
         uncorrected and corrected embeddings.
+    atac_params
+        ATAC settings (see :data:`ATAC_DEFAULTS`): ``min_counts``, ``min_peaks``, ``max_counts``
+        per cell, ``min_fragments`` (with ``fragments``), ``binarize``, ``depth_threshold``,
+        ``fragments`` (a ``fragments.tsv.gz``: n_fragments, FRiP) and ``genes`` (a GTF/GFF/BED
+        annotation: TSS enrichment with fragments, and ``gene_activity.h5ad`` in ``out``).
+        ``min_cells`` above is the minimum number of cells per peak.
 
     Returns
     -------
     AnnData
-        The integrated object with ``obsm["X_pca"]``, ``obsm["X_pca_harmony"]``,
-        ``obsm["X_umap"]``, ``obsm["X_umap_uncorrected"]``, ``obs["leiden*"]`` and
-        ``uns["rank_genes_groups"]``, ``uns["harmony"]``.
+        The integrated object with ``obsm["X_pca"]`` (ATAC: ``obsm["X_lsi"]``), ``obsm["X_pca_harmony"]``
+        (ATAC: ``obsm["X_lsi_harmony"]``), ``obsm["X_umap"]``, ``obsm["X_umap_uncorrected"]``,
+        ``obs["leiden*"]`` and ``uns["rank_genes_groups"]``, ``uns["harmony"]``. Without a batch key
+        there is no corrected embedding, ``X_umap`` is of the uncorrected one and ``uns["harmony"]`` is absent.
     """
     batch_keys, thetas, resolutions, chosen = _check_settings(batch_key, theta, resolutions, resolution)
+    atac_settings = _atac_settings(atac_params)
     params = {
         "batch_key": batch_keys, "theta": thetas, "label_key": label_key, "use_rep": use_rep,
         "input_kind": input_kind, "mito_prefix": list(mito_prefix), "min_genes": min_genes,
@@ -118,6 +134,8 @@ def integrate(
         "n_top_genes": n_top_genes, "n_pcs": n_pcs, "n_neighbors": n_neighbors,
         "resolutions": resolutions, "resolution": chosen, "markers": list(markers or []),
         "harmony_params": dict(harmony_params or {}), "random_state": random_state,
+        "modality": modality, "atac_params": {k: (str(v) if isinstance(v, os.PathLike) else v)
+                                              for k, v in atac_settings.items()},
     }
     record = RunRecord("integrate", parameters=params)
 
@@ -129,15 +147,25 @@ def integrate(
         outdir = prepare_outdir(out, overwrite=overwrite, protect=[input_path] if input_path else [])
 
     with record.timer("read"):
-        adata = data.copy() if isinstance(data, ad.AnnData) else read_input(input_path)
+        adata = data.copy() if isinstance(data, ad.AnnData) else _read(input_path, modality)
     _check_keys(adata, batch_keys, label_key)
     record.data["before_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    modality_used = _modality(adata, modality, use_rep)
+    record.data["modality"] = modality_used
+    if not batch_keys:
+        info("no --batch-key given: nothing is corrected (no Harmony, no batch-mixing metrics)")
+        record.data["batch_correction"] = "none: no batch key given"
+        evaluate = False
 
-    basis = _prepare_embedding(adata, record, use_rep=use_rep, input_kind=input_kind, mito_prefix=mito_prefix,
-                               min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
-                               min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
-                               batch_keys=batch_keys, random_state=random_state)
-    adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state)
+    if modality_used == "atac":
+        basis = _prepare_atac(adata, record, atac_settings, input_kind=input_kind, min_cells=min_cells,
+                              n_components=n_pcs, random_state=random_state)
+    else:
+        basis = _prepare_embedding(adata, record, use_rep=use_rep, input_kind=input_kind, mito_prefix=mito_prefix,
+                                   min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
+                                   min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
+                                   batch_keys=batch_keys, random_state=random_state)
+    adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state) if batch_keys else basis
     # one neighbour search per embedding, shared by the kNN graph and the metrics (LISI needs the most)
     searches = _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state,
                                  k=max(DEFAULT_K, n_neighbors - 1) if evaluate else n_neighbors - 1)
@@ -150,27 +178,30 @@ def integrate(
             metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state, searches)
 
     if outdir is not None:
-        _write_outputs(adata, outdir, record, batch_keys[0], adjusted, markers, marker_genes, metrics_table)
+        _write_outputs(adata, outdir, record, batch_keys[0] if batch_keys else None, adjusted, markers,
+                       marker_genes, metrics_table)
+        if modality_used == "atac" and atac_settings.get("genes") is not None:
+            _write_gene_activity(adata, outdir, record, atac_settings["genes"])
         from .report import maybe_write_report
 
         maybe_write_report(outdir)
     return adata
 
 
-def _check_settings(batch_key: str | Sequence[str], theta: float | Sequence[float] | None,
+def _check_settings(batch_key: str | Sequence[str] | None, theta: float | Sequence[float] | None,
                     resolutions: Sequence[float], resolution: float | None
                     ) -> tuple[list[str], list[float], list[float], float]:
-    """Batch keys, one theta per key, the Leiden resolutions and the chosen one (checked up front)."""
-    batch_keys = [batch_key] if isinstance(batch_key, str) else list(batch_key)
-    if not batch_keys:
-        raise ScamlError("no batch key given; pass --batch-key with a column of obs.")
+    """Batch keys (possibly none), one theta per key, the Leiden resolutions and the chosen one (checked up front)."""
+    batch_keys = [] if batch_key is None else [batch_key] if isinstance(batch_key, str) else list(batch_key)
+    if theta is not None and not batch_keys:
+        raise ScamlError("--theta was given without --batch-key; Harmony needs a batch column (--batch-key KEY).")
     resolutions = [float(r) for r in resolutions]
     if not resolutions:
         raise ScamlError("no Leiden resolution given; pass --resolutions 0.3 0.5 0.8.")
     chosen = float(resolution) if resolution is not None else resolutions[len(resolutions) // 2]
     if chosen not in resolutions:
         resolutions.append(chosen)
-    return batch_keys, _thetas(theta, len(batch_keys)), resolutions, chosen
+    return batch_keys, _thetas(theta, len(batch_keys)) if batch_keys else [], resolutions, chosen
 
 
 def _check_keys(adata: ad.AnnData, batch_keys: list[str], label_key: str | None) -> None:
@@ -220,7 +251,7 @@ def _prepare_embedding(adata: ad.AnnData, record: RunRecord, *, use_rep: str | N
         for key in batch_keys:
             check_obs_key(adata, key, flag="--batch-key", min_levels=2)
         with record.timer("hvg"):
-            n_hvg = pp.select_hvg(adata, n_top_genes, batch_key=batch_keys[0])
+            n_hvg = pp.select_hvg(adata, n_top_genes, batch_key=batch_keys[0] if batch_keys else None)
         record.data["n_hvg"] = n_hvg
         with record.timer("pca"):
             pp.run_pca(adata, n_pcs, random_state=random_state)
@@ -258,8 +289,11 @@ def _graphs_and_umaps(adata: ad.AnnData, record: RunRecord, basis: str, adjusted
     from .neighbors import compute_neighbors, neighbors_graph
 
     searches: dict[str, Neighbors] = {}
-    for key, umap_key, neighbors_key, timer in ((basis, "X_umap_uncorrected", "uncorrected", "neighbors_umap_uncorrected"),
-                                                (adjusted, "X_umap", None, "neighbors_umap")):
+    passes = [(basis, "X_umap_uncorrected", "uncorrected", "neighbors_umap_uncorrected"),
+              (adjusted, "X_umap", None, "neighbors_umap")]
+    if adjusted == basis:  # nothing corrected: one graph, one UMAP
+        passes = passes[1:]
+    for key, umap_key, neighbors_key, timer in passes:
         with record.timer(timer):
             searches[key] = compute_neighbors(adata.obsm[key], k, random_state=random_state)
             neighbors_graph(adata, key, n_neighbors, key_added=neighbors_key, random_state=random_state,
@@ -332,18 +366,24 @@ def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddin
     # silhouettes are O(N^2): above 20,000 cells they use a stratified sample (the table's notes say so)
     asw_max_cells = 20000 if adata.n_obs > 20000 else None
     table = evaluate_embeddings(adata, batch_key=batch_key, label_key=label_key, embeddings=embeddings,
-                                random_state=random_state, asw_max_cells=asw_max_cells, neighbors=searches)
+                                reference=embeddings[0], random_state=random_state,
+                                asw_max_cells=asw_max_cells, neighbors=searches)
     return table
 
 
-def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key: str, adjusted: str,
+def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key: str | None, adjusted: str,
                    markers: Sequence[str] | None, marker_genes: list[str], metrics_table: pd.DataFrame | None) -> None:
     from . import plotting
 
     figures = outdir / "figures"
     with record.timer("figures"):
-        plotting.plot_integration_panels(adata, batch_key, figures / "umap_integration_check.png")
-        plotting.plot_objective(adata.uns["harmony"]["objective_harmony"], figures / "harmony_objective.png")
+        if batch_key is not None:
+            label = "LSI" if record.data.get("modality") == "atac" else "PCA"
+            plotting.plot_integration_panels(adata, batch_key, figures / "umap_integration_check.png",
+                                             uncorrected_label=label)
+            plotting.plot_objective(adata.uns["harmony"]["objective_harmony"], figures / "harmony_objective.png")
+        else:
+            _plot_clusters_only(adata, figures / "umap_clusters.png", record.data.get("modality"))
         genes = list(markers) if markers else marker_genes
         missing = [g for g in genes if g not in adata.var_names]
         if missing:
@@ -369,7 +409,10 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
         "skipped_steps": record.data.get("skipped_steps", []),
         "qc_removed": record.data.get("qc_removed", {}),
         "clusters_per_resolution": record.data["clusters_per_resolution"],
-        "harmony": {k: adata.uns["harmony"].get(k) for k in ("n_iter", "converged", "objective_harmony")},
+        "modality": record.data.get("modality"),
+        "lsi": record.data.get("lsi"),
+        "harmony": ({k: adata.uns["harmony"].get(k) for k in ("n_iter", "converged", "objective_harmony")}
+                    if "harmony" in adata.uns else None),
         "metrics": None if metrics_table is None else metrics_table.reset_index().to_dict(orient="records"),
         "parameters": record.parameters,
         "timings_seconds": record.timer.seconds,
@@ -381,3 +424,142 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
     write_json(summary, outdir / "summary.json")
     record.save(outdir)
     info(f"wrote {outdir}/integrated.h5ad, summary.json and figures/")
+
+
+# ----------------------------------------------------------------------------- scATAC-seq
+
+#: ATAC settings of :func:`integrate` (``atac_params``) and their defaults.
+ATAC_DEFAULTS: dict[str, Any] = {
+    "min_counts": 50, "min_peaks": 20, "max_counts": None, "min_fragments": None, "binarize": False,
+    "depth_threshold": 0.75, "fragments": None, "genes": None,
+}
+
+
+def _atac_settings(atac_params: dict[str, Any] | None) -> dict[str, Any]:
+    settings = dict(ATAC_DEFAULTS)
+    unknown = sorted(set(atac_params or {}) - set(settings))
+    if unknown:
+        raise ScamlError(f"unknown ATAC settings {unknown}; use {sorted(settings)}.")
+    settings.update(atac_params or {})
+    return settings
+
+
+def _read(path: Path, modality: str) -> ad.AnnData:
+    """The input; 10x peak files (Cell Ranger ATAC, or ARC with --modality atac) keep their peak features."""
+    from .atac.features import is_10x_peak_file, read_peak_matrix
+
+    is_10x = path.is_dir() or path.name.lower().endswith(".h5")
+    if is_10x and (modality == "atac" or (modality == "auto" and is_10x_peak_file(path))):
+        return read_peak_matrix(path)
+    return read_input(path)
+
+
+def _modality(adata: ad.AnnData, modality: str, use_rep: str | None) -> str:
+    """``"atac"`` or ``"rna"``: as given, or (``"auto"``) ATAC when the feature names parse as peaks."""
+    from .atac import looks_like_peaks
+
+    if modality not in ("auto", "rna", "atac"):
+        raise ScamlError(f"unknown modality {modality!r}; use auto, rna or atac.")
+    if modality == "auto":
+        modality = "atac" if use_rep is None and looks_like_peaks(adata.var_names) else "rna"
+        if modality == "atac":
+            info("the features are named like peaks (chr-start-end): running the ATAC path "
+                 "(pass --modality rna to treat them as genes)")
+    if modality == "atac" and use_rep is not None:
+        raise ScamlError("--use-rep corrects an existing embedding and skips the ATAC steps; drop --modality atac "
+                         "(or --use-rep) to choose one.")
+    return modality
+
+
+def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any], *, input_kind: str,
+                  min_cells: int, n_components: int, random_state: int) -> str:
+    """Peak coordinates -> (fragments QC) -> QC filter -> TF-IDF -> LSI -> depth check; returns ``"X_lsi"``."""
+    from . import atac
+    from .io import count_matrix_problem
+
+    if input_kind == "normalized":
+        raise ScamlError("the ATAC path needs peak counts, not normalised values; drop --input-kind normalized.")
+    source = "X"
+    if "counts" in adata.layers and count_matrix_problem(adata.layers["counts"]) is None:
+        adata.X, source = adata.layers["counts"].copy(), 'layers["counts"]'
+    problem = count_matrix_problem(adata.X)
+    if problem is not None:
+        raise ScamlError(
+            f"the ATAC path needs peak counts but {source} is not a count matrix: {problem}. Put the raw peak "
+            "counts (non-negative integers, binarised is fine) in X or layers['counts']."
+        )
+    record.data["input_assumed"] = "counts"
+    record.data["expression_source"] = source
+    atac.add_peak_coordinates(adata)
+    info(f"input: {adata.n_obs} cells x {adata.n_vars} peaks on {adata.var['chrom'].nunique()} chromosomes "
+         f"({source} holds counts)")
+    genes_table = None
+    if settings.get("genes") is not None:
+        genes_table = atac.read_gene_annotation(settings["genes"])
+        record.inputs["genes"] = str(settings["genes"])
+    removed: dict[str, int] = {}
+    if settings.get("fragments") is not None:
+        record.inputs["fragments"] = str(settings["fragments"])
+        with record.timer("fragments_qc"):
+            summary = atac.fragment_qc(adata, settings["fragments"], tss=genes_table)
+        record.data["fragments_qc"] = summary
+        info(f"fragments: {summary['n_fragments_read']} fragments of {summary['cells_with_fragments']} cells; "
+             f"median FRiP {summary['median_frip']:.2f}"
+             + (f", median TSS enrichment {summary['median_tss_enrichment']:.2f}"
+                if "median_tss_enrichment" in summary else ""))
+        if settings.get("min_fragments") is not None:
+            keep = adata.obs["n_fragments"].to_numpy() >= int(settings["min_fragments"])
+            removed["cells_removed_min_fragments"] = int((~keep).sum())
+            if not keep.any():
+                raise ScamlError(f"--min-fragments {settings['min_fragments']} removes every cell; lower it.")
+            adata._inplace_subset_obs(keep)
+    elif settings.get("min_fragments") is not None:
+        warn("--min-fragments needs --fragments; it is ignored (--min-counts filters counts in peaks)")
+    with record.timer("qc"):
+        removed.update(atac.qc_filter_peaks(adata, min_counts=int(settings["min_counts"]),
+                                            min_peaks=int(settings["min_peaks"]), max_counts=settings["max_counts"],
+                                            min_cells=min_cells))
+    record.data["qc_removed"] = removed
+    info(f"ATAC QC kept {adata.n_obs} cells and {adata.n_vars} peaks ({removed})")
+    with record.timer("tfidf_lsi"):
+        check = atac.run_lsi(adata, n_components, binarize=bool(settings["binarize"]),
+                             depth_threshold=settings["depth_threshold"], random_state=random_state)
+    lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]),
+                                "binarize": bool(settings["binarize"])}
+    if check is not None:
+        info(check.describe())
+        lsi_info.update({"depth_correlation": [round(float(r), 4) for r in check.correlations],
+                         "depth_component_dropped": int(check.dropped[0] + 1) if check.dropped else None,
+                         "depth_threshold": check.threshold, "depth_check": check.describe()})
+    record.data["lsi"] = lsi_info
+    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    record.data["skipped_steps"] = ["hvg", "pca"]
+    return "X_lsi"
+
+
+def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: Any) -> None:
+    """Gene activity of the QC-passed cells from their peak counts, as ``gene_activity.h5ad``."""
+    from .atac import gene_activity
+
+    with record.timer("gene_activity"):
+        activity = gene_activity(adata, genes, layer="counts")
+        activity.obs["leiden"] = adata.obs["leiden"].to_numpy()
+        write_h5ad(activity, outdir / "gene_activity.h5ad")
+    record.data["gene_activity"] = {"file": "gene_activity.h5ad", "n_genes": int(activity.n_vars),
+                                    **activity.uns["gene_activity"]}
+    record.save(outdir)
+    info(f"wrote {outdir}/gene_activity.h5ad ({activity.n_vars} genes with peaks over body + 2 kb upstream)")
+
+
+def _plot_clusters_only(adata: ad.AnnData, path: Path, modality: str | None) -> None:
+    """UMAP coloured by cluster, for runs without a batch key (nothing to compare)."""
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+    from .plotting import scatter_categories
+
+    fig, ax = plt.subplots(figsize=(7, 5.6))
+    basis = "LSI" if modality == "atac" else "PCA"
+    scatter_categories(ax, adata.obsm["X_umap"], adata.obs["leiden"],
+                       title=f"UMAP of {basis} (no batch correction): leiden clusters", legend_on_data=True)
+    save_figure(fig, path)

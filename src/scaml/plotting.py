@@ -81,8 +81,12 @@ def plot_integration_panels(
     cluster_key: str = "leiden",
     corrected: str = "X_umap",
     uncorrected: str = "X_umap_uncorrected",
+    uncorrected_label: str = "PCA",
 ) -> Path:
-    """The three-panel evaluation figure: corrected UMAP by batch, by cluster, and uncorrected UMAP by batch."""
+    """The three-panel evaluation figure: corrected UMAP by batch, by cluster, and uncorrected UMAP by batch.
+
+    ``uncorrected_label`` names the uncorrected embedding in the third title (``"PCA"``, ``"LSI"``).
+    """
     fig, axes = plt.subplots(1, 3, figsize=(19, 5.6))
     fig.subplots_adjust(wspace=0.55)
     scatter_categories(axes[0], adata.obsm[corrected], adata.obs[batch_key],
@@ -91,7 +95,7 @@ def plot_integration_panels(
                        title=f"Harmony-corrected: {cluster_key} clusters", legend_on_data=True)
     axes[1].get_legend() and axes[1].get_legend().remove()
     scatter_categories(axes[2], adata.obsm[uncorrected], adata.obs[batch_key],
-                       title=f"Uncorrected (PCA): {batch_key}")
+                       title=f"Uncorrected ({uncorrected_label}): {batch_key}")
     fig.suptitle("Batch correction check: batches should mix after Harmony, clusters should stay distinct",
                  fontsize=13, y=1.02)
     return save_figure(fig, path)

@@ -11,16 +11,20 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     """Add the ``integrate`` subcommand."""
     p = subparsers.add_parser(
         "integrate", parents=[parent],
-        help="QC, normalise, HVG, PCA, Harmony, neighbours/UMAP/Leiden, markers and figures",
+        help="QC, normalise, HVG, PCA (ATAC: TF-IDF, LSI), Harmony, neighbours/UMAP/Leiden, markers and figures",
         description=(
             "Integrate batches with scaml's Harmony inside the scanpy-style pipeline. Reads h5ad, a 10x .h5, "
-            "a 10x matrix folder or a CSV/TSV table (cells x genes); writes DIR/integrated.h5ad, "
-            "DIR/summary.json, DIR/figures/*.png and DIR/report.html."
+            "a 10x matrix folder or a CSV/TSV table (cells x genes, or cells x peaks for scATAC-seq); writes "
+            "DIR/integrated.h5ad, DIR/summary.json, DIR/figures/*.png and DIR/report.html. Peak matrices "
+            "(features named chr-start-end or chr:start-end, or --modality atac) take QC, Signac's TF-IDF, "
+            "LSI without the depth component, and Harmony on the LSI."
         ),
     )
     add_input(p, "h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
-    p.add_argument("--batch-key", action="append", required=True, metavar="KEY",
-                   help="obs column to correct for; repeat for several covariates")
+    p.add_argument("--batch-key", action="append", default=None, metavar="KEY",
+                   help="obs column to correct for; repeat for several covariates (none: nothing is corrected)")
+    p.add_argument("--modality", choices=["auto", "rna", "atac"], default="auto",
+                   help="rna (genes) or atac (peak/bin counts); default: atac when the features are named like peaks")
     p.add_argument("--theta", type=float, nargs="+", default=None,
                    help="diversity penalty per batch key (default 2 each), e.g. --theta 2 1")
     add_output(p)
@@ -35,7 +39,19 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     qc.add_argument("--min-genes", type=int, default=200, help="minimum genes per cell (default 200)")
     qc.add_argument("--max-genes", type=int, default=None, help="maximum genes per cell (default none)")
     qc.add_argument("--max-pct-mito", type=float, default=20.0, help="maximum percent mitochondrial counts (default 20)")
-    qc.add_argument("--min-cells", type=int, default=3, help="minimum cells per gene (default 3)")
+    qc.add_argument("--min-cells", type=int, default=3, help="minimum cells per gene or peak (default 3)")
+    at = p.add_argument_group("scATAC-seq (--modality atac)")
+    at.add_argument("--min-counts", type=int, default=50, help="minimum counts in peaks per cell (default 50)")
+    at.add_argument("--min-peaks", type=int, default=20, help="minimum accessible peaks per cell (default 20)")
+    at.add_argument("--max-counts", type=int, default=None, help="maximum counts in peaks per cell (default none)")
+    at.add_argument("--fragments", default=None, metavar="FILE",
+                    help="fragments.tsv.gz of these cells: adds n_fragments and FRiP (and TSS enrichment with --genes)")
+    at.add_argument("--min-fragments", type=int, default=None, help="minimum fragments per cell (with --fragments)")
+    at.add_argument("--genes", default=None, metavar="GTF_GFF_BED",
+                    help="gene annotation of the peaks' genome: TSS enrichment and DIR/gene_activity.h5ad")
+    at.add_argument("--binarize", action="store_true", help="binarise peak counts before TF-IDF (default: keep counts)")
+    at.add_argument("--depth-threshold", type=float, default=0.75,
+                    help="drop the LSI component whose |r| with depth exceeds this (default 0.75, Signac's DepthCor)")
     dims = p.add_argument_group("features and graph")
     dims.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes, selected per batch (default 2000)")
     dims.add_argument("--n-pcs", type=int, default=30, help="principal components (default 30)")
@@ -70,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         min_cells=args.min_cells, n_top_genes=args.n_hvg, n_pcs=args.n_pcs, n_neighbors=args.n_neighbors,
         resolutions=args.resolutions, resolution=args.resolution, markers=args.markers,
         harmony_params=harmony_params, random_state=args.random_state, overwrite=args.overwrite,
-        evaluate=not args.no_metrics,
+        evaluate=not args.no_metrics, modality=args.modality,
+        atac_params={"min_counts": args.min_counts, "min_peaks": args.min_peaks, "max_counts": args.max_counts,
+                     "min_fragments": args.min_fragments, "binarize": args.binarize,
+                     "depth_threshold": args.depth_threshold, "fragments": args.fragments, "genes": args.genes},
     )
     return 0

@@ -1,0 +1,21 @@
+"""scATAC-seq: peak features, QC (with fragments), Signac's TF-IDF + LSI with the depth check, gene activity.
+
+Each module does one job and works on AnnData objects with peaks as features:
+
+- :mod:`~scaml.atac.features`: parse ``chr-start-end`` names into ``var`` ``chrom``/``start``/``end``,
+  detect peak input, read 10x Cell Ranger ATAC / ARC files;
+- :mod:`~scaml.atac.qc`: counts / peaks per cell, peaks per cell count, fragments, FRiP, TSS enrichment;
+- :mod:`~scaml.atac.lsi`: log-TF-IDF, LSI (truncated SVD) and the depth-correlated component;
+- :mod:`~scaml.atac.gene_activity`: peak counts over gene body + promoter from a GTF/GFF/BED annotation.
+"""
+
+from .features import add_peak_coordinates, looks_like_peaks, parse_peak_names, read_peak_matrix
+from .gene_activity import gene_activity, gene_regions, read_gene_annotation
+from .lsi import DEPTH_CORRELATION_MAX, DepthCheck, depth_check, lsi, run_lsi, tfidf
+from .qc import fragment_qc, qc_filter_peaks, read_fragments
+
+__all__ = [
+    "DEPTH_CORRELATION_MAX", "DepthCheck", "add_peak_coordinates", "depth_check", "fragment_qc", "gene_activity",
+    "gene_regions", "looks_like_peaks", "lsi", "parse_peak_names", "qc_filter_peaks", "read_fragments",
+    "read_gene_annotation", "read_peak_matrix", "run_lsi", "tfidf",
+]
