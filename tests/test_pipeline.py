@@ -109,3 +109,14 @@ def test_pipeline_never_calls_scanpy_neighbors(monkeypatch, small_counts):
     assert adata.uns["neighbors"]["params"]["search"] == "exact"
     assert adata.obsp["connectivities"].shape == (adata.n_obs, adata.n_obs)
     assert adata.obs["leiden"].nunique() >= 2
+
+
+def test_integrate_without_batch_key_corrects_nothing(small_counts, capsys):
+    """--batch-key is optional: without it nothing is corrected, and the run says so."""
+    from scaml.pipeline import integrate
+
+    adata = integrate(small_counts, None, None, min_genes=20, n_top_genes=300, n_pcs=10)
+    assert "nothing is corrected" in capsys.readouterr().err
+    assert "X_pca" in adata.obsm and "X_umap" in adata.obsm
+    assert "X_pca_harmony" not in adata.obsm and "harmony" not in adata.uns
+    assert adata.obs["leiden"].nunique() >= 2

@@ -18,7 +18,7 @@ def run_demo(
     n_cell_types: int = 6,
     random_state: int = 0,
     overwrite: bool = False,
-    steps: tuple[str, ...] = ("integrate", "classify", "mapping"),
+    steps: tuple[str, ...] = ("integrate", "classify", "mapping", "atac"),
 ) -> Path:
     """Simulate counts and run the integration pipeline (plus the other jobs) into ``out``.
 
@@ -34,7 +34,8 @@ def run_demo(
         Replace an existing, non-empty ``out``.
     steps
         Which jobs to run: ``"integrate"``, ``"classify"`` (train on one batch, test on
-        another), ``"mapping"`` (reference = some batches, query = the others).
+        another), ``"mapping"`` (reference = some batches, query = the others), ``"atac"``
+        (simulated scATAC-seq peaks: TF-IDF -> LSI without the depth component -> Harmony, in ``atac/``).
 
     Returns
     -------
@@ -67,6 +68,16 @@ def run_demo(
              f"batch{n_batches} mapped onto it by architecture surgery")
         demo_mapping(adata, outdir / "mapping", batch_key="batch", label_key="cell_type",
                      random_state=random_state)
+    if "atac" in steps:
+        from .datasets import simulate_atac
+
+        info("[4] scATAC-seq: simulated peaks -> QC -> TF-IDF -> LSI (depth component dropped) -> Harmony "
+             "-> UMAP/Leiden")
+        peaks = simulate_atac(n_cells=3000, n_peaks=3000, n_batches=n_batches, n_cell_types=n_cell_types,
+                              random_state=random_state)
+        write_h5ad(peaks, outdir / "simulated_peaks.h5ad")
+        integrate(peaks, "batch", outdir / "atac", modality="atac", label_key="cell_type", n_pcs=20,
+                  random_state=random_state, overwrite=True)
     from .report import maybe_write_report
 
     maybe_write_report(outdir, title="scaml demo")

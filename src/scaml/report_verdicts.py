@@ -306,8 +306,34 @@ def integrate_verdict(outdir: Path, run: dict[str, Any]) -> Verdict:
             # integrate evaluates [uncorrected, corrected] in this order
             verdict.lines += _lisi_lines(rows[0], rows[-1], label_given=bool(params.get("label_key")))
     verdict.lines.append(_clusters_line(run))
-    verdict.figures = _figures(outdir, ["figures/umap_integration_check.png"])
+    depth = _depth_line(run)
+    if depth is not None:
+        verdict.lines.append(depth)
+    verdict.figures = _figures(outdir, ["figures/umap_integration_check.png", "figures/umap_clusters.png"])
     return verdict
+
+
+def _depth_line(run: dict[str, Any]) -> Line | None:
+    """scATAC-seq runs: which LSI component tracked sequencing depth and was dropped (None for RNA runs)."""
+    data = run.get("data") if isinstance(run.get("data"), dict) else {}
+    lsi = data.get("lsi")
+    if not isinstance(lsi, dict) or "depth_correlation" not in lsi:
+        return None
+    dropped = lsi.get("depth_component_dropped")
+    if not _is_number(dropped):
+        return Line("depth component", ["no LSI component correlates with depth beyond |r| = ",
+                                        Number(lsi.get("depth_threshold"), "run.json",
+                                               _pointer("data", "lsi", "depth_threshold"), "text"),
+                                        "; all kept"])
+    correlations = lsi["depth_correlation"]
+    index = int(dropped) - 1
+    parts: list[str | Number] = ["LSI component ", Number(dropped, "run.json",
+                                                          _pointer("data", "lsi", "depth_component_dropped"), "int")]
+    if isinstance(correlations, list) and 0 <= index < len(correlations) and _is_number(correlations[index]):
+        parts += [" (r = ", Number(correlations[index], "run.json",
+                                   _pointer("data", "lsi", "depth_correlation", index), "score"), ")"]
+    parts.append(" tracked sequencing depth and was dropped")
+    return Line("depth component", parts)
 
 
 def _clusters_line(run: dict[str, Any]) -> Line:
