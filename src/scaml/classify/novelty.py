@@ -10,7 +10,10 @@ a cell with a model that saw it, scores are cross-fitted: the non-flagged
 cells are split into ``n_folds`` folds (flagged cells are spread over the same
 folds); the model of fold k is fitted on the non-flagged cells of the other
 folds and scores the cells (flagged or not) of fold k. Higher scores mean
-"more novel".
+"more novel". Besides the evaluation, the flag decides only which cells may be
+reference cells (never a flagged one) and, for ``coverage``, that every flagged
+cell is a query cell; when the flag is independent of expression, flagged and
+non-flagged cells score alike (AUROC 0.5).
 """
 
 from __future__ import annotations
