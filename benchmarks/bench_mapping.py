@@ -5,28 +5,39 @@ Splits (real data in ``../shared/data/h5ad``, relative to the repository root):
 - panc8_small: each of the 5 technologies held out as the query in turn, the other 4 as the reference;
 - kang_ifnb1k: CTRL cells as the reference, STIM cells as the query.
 
-Every method sees the same cells and genes: raw counts rounded to integers (some panc8 technologies hold
-non-integer values) and the reference's 2,000 highly variable genes (Seurat flavour on log-normalised
-values, per batch). The VAEs of both packages use the same architecture (scArches' surgery settings:
+Every method sees the same cells: raw counts rounded to integers (some panc8 technologies hold
+non-integer values); the genes are each method's recipe (below). HVGs are 2,000 per reference batch
+(Seurat flavour on log-normalised values). The VAEs of both packages use the same architecture (scArches' surgery settings:
 n_latent 10, two hidden layers of 128, layer norm, no batch norm, covariates in the encoder), the same
 number of reference and query epochs without early stopping, and the same torch thread count. Labels
-are transferred with the same weighted kNN (scaml.mapping.transfer, k = 50, no Unknown call) from each
-package's embedding; scANVI models also predict with their own classifier; CellTypist trains a
+are transferred with the same weighted kNN (scaml.mapping.transfer with scaml map's default k, "auto",
+no Unknown call) from each VAE package's embedding; scANVI models also predict with their own classifier; CellTypist trains a
 logistic regression on the log-normalised reference.
 
 The VAEs of both packages vary a lot from seed to seed (query accuracy can move by 0.1 or more), so
 each VAE method runs once per ``--seeds`` value (default 0 1 2; the seed of the model, of its training
 data split and of the query model) and the table shows mean ± sd over seeds (sd with ddof 1; blank with
-one seed). The deterministic methods (Symphony with its fixed seed ``--seeds[0]``, CellTypist) run once.
+one seed). Symphony-style methods (scaml's and symphonypy) depend on the seed through Harmony's k-means
+start and also run once per seed; CellTypist runs once.
 
 Columns: n_seeds (runs behind the row); accuracy and macro F1 of the query labels; iLISI of the joint reference + query embedding over
 the batch column (scIB-scaled, 0 = no mixing, 1 = perfect; computed with scaml.metrics); seconds per
 training epoch (reference training time / epochs) and total seconds (reference + query, including
 setup), both as the mean over seeds. ``--csv`` writes the per-seed rows.
 
-scvi-tools and CellTypist run in their own virtual environment through this script's ``--peer-worker``
-mode, started with ``--peer-python`` (e.g. a venv made with ``python3 -m venv PEERS && PEERS/bin/pip
-install torch==2.13.0 && PEERS/bin/pip install scvi-tools celltypist``); without it only scaml runs.
+The VAEs get the raw counts of the reference's HVGs (scvi-tools' recipe). scaml's Symphony, symphonypy
+and CellTypist get every gene: their recipes normalise each cell over all its genes first (which
+matters for a stimulated query, whose interferon genes take a share of every library), and the two
+Symphony-style methods then choose ``--n-hvg`` HVGs per reference batch themselves.
+symphonypy follows its README's recipe: normalise to 1e5 and log1p, scale (max 10),
+PCA of 30 components without centring, its Harmony on the reference's batch key (also with one batch),
+``map_embedding`` and its own uniform kNN label transfer (k = 5).
+
+scvi-tools, CellTypist and symphonypy run in their own virtual environment through this script's
+``--peer-worker`` mode, started with ``--peer-python`` (a venv made with ``python3 -m venv PEERS &&
+PEERS/bin/pip install torch==2.13.0 && PEERS/bin/pip install scvi-tools==1.4.2 celltypist==1.7.1
+symphonypy==0.2.4 'scikit-learn<1.8'``; CellTypist 1.7.1 fails with scikit-learn 1.8+); without it
+only scaml runs.
 
 Usage::
 
@@ -86,6 +97,10 @@ def _peer_worker(task: dict) -> dict:
         result["epochs"] = None
         return result
 
+    if task["method"] == "symphonypy":
+        return _symphonypy_worker(ref, query, out, result, t0, seed=int(task.get("seed", 0)),
+                                  n_hvg=int(task["n_hvg"]))
+
     import scvi
 
     scvi.settings.seed = int(task.get("seed", 0))
@@ -127,6 +142,36 @@ def _peer_worker(task: dict) -> dict:
     return result
 
 
+def _symphonypy_worker(ref, query, out: Path, result: dict, t0: float, seed: int, n_hvg: int) -> dict:
+    """symphonypy's documented recipe (its README), on every gene: normalise to 1e5 and log1p, ``n_hvg``
+    HVGs per reference batch, scale (max 10), PCA of 30 components without centring, its Harmony on the reference's batch key (also with one batch),
+    ``map_embedding`` (lamb 1) and its uniform kNN label transfer (scikit-learn's default k = 5)."""
+    import numpy as np
+    import scanpy as sc
+    import symphonypy as sp
+
+    for a in (ref, query):
+        sc.pp.normalize_total(a, target_sum=1e5)
+        sc.pp.log1p(a)
+    start = time.perf_counter()
+    sc.pp.highly_variable_genes(ref, batch_key="batch", n_top_genes=n_hvg)
+    ref.raw = ref
+    ref = ref[:, ref.var["highly_variable"].to_numpy()].copy()
+    sc.pp.scale(ref, max_value=10)
+    sc.pp.pca(ref, n_comps=30, zero_center=False)
+    sp.pp.harmony_integrate(ref, key="batch", random_seed=seed)
+    result["train_seconds"] = time.perf_counter() - start
+    sp.tl.map_embedding(query, ref, key="batch")
+    sp.tl.transfer_labels_kNN(query, ref, "cell_type", ref_basis="X_pca_harmony", query_basis="X_pca_harmony",
+                              query_labels="predicted")
+    np.save(out / "ref_latent.npy", np.asarray(ref.obsm["X_pca_harmony"], dtype=np.float32))
+    np.save(out / "query_latent.npy", np.asarray(query.obsm["X_pca_harmony"], dtype=np.float32))
+    np.save(out / "predicted.npy", query.obs["predicted"].astype(str).to_numpy().astype("U"))
+    result["total_seconds"] = time.perf_counter() - t0
+    result["epochs"] = None
+    return result
+
+
 def run_peer(peer_python: str, task: dict, timeout: float = 1800) -> dict | None:
     """Run ``_peer_worker`` in the peer venv; None (with the reason printed) when it fails."""
     env = dict(os.environ, OMP_NUM_THREADS=str(task["threads"]), MKL_NUM_THREADS=str(task["threads"]))
@@ -165,6 +210,9 @@ def _prepare_split(adata, query_mask, n_hvg: int, workdir: Path):
     adata.uns = {}
     ref = adata[~query_mask].copy()
     query = adata[query_mask].copy()
+    # every gene, for the methods whose recipe normalises before choosing genes (Symphony-style, CellTypist)
+    full_ref = ref[np.asarray(ref.X.sum(axis=1)).ravel() > 0].copy()
+    full_query = query[np.asarray(query.X.sum(axis=1)).ravel() > 0].copy()
     if ref.n_vars > n_hvg:
         tmp = ref.copy()
         sc.pp.normalize_total(tmp, target_sum=1e4)
@@ -178,7 +226,9 @@ def _prepare_split(adata, query_mask, n_hvg: int, workdir: Path):
     workdir.mkdir(parents=True, exist_ok=True)
     ref.write_h5ad(workdir / "ref.h5ad")
     query.write_h5ad(workdir / "query.h5ad")
-    return ref, query
+    full_ref.write_h5ad(workdir / "ref_all_genes.h5ad")
+    full_query.write_h5ad(workdir / "query_all_genes.h5ad")
+    return ref, query, full_ref, full_query
 
 
 def _ilisi(ref_latent, query_latent, batches) -> float:
@@ -212,7 +262,7 @@ def run_scaml(method: str, ref, query, args, workdir: Path, seed: int = 0) -> li
     start = time.perf_counter()
     ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref_{seed}",
                               overwrite=True, random_state=seed, max_epochs=args.ref_epochs if trains else None,
-                              n_hvg=None if trains else ref.n_vars, train_params=train)
+                              n_hvg=None if trains else args.n_hvg, train_params=train)
     mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map_{seed}", overwrite=True,
                        label_key="cell_type", max_epochs=args.query_epochs if trains else None,
                        unknown_threshold=1.0, random_state=seed, train_params=train, umap=False)
@@ -235,6 +285,11 @@ def run_scaml(method: str, ref, query, args, workdir: Path, seed: int = 0) -> li
     return rows
 
 
+PEER_PACKAGE = {"celltypist": "CellTypist", "symphonypy": "symphonypy"}
+#: Peers whose recipe normalises every gene before choosing its own (they get all genes, not the HVGs).
+ALL_GENES = {"celltypist", "symphonypy"}
+
+
 def run_peers(ref, query, args, workdir: Path, seeds: list[int]) -> list[dict]:
     """scvi-tools models once per seed, CellTypist once; rows (with a ``seed`` key) for the table."""
     import numpy as np
@@ -248,15 +303,22 @@ def run_peers(ref, query, args, workdir: Path, seeds: list[int]) -> list[dict]:
     for method, seed in runs:
         out = workdir / f"peer_{method}_{seed}"
         out.mkdir(parents=True, exist_ok=True)
-        task = {"method": method, "ref": str(workdir / "ref.h5ad"), "query": str(workdir / "query.h5ad"),
+        genes = "_all_genes" if method in ALL_GENES else ""
+        task = {"method": method, "ref": str(workdir / f"ref{genes}.h5ad"),
+                "query": str(workdir / f"query{genes}.h5ad"), "n_hvg": args.n_hvg,
                 "out": str(out), "threads": args.threads, "ref_epochs": args.ref_epochs,
                 "query_epochs": args.query_epochs, "seed": seed}
         result = run_peer(args.peer_python, task)
         if result is None:
-            rows.append({"method": f"{'scvi-tools' if method != 'celltypist' else 'CellTypist'} {method} (failed)",
-                         "seed": seed})
+            rows.append({"method": f"{PEER_PACKAGE.get(method, 'scvi-tools')} {method} (failed)", "seed": seed})
             continue
         total = result["total_seconds"]
+        if method == "symphonypy":
+            ilisi = _ilisi(np.load(out / "ref_latent.npy"), np.load(out / "query_latent.npy"), batches)
+            acc, f1 = _scores(true, np.load(out / "predicted.npy"))
+            rows.append({"method": "symphonypy (kNN, k=5)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
+                         "sec_per_epoch": None, "total_s": total, "seed": seed})
+            continue
         if method == "celltypist":
             acc, f1 = _scores(true, np.load(out / "predicted.npy"))
             rows.append({"method": "CellTypist (LR)", "accuracy": acc, "macro_f1": f1, "ilisi": None,
@@ -266,7 +328,7 @@ def run_peers(ref, query, args, workdir: Path, seeds: list[int]) -> list[dict]:
         ilisi = _ilisi(ref_latent, query_latent, batches)
         per_epoch = result["train_seconds"] / result["epochs"]
         calls = transfer_labels(ref_latent, ref.obs["cell_type"].astype(str).to_numpy(), query_latent,
-                                n_neighbors=50, threshold=1.0)
+                                n_neighbors="auto", threshold=1.0)
         acc, f1 = _scores(true, calls["label"])
         rows.append({"method": f"scvi-tools {method} (kNN)", "accuracy": acc, "macro_f1": f1, "ilisi": ilisi,
                      "sec_per_epoch": per_epoch, "total_s": total, "seed": seed})
@@ -351,8 +413,8 @@ def print_table(summary, with_split: bool) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer-worker", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--peer-python", default=None, help="python of the venv with scvi-tools and celltypist")
-    parser.add_argument("--peers", nargs="+", default=["scvi", "scanvi", "celltypist"])
+    parser.add_argument("--peer-python", default=None, help="python of the venv with scvi-tools, celltypist and symphonypy")
+    parser.add_argument("--peers", nargs="+", default=["scvi", "scanvi", "celltypist", "symphonypy"])
     parser.add_argument("--methods", nargs="+", default=["scvi", "scanvi", "symphony"])
     parser.add_argument("--splits", nargs="+", default=["panc8", "kang"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
@@ -393,13 +455,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_mapping_") as tmp:
         for name, adata, mask in splits:
             workdir = Path(tmp) / name.replace(" ", "_")
-            ref, query = _prepare_split(adata, mask, args.n_hvg, workdir)
+            ref, query, full_ref, full_query = _prepare_split(adata, mask, args.n_hvg, workdir)
             print(f"== {name}: reference {ref.n_obs} cells, query {query.n_obs} cells, {ref.n_vars} genes",
                   file=sys.stderr)
             for method in args.methods:
-                for seed in seeds if method != "symphony" else seeds[:1]:
+                for seed in seeds:
                     try:
-                        scaml_rows = run_scaml(method, ref, query, args, workdir, seed)
+                        # Symphony-style: all genes; its own HVGs after normalising (like symphonypy)
+                        given = (full_ref, full_query) if method == "symphony" else (ref, query)
+                        scaml_rows = run_scaml(method, *given, args, workdir, seed)
                     except ImportError as exc:  # a part of scaml that this checkout lacks
                         print(f"  scaml {method} unavailable: {exc}", file=sys.stderr)
                         break
@@ -420,7 +484,7 @@ def main(argv=None) -> int:
     if args.csv:
         table.to_csv(args.csv, index=False)
     print(f"\nReference mapping: {args.ref_epochs} reference + {args.query_epochs} query epochs, "
-          f"{args.threads} torch thread(s), kNN k=50 without Unknown calls; VAE seeds "
+          f"{args.threads} torch thread(s), kNN k=auto without Unknown calls; VAE seeds "
           f"{' '.join(map(str, seeds))} (mean ± sd over seeds; sec/epoch and total s: mean)")
     print_table(summarise(table, ["method", "split"]), with_split=True)
     if table["split"].nunique() > 1:

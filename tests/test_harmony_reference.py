@@ -297,3 +297,19 @@ def test_kang_ctrl_reference_stim_query(shared_data):
     )
     assert acc >= 0.5  # majority class: 0.35; STIM CD14 monocytes partly land on CD16 monocytes
     assert coarse >= 0.9
+
+
+def test_query_iterations(sim_single):
+    """Re-assigning the query from its corrected coordinates moves it further onto the reference."""
+    ref_ad, q_ad = sim_single
+    ref = build_symphony_reference(ref_ad, "batch", label_key="cell_type", n_hvg=300, n_comps=15, nclust=20)
+    labels = q_ad.obs["cell_type"]
+    one, three = ref.map(q_ad, iterations=1), ref.map(q_ad)
+    raw = _uncorrected_projection(ref, q_ad)
+    shifts = [_type_shift(ref, e, labels) for e in (raw, one.embedding, three.embedding)]
+    print(f"per-type centroid shift: uncorrected {shifts[0]:.2f}, 1 pass {shifts[1]:.2f}, 3 passes {shifts[2]:.2f}")
+    assert shifts[2] < shifts[1] < shifts[0]
+    assert not np.allclose(one.embedding, three.embedding)
+    assert knn_accuracy(ref, three.embedding, labels) >= knn_accuracy(ref, one.embedding, labels) - 0.01
+    with pytest.raises(ScamlError, match="iterations must be a whole number >= 1; got 0"):
+        ref.map(q_ad, iterations=0)
