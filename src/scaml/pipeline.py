@@ -390,7 +390,12 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
             warn(f"marker genes not found and not plotted: {missing[:10]}")
         genes = [g for g in genes if g in adata.var_names]
         if genes:
-            plotting.plot_gene_umaps(adata, genes[:12], figures / "marker_genes_umap.png")
+            atac_run = record.data.get("modality") == "atac"
+            what = "peaks" if atac_run else "genes"
+            where = "the corrected UMAP (over-correction check)" if batch_key is not None else "the UMAP"
+            plotting.plot_gene_umaps(adata, genes[:12], figures / "marker_genes_umap.png",
+                                     title=f"Marker {what} on {where}",
+                                     value_label="TF-IDF accessibility" if atac_run else "log expression")
         if "rank_genes_groups" in adata.uns:
             plotting.plot_marker_dotplot(adata, figures / "marker_dotplot.png")
         if metrics_table is not None:

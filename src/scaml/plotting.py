@@ -125,8 +125,9 @@ def plot_gene_umaps(
     layer: str | None = None,
     ncols: int = 4,
     title: str = "Marker genes on the corrected UMAP (over-correction check)",
+    value_label: str = "log expression",
 ) -> Path:
-    """A grid of UMAPs coloured by the expression of ``genes`` (log-normalised)."""
+    """A grid of UMAPs coloured by the expression of ``genes`` (log-normalised); ``value_label`` names the colour."""
     genes = [g for g in genes if g in adata.var_names]
     n = max(len(genes), 1)
     ncols = min(ncols, n)
@@ -145,7 +146,7 @@ def plot_gene_umaps(
         ax.set_yticks([])
         ax.set_xlabel("UMAP 1")
         ax.set_ylabel("UMAP 2")
-        fig.colorbar(sc, ax=ax, shrink=0.75, label="log expression")
+        fig.colorbar(sc, ax=ax, shrink=0.75, label=value_label)
     for ax in axes.ravel()[len(genes):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=13)
