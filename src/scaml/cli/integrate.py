@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                     help="drop the LSI component whose |r| with depth exceeds this (default 0.75, Signac's DepthCor)")
     dims = p.add_argument_group("features and graph")
     dims.add_argument("--n-hvg", type=int, default=2000, help="highly variable genes, selected per batch (default 2000)")
-    dims.add_argument("--n-pcs", type=int, default=30, help="principal components (default 30)")
+    dims.add_argument("--n-pcs", type=int, default=30, help="principal components; LSI components for ATAC (default 30)")
     dims.add_argument("--n-neighbors", type=int, default=15, help="neighbours for UMAP and Leiden (default 15)")
     dims.add_argument("--resolutions", type=float, nargs="+", default=[0.3, 0.5, 0.8],
                       help="Leiden resolutions (default 0.3 0.5 0.8)")
