@@ -50,6 +50,10 @@ class Harmony:
         All parameters, resolved (``nclust``, per-batch ``theta``, backend and device used ...).
     batches : list of str
         The batch levels in the order of the columns of ``O`` / ``E`` (``"covariate=level"``).
+    info : dict
+        How the run went through the data: ``{"path": "in-memory"}``, or for the streaming path
+        the chunking, the passes, the peak RSS and the work-file size
+        (:class:`scaml.harmony.stream.StreamingHarmony`).
     """
 
     def __init__(
@@ -62,7 +66,7 @@ class Harmony:
         self.Y = state.Y
         self.O = state.O  # noqa: E741 - paper notation
         self.E = state.E
-        self.K = int(state.internal_R.shape[1])
+        self.K = int(state.Y.shape[1])
         self.objective_harmony = [float(v) for v in state.objective_harmony]
         self.objective_kmeans = [float(v) for v in state.objective_kmeans]
         self.kmeans_rounds = list(state.kmeans_rounds)
@@ -71,6 +75,7 @@ class Harmony:
         self.params = params
         self.batches = batches
         self.seconds = dict(state.seconds)
+        self.info: dict[str, Any] = {"path": "in-memory"}
 
     @property
     def Z_cos(self) -> np.ndarray:  # noqa: N802 - paper notation
@@ -203,6 +208,10 @@ def run_harmony(
     device: str = "auto",
     dtype: str = "float32",
     verbose: bool = True,
+    out: Any = None,
+    chunk_cells: int | None = None,
+    max_memory: int | str | None = None,
+    overwrite: bool = False,
 ) -> Harmony:
     """Integrate batches in an embedding with Harmony (R harmony 2.x algorithm, scaml's implementation).
 
@@ -257,6 +266,19 @@ def run_harmony(
         ``"float32"`` (default) or ``"float64"`` for the cells x K and cells x PCs work.
     verbose
         Show a progress bar with the objective (also silenced by scaml's quiet mode).
+    out
+        Path of a zarr array (``"z_corr.zarr"``) to write ``Z_corr`` to, chunk by chunk (written to
+        a temporary path, renamed into place at the end). Selects the streaming path
+        (:mod:`scaml.harmony.stream`), as do ``chunk_cells``, ``max_memory`` and an input that is
+        not an in-memory ndarray (``np.memmap``, ``zarr.Array``, any row-sliceable 2-D array);
+        it keeps no cells x clusters matrix and its memory is set by the chunk budget.
+    chunk_cells
+        Streaming: rows per chunk.
+    max_memory
+        Streaming: the chunk budget in bytes or as ``"2GB"`` (default 512 MiB when ``chunk_cells``
+        is not given).
+    overwrite
+        Streaming: replace an existing ``out``.
 
     Returns
     -------
@@ -288,6 +310,27 @@ def run_harmony(
         device=device,
         dtype=dtype,
     )
+    from .stream import is_streaming_input
+
+    if (
+        out is not None
+        or chunk_cells is not None
+        or max_memory is not None
+        or is_streaming_input(data_mat)
+    ):
+        from .stream import run_harmony_stream
+
+        return run_harmony_stream(
+            data_mat,
+            meta_data,
+            vars_use,
+            hp,
+            out=out,
+            chunk_cells=chunk_cells,
+            max_memory=max_memory,
+            overwrite=overwrite,
+            verbose=verbose,
+        )
     Z = _as_embedding(data_mat)
     N = Z.shape[0]
     meta, vars_use = _as_meta(meta_data, vars_use, N)
