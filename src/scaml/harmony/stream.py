@@ -16,7 +16,7 @@ the number of cells:
   ``Z_orig^T R`` are sums over cells; they are accumulated chunk by chunk.
 * ``Z_cos`` lives in a temporary raw file, its rows grouped by update block (plain file reads and
   writes, so the page cache, not the process, holds it); with the group code of each of its rows
-  in a second file. ``Z_orig`` is read from the input each time, chunk by chunk, never copied.
+  in a second file and each chunk's row order (:meth:`StreamLayout.chunk_map`) in a third. ``Z_orig`` is read from the input each time, chunk by chunk, never copied.
 * The blocks are random subsets stratified by batch group, as in memory: each chunk's cells of a
   group are dealt round-robin to the blocks, continuing where the previous chunk stopped, in a
   random order drawn from a per-chunk seed (so a chunk's layout is recomputed, not stored).
@@ -539,6 +539,7 @@ class _StreamFit:
         self.kf = self.be.small(self.kernel_factor)
         self.zfile = _WorkFile(work / "z_cos.bin", N, d, self.wd)
         self.gfile = _WorkFile(work / "groups.bin", N, 1, np.int32)
+        self.ofile = _WorkFile(work / "chunk_order.bin", N, 1, np.int32)  # chunk_map's order
         self.sums = np.zeros((nb, G, K))  # per block: group sums of its R
         self.pens = np.empty((nb, G, K), dtype=self.wd)  # per block: penalty x kernel factor
         self.obj_cross = np.zeros((nb, K))  # per block: sum_i R_ik z_i . y_k
@@ -621,7 +622,7 @@ class _StreamFit:
         lay = self.layout
         for c in range(lay.n_chunks):
             a, b = lay.bounds(c)
-            order, counts = lay.chunk_map(c)
+            order, counts = self.ofile.read(a, b)[:, 0], lay.counts[c]
             blk = np.repeat(np.arange(lay.n_blocks), counts)
             g = lay.gcode[a:b][order]
             Zo = np.asarray(self.src.raw(a, b), dtype=self.wd)[order]
@@ -646,6 +647,7 @@ class _StreamFit:
                         "was written."
                     )
                 order, counts = lay.chunk_map(c)
+                self.ofile.write(a, order[:, None].astype(np.int32))
                 Zc = self.be.l2_rows(
                     np.asarray(raw, dtype=self.wd)[order], self.be.empty((b - a, self.d))
                 )
@@ -771,8 +773,8 @@ class _StreamFit:
             self.set_O()
 
     def close(self) -> None:
-        self.zfile.close()
-        self.gfile.close()
+        for f in (self.zfile, self.gfile, self.ofile):
+            f.close()
 
 
 def _open_output(tmp: Path, N: int, d: int, chunk: int, dtype: str):
