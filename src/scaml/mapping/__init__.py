@@ -10,6 +10,7 @@
 - :mod:`~scaml.mapping.transfer`: weighted kNN label transfer with uncertainty;
 - :mod:`~scaml.mapping.symphony`: the Symphony-style reference on scaml's Harmony;
 - :mod:`~scaml.mapping.scoring` and :mod:`~scaml.mapping.figures`: metrics and figures;
+- :mod:`~scaml.mapping.tune`: hyperparameter search of a VAE reference (``--tune N``, Optuna);
 - :mod:`~scaml.mapping.demo`: the mapping step of ``scaml demo``.
 
 Names are imported on first use, so that ``import scaml.mapping`` stays cheap.
@@ -33,6 +34,7 @@ _EXPORTS = {
     "knn_weights": "transfer",
     "transfer_labels": "transfer",
     "transfer_labels_adata": "transfer",
+    "tune_reference": "tune",
 }
 
 __all__ = sorted(_EXPORTS)
