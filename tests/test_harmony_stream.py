@@ -93,6 +93,11 @@ def test_zarr_in_zarr_out(tmp_path, data, in_memory):
     assert Z.attrs["scaml_harmony"]["chunk_cells"] == 500
     assert median_r(in_memory.Z_corr, Z[:]) >= 0.999
     assert np.allclose(np.linalg.norm(ho.Z_cos, axis=1), 1, atol=1e-5)
+    # a budget of 1300 rows reads whole stored chunks: 1000 rows
+    budget = 1300 * ho.info["row_bytes"]
+    aligned = run_harmony(src, meta, "batch", nclust=40, max_memory=budget, verbose=False)
+    assert aligned.info["chunk_cells"] == 1000
+    assert median_r(in_memory.Z_corr, aligned.Z_corr) >= 0.999
 
 
 def test_same_seed_same_result_and_chunking_is_immaterial(tmp_path, data):

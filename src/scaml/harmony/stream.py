@@ -226,9 +226,19 @@ class _Input:
 
     def raw(self, a: int, b: int) -> np.ndarray:
         """Rows ``a:b`` as an in-memory array of the input's dtype."""
+        if self._mm is None and not isinstance(self.data, np.ndarray):
+            return np.asarray(self.data[a:b])  # zarr, Dask ...: a new array already
         block = np.array(self.data[a:b], copy=True)
         self._release(a, b)
         return block
+
+    @property
+    def chunk_rows(self) -> int | None:
+        """Rows per stored chunk of a zarr-like input (``chunks = (rows, cols)``), else None."""
+        chunks = getattr(self.data, "chunks", None)
+        if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], (int, np.integer)):
+            return int(chunks[0])
+        return None
 
     def _release(self, a: int, b: int) -> None:
         """Drop the memmap's pages of rows ``a:b`` from this process (they stay in the page cache)."""
@@ -1022,6 +1032,9 @@ def run_harmony_stream(
     chunk, budget = plan_chunk_cells(
         N, d, resolved.nclust, resolved.dtype, chunk_cells=chunk_cells, max_memory=max_memory
     )
+    stored = src.chunk_rows
+    if chunk_cells is None and stored and stored <= chunk < N:
+        chunk -= chunk % stored  # whole stored chunks per read (zarr)
     params: dict[str, Any] = {
         "vars_use": vars_use,
         **resolved.as_dict(),
