@@ -46,7 +46,7 @@ class ModuleConfig:
     mmd_beta: float = 0.0
     n_labels: int = 0
     classification_ratio: float = 50.0
-    #: scANVI's generative model: z1 | z2, y (False: only a classifier on z1, as scaml <= 0.1 saved it)
+    #: scANVI's generative model z1 | z2, y (False: a classifier on z1 only, as SCANVI models saved before it)
     label_generative: bool = False
 
     @property
@@ -433,14 +433,13 @@ class ConditionalVAE(nn.Module):
     def label_terms(
         self, z1: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor, labels: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """scANVI's per-cell terms above z1: (unweighted z1 term, KL-weighted term).
+        """scANVI's per-cell KL terms above x: (z1 term, z2 and y term).
 
-        z1 term: ``E_q log q(z1 | x) - E_y log p(z1 | z2, y)``; KL-weighted term:
-        ``E_y KL(q(z2 | z1, y) || N(0, I))`` (+ ``KL(q(y | z1) || p(y))`` for unlabelled cells),
-        where ``E_y`` is the cell's own label for labelled cells (label >= 0) and the average
-        over q(y | z1) for unlabelled ones (label -1, or ``labels`` None). As in scvi-tools,
-        only the second term follows the KL warm-up. Labelled cells cost one pass of the small
-        z2 / z1 networks, unlabelled cells one per label.
+        z1 term (the KL of z1 to its prior p(z1 | z2, y)): ``E_q log q(z1 | x) - E_y log p(z1 | z2, y)``;
+        the other term: ``E_y KL(q(z2 | z1, y) || N(0, I))`` (+ ``KL(q(y | z1) || p(y))`` for
+        unlabelled cells), where ``E_y`` is the cell's own label for labelled cells (label >= 0)
+        and the average over q(y | z1) for unlabelled ones (label -1, or ``labels`` None).
+        Labelled cells cost one pass of the small z2 / z1 networks, unlabelled cells one per label.
         """
         assert self.classifier is not None
         n_labels = self.cfg.n_labels
@@ -496,7 +495,8 @@ class ConditionalVAE(nn.Module):
         label-balanced sample) is given, the classification loss.
 
         Returns the scalar loss and its detached parts (``kl``: the part that the
-        KL weight multiplies).
+        KL weight multiplies; for scANVI all of z1's, z2's and y's KL, unlike scvi-tools,
+        whose warm-up leaves z1's out).
         """
         mean, log_var = self.encoder(x, cond)
         std = torch.exp(0.5 * log_var)
@@ -522,8 +522,9 @@ class ConditionalVAE(nn.Module):
         if self.cfg.label_generative:
             z1_term, kl = self.label_terms(z, mean, log_var, labels)
             z1_mean = z1_term.mean()
-            kl_mean = kl.mean()
-            total = recon_mean + z1_mean + kl_weight * kl_mean
+            # the whole KL of scANVI (z1's, z2's and y's) follows the KL warm-up, as SCVI's KL does
+            kl_mean = kl.mean() + z1_mean
+            total = recon_mean + kl_weight * kl_mean
             parts["z1"] = z1_mean.detach()
         else:
             kl_mean = kl_standard_normal(mean, log_var).mean()
