@@ -242,3 +242,25 @@ def test_torch_backend_is_refused(tmp_path, data):
     X, meta = data
     with pytest.raises(ScamlError, match="runs on numpy"):
         run_harmony(_memmap(tmp_path, X), meta, "batch", backend="torch", verbose=False)
+
+
+class _RowChunked:
+    """A minimal row-chunked array (what a Dask or HDF5 array offers): shape, dtype, row slices."""
+
+    def __init__(self, X: np.ndarray) -> None:
+        self._X, self.shape, self.dtype = X, X.shape, X.dtype
+        self.reads: list[tuple[int, int]] = []
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        self.reads.append((rows.start, rows.stop))
+        return self._X[rows].copy()
+
+
+def test_any_row_chunked_array_with_progress(data, in_memory, capsys):
+    X, meta = data
+    arr = _RowChunked(X)
+    assert is_streaming_input(arr)
+    ho = run_harmony(arr, meta, "batch", nclust=40, chunk_cells=1500, verbose=True)
+    assert max(b - a for a, b in arr.reads) <= 1500  # never more than a chunk at a time
+    assert median_r(in_memory.Z_corr, ho.Z_corr) >= 0.999
+    assert "streaming, 4 chunks of 1500 cells" in capsys.readouterr().err
