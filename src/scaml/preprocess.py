@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -214,32 +214,71 @@ def qc_filter(
 
     adata.var["mt"] = adata.var_names.str.startswith(tuple(mito_prefix))
     sc.pp.calculate_qc_metrics(adata, qc_vars=["mt"], percent_top=None, log1p=False, inplace=True)
-    keep = np.ones(adata.n_obs, dtype=bool)
     removed: dict[str, int] = {}
     rules = [("min_genes", adata.obs["n_genes_by_counts"].to_numpy() >= min_genes)]
     if max_genes is not None:
         rules.append(("max_genes", adata.obs["n_genes_by_counts"].to_numpy() <= max_genes))
     if max_pct_mito is not None:
         rules.append(("max_pct_mito", adata.obs["pct_counts_mt"].to_numpy() <= max_pct_mito))
+    apply_cell_rules(
+        adata, rules, removed,
+        lambda: f"QC removed every cell ({removed}); loosen --min-genes (now {min_genes}), --max-genes "
+        f"(now {max_genes}) or --max-pct-mito (now {max_pct_mito}).",
+    )
+    keep_features_in_cells(adata, min_cells, removed, "genes", "no gene is detected")
+    removed["n_mito_genes"] = int(adata.var["mt"].sum())
+    return removed
+
+
+def apply_cell_rules(
+    adata: ad.AnnData, rules: list[tuple[str, np.ndarray]], removed: dict[str, int], none_left: Callable[[], str]
+) -> None:
+    """Keep the cells that pass every QC rule, in place; count in ``removed`` what each rule removed.
+
+    Parameters
+    ----------
+    adata
+        Filtered in place.
+    rules
+        ``(name, passes)`` pairs, applied in order (a cell is counted by the first rule it fails).
+    removed
+        Gets ``cells_removed_<name>`` for every rule.
+    none_left
+        Builds the error message when no cell passes.
+
+    Raises
+    ------
+    ScamlError
+        No cell passes the rules.
+    """
+    keep = np.ones(adata.n_obs, dtype=bool)
     for name, ok in rules:
         removed[f"cells_removed_{name}"] = int((keep & ~ok).sum())
         keep &= ok
     if not keep.any():
-        raise ScamlError(
-            f"QC removed every cell ({removed}); loosen --min-genes (now {min_genes}), --max-genes "
-            f"(now {max_genes}) or --max-pct-mito (now {max_pct_mito})."
-        )
+        raise ScamlError(none_left())
     if not keep.all():
         adata._inplace_subset_obs(keep)
-    detected = np.asarray((adata.X > 0).sum(axis=0)).ravel()
-    gene_keep = detected >= min_cells
-    removed["genes_removed_min_cells"] = int((~gene_keep).sum())
-    if not gene_keep.any():
-        raise ScamlError(f"no gene is detected in {min_cells} cells; lower --min-cells.")
-    if not gene_keep.all():
-        adata._inplace_subset_var(gene_keep)
-    removed["n_mito_genes"] = int(adata.var["mt"].sum())
-    return removed
+
+
+def keep_features_in_cells(
+    adata: ad.AnnData, min_cells: int, removed: dict[str, int], what: str, none_left: str, *,
+    record_seen: bool = False,
+) -> None:
+    """Keep the features (genes, peaks) seen in at least ``min_cells`` cells, in place.
+
+    Writes ``removed["<what>_removed_min_cells"]`` (and ``var["n_cells_by_counts"]`` with
+    ``record_seen``); ``none_left`` starts the error when no feature is kept.
+    """
+    seen = np.asarray((adata.X > 0).sum(axis=0)).ravel()
+    if record_seen:
+        adata.var["n_cells_by_counts"] = seen.astype(np.int64)
+    keep = seen >= min_cells
+    removed[f"{what}_removed_min_cells"] = int((~keep).sum())
+    if not keep.any():
+        raise ScamlError(f"{none_left} in {min_cells} cells; lower --min-cells (now {min_cells}).")
+    if not keep.all():
+        adata._inplace_subset_var(keep)
 
 
 def normalize_log1p(adata: ad.AnnData, target_sum: float = 1e4) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScamlError
+from ..preprocess import apply_cell_rules, keep_features_in_cells
 
 #: TSS enrichment: flanks of +-2 kb around each TSS, the outer 100 bp at each end are the background.
 TSS_FLANK = 2000
@@ -52,29 +53,16 @@ def qc_filter_peaks(
     n_peaks = np.asarray((X > 0).sum(axis=1)).ravel()
     adata.obs["total_counts"] = total.astype(np.float64)
     adata.obs["n_peaks_by_counts"] = n_peaks.astype(np.int64)
-    keep = np.ones(adata.n_obs, dtype=bool)
     removed: dict[str, int] = {}
     rules = [("min_counts", total >= min_counts), ("min_peaks", n_peaks >= min_peaks)]
     if max_counts is not None:
         rules.append(("max_counts", total <= max_counts))
-    for name, ok in rules:
-        removed[f"cells_removed_{name}"] = int((keep & ~ok).sum())
-        keep &= ok
-    if not keep.any():
-        raise ScamlError(
-            f"ATAC QC removed every cell ({removed}; median counts per cell {np.median(total):.0f}, median peaks "
-            f"{np.median(n_peaks):.0f}); lower --min-counts (now {min_counts}) or --min-peaks (now {min_peaks})."
-        )
-    if not keep.all():
-        adata._inplace_subset_obs(keep)
-    seen = np.asarray((adata.X > 0).sum(axis=0)).ravel()
-    adata.var["n_cells_by_counts"] = seen.astype(np.int64)
-    peak_keep = seen >= min_cells
-    removed["peaks_removed_min_cells"] = int((~peak_keep).sum())
-    if not peak_keep.any():
-        raise ScamlError(f"no peak is seen in {min_cells} cells; lower --min-cells (now {min_cells}).")
-    if not peak_keep.all():
-        adata._inplace_subset_var(peak_keep)
+    apply_cell_rules(
+        adata, rules, removed,
+        lambda: f"ATAC QC removed every cell ({removed}; median counts per cell {np.median(total):.0f}, median "
+        f"peaks {np.median(n_peaks):.0f}); lower --min-counts (now {min_counts}) or --min-peaks (now {min_peaks}).",
+    )
+    keep_features_in_cells(adata, min_cells, removed, "peaks", "no peak is seen", record_seen=True)
     return removed
 
 
