@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         ),
     )
     add_input(b, "reference cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
-    b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "symphony"], default="scvi",
+    b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "peakvi", "poissonvi", "symphony"],
+                   default="scvi",
                    help="reference model (default scvi); each method uses the options that apply to it and "
                         "reports the others as unused")
     b.add_argument("--batch-key", required=True, metavar="KEY", help="obs column with the reference's batches")

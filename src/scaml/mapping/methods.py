@@ -9,7 +9,8 @@ Every method has the same five steps, called by :func:`scaml.mapping.build_refer
 - :meth:`~MappingMethod.build` writes the model sub-directory and returns the reference embedding;
 - :meth:`~MappingMethod.map` embeds the query in the reference's space.
 
-:data:`METHODS` is the registry (``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"symphony"``); a new kind of
+:data:`METHODS` is the registry (``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"peakvi"``, ``"poissonvi"``,
+``"symphony"``); a new kind of
 reference plugs in by adding an object here.
 """
 
@@ -207,15 +208,19 @@ class VAEMethod(MappingMethod):
         The :mod:`scaml.vae` class name (``"SCVI"``, ``"TRVAE"``, ``"SCANVI"``).
     needs_labels
         The model trains on the reference labels (scANVI).
+    peaks
+        The model is a peak model (PEAKVI, POISSONVI on scATAC-seq peaks): the gene HVG selection
+        is skipped and every peak is used.
     """
 
     model_dir = "model"
     _COMMON = {"self", "adata", "batch_key", "label_key", "random_state"}
 
-    def __init__(self, name: str, model: str, *, needs_labels: bool = False) -> None:
+    def __init__(self, name: str, model: str, *, needs_labels: bool = False, peaks: bool = False) -> None:
         self.name = name
         self.model = model
         self.needs_labels = needs_labels
+        self.peaks = peaks
         self._names: dict[str, frozenset[str]] = {}
 
     def _model_class(self) -> type:
@@ -262,7 +267,7 @@ class VAEMethod(MappingMethod):
             adata, layer, likelihood, what="reference",
             hint="Pass raw counts (in X or layers['counts']), or use --gene-likelihood mse "
             "(gene_likelihood='mse') for normalised / log-transformed data.",
-        )
+        ) if not self.peaks else read_matrix(adata, layer, likelihood, what="reference")
         info(f"the {self.model} reference reads {source}")
         columns = list(dict.fromkeys([batch_key, *([label_key] if label_key is not None else [])]))
         cells = ad.AnnData(X=matrix, obs=adata.obs[columns].copy(),
@@ -276,7 +281,10 @@ class VAEMethod(MappingMethod):
         layer = options.pop("layer")
         model_options, train_options = self._split(options)
         data = prepared.adata
-        if n_hvg is not None:
+        if self.peaks:
+            if n_hvg is not None and n_hvg < data.n_vars:
+                info(f"method {self.name!r} uses all {data.n_vars} peaks (no gene HVG selection; n_hvg is not used)")
+        elif n_hvg is not None:
             with record.timer("highly_variable_genes"):
                 values = _hvg_input(data.X, model_options["gene_likelihood"]) if n_hvg < data.n_vars else data.X
                 mask = highly_variable_genes(values, int(n_hvg), batch=data.obs[batch_key].to_numpy(),
@@ -314,7 +322,8 @@ class VAEMethod(MappingMethod):
             query, layer if layer in query.layers else None, likelihood, what="query",
             hint=f"The reference model uses gene_likelihood={likelihood!r}: pass the query's raw counts "
             "(in X or layers['counts']), or rebuild the reference with --gene-likelihood mse on normalised data.",
-        )
+        ) if not self.peaks else read_matrix(query, layer if layer in query.layers else None, likelihood,
+                                             what="query")
         info(f"the query's {source} is mapped")
         cells = ad.AnnData(X=matrix, obs=query.obs.copy(), var=pd.DataFrame(index=pd.Index(query.var_names.astype(str))))
         return Prepared(cells, options)
@@ -414,6 +423,8 @@ METHODS: dict[str, MappingMethod] = {
     "scvi": VAEMethod("scvi", "SCVI"),
     "trvae": VAEMethod("trvae", "TRVAE"),
     "scanvi": VAEMethod("scanvi", "SCANVI", needs_labels=True),
+    "peakvi": VAEMethod("peakvi", "PEAKVI", peaks=True),
+    "poissonvi": VAEMethod("poissonvi", "POISSONVI", peaks=True),
     "symphony": SymphonyMethod(),
 }
 

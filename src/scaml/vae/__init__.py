@@ -1,4 +1,4 @@
-"""Conditional VAEs for reference mapping (scVI-, trVAE- and scANVI-like) with architecture surgery.
+"""Conditional VAEs for reference mapping (scVI-, trVAE-, scANVI-, PeakVI- and PoissonVI-like) with architecture surgery.
 
 Modules, each depending only on those before it: ``modules`` (networks and likelihoods),
 ``data`` (mini-batches, gene alignment), ``training``, ``freeze`` (which weights a query trains),
@@ -15,7 +15,7 @@ Examples
 
 from __future__ import annotations
 
-from .model import SCANVI, SCVI, TRVAE, BaseVAE, load_model
+from .model import PEAKVI, POISSONVI, SCANVI, SCVI, TRVAE, BaseVAE, load_model
 from .surgery import load_query
 
-__all__ = ["SCVI", "TRVAE", "SCANVI", "BaseVAE", "load_model", "load_query"]
+__all__ = ["SCVI", "TRVAE", "SCANVI", "PEAKVI", "POISSONVI", "BaseVAE", "load_model", "load_query"]

@@ -28,7 +28,7 @@ from ..io import check_obs_key
 from .data import CellData, align_columns, gene_kind, gene_positions
 from .freeze import apply_freeze
 from .io import FORMAT_VERSION, read_model_dir, write_model_dir
-from .modules import DISPERSIONS, LIKELIHOODS, ConditionalVAE, ModuleConfig
+from .modules import DISPERSIONS, LIKELIHOODS, PEAK_LIKELIHOODS, ConditionalVAE, ModuleConfig
 from .training import TrainSettings, split_validation, train_module
 
 QUERY_CONDITION = "query"
@@ -102,6 +102,27 @@ COUNTS_HINT = ("Pass raw counts (in X or layers['counts']; round them if they ar
                "gene_likelihood='mse' (--gene-likelihood mse) for normalised / log-transformed data.")
 
 
+#: The fix named when a peak model (Bernoulli / Poisson) meets values that are not counts.
+PEAK_COUNTS_HINT = ("Pass the raw peak (fragment or insertion) counts, or binarised 0/1 peaks, in X or "
+                    "layers['counts'] -- not TF-IDF / LSI-normalised or scaled values.")
+
+
+def check_peak_counts(X: Any, where: str, likelihood: str) -> None:
+    """Raise a ScamlError unless ``X`` holds non-negative whole numbers (peak counts or 0/1 peaks)."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.issubdtype(data.dtype, np.number):
+        raise ScamlError(f"{where} must be numeric; got dtype {data.dtype}.")
+    if data.size == 0:
+        return
+    bad = ~np.isfinite(data) | (data < 0) | (data != np.round(data))
+    if bad.any():
+        example = data.ravel()[np.flatnonzero(bad.ravel())[0]]
+        raise ScamlError(
+            f"{where} holds {int(bad.sum())} values that are not counts (e.g. {float(example):.4g}), but a "
+            f"{likelihood.capitalize()} peak model needs non-negative whole numbers. {PEAK_COUNTS_HINT}"
+        )
+
+
 def read_matrix(adata: ad.AnnData, layer: str | None, likelihood: str, *, what: str = "data",
                 hint: str = COUNTS_HINT) -> tuple[Any, str]:
     """The matrix a VAE models, and where it came from (``"X"``, ``'layers["counts"]'`` ...).
@@ -119,6 +140,13 @@ def read_matrix(adata: ad.AnnData, layer: str | None, likelihood: str, *, what: 
 
     if layer is not None and layer not in adata.layers:
         raise missing_key_error(layer, adata.layers.keys(), f"the {what}'s layers", "layer")
+    if likelihood in PEAK_LIKELIHOODS:
+        # peaks: ``layer``, else layers["counts"] when present, else X; whole non-negative numbers only
+        if layer is None and "counts" in adata.layers:
+            layer = "counts"
+        X, source = (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
+        check_peak_counts(X, f"the {what}'s {source}", likelihood)
+        return X, source
     if likelihood not in ("nb", "zinb"):
         return (adata.X, "X") if layer is None else (adata.layers[layer], f"layers[{layer!r}]")
     try:
@@ -171,6 +199,8 @@ class BaseVAE:
 
     model_name = "SCVI"
     default_likelihood = "nb"
+    #: The likelihoods the class takes (the peak models: Bernoulli / Poisson).
+    likelihoods: tuple[str, ...] = ("nb", "zinb", "mse")
 
     def __init__(
         self,
@@ -191,6 +221,9 @@ class BaseVAE:
     ) -> None:
         check_adata(adata, "adata")
         gene_likelihood = self.default_likelihood if gene_likelihood is None else gene_likelihood
+        if gene_likelihood not in self.likelihoods:
+            raise ScamlError(f"gene_likelihood={gene_likelihood!r} is not supported by {self.model_name}; use one of "
+                             f"{', '.join(self.likelihoods)}.")
         self._validate_params(n_latent, hidden_layers, dropout_rate, gene_likelihood, dispersion)
         if adata.n_obs < 2 or adata.n_vars < 1:
             raise ScamlError(f"the model needs at least 2 cells and 1 gene; got {adata.n_obs} x {adata.n_vars}.")
@@ -248,6 +281,10 @@ class BaseVAE:
 
     def _label_codes(self, adata: ad.AnnData, training: bool) -> np.ndarray | None:
         return None
+
+    def _model_matrix(self, X: Any) -> Any:
+        """The matrix the network models, from the aligned data (PEAKVI binarises it)."""
+        return X
 
     # ------------------------------------------------------------------ properties
     @property
@@ -331,6 +368,7 @@ class BaseVAE:
     def _prepare(self, adata: ad.AnnData, training: bool = False, report: bool = False) -> CellData:
         X, where = self._aligned_matrix(adata, report=report, strict_layer=training and not self.is_query)
         _check_finite(X, where)
+        X = self._model_matrix(X)
         cond = self._condition_codes(adata)
         labels = self._label_codes(adata, training)
         return CellData(X, cond, labels, obs_names=[str(n) for n in adata.obs_names])
@@ -817,7 +855,99 @@ class SCANVI(BaseVAE):
         return labels[p.argmax(axis=1)] if p.shape[0] else labels[:0], frame
 
 
-MODEL_CLASSES: dict[str, type[BaseVAE]] = {"SCVI": SCVI, "TRVAE": TRVAE, "SCANVI": SCANVI}
+def _peak_size(n_peaks: int) -> int:
+    """PeakVI's default width of the latent space and of the hidden layers: ``sqrt(n_peaks)``."""
+    return max(2, int(round(math.sqrt(max(int(n_peaks), 1)))))
+
+
+class _PeakVAE(BaseVAE):
+    """Shared defaults of the peak models: latent and hidden widths ``sqrt(n_peaks)``, two hidden layers."""
+
+    likelihoods = PEAK_LIKELIHOODS
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        batch_key: str = "batch",
+        *,
+        n_latent: int | None = None,
+        hidden_layers: Sequence[int] | None = None,
+        dropout_rate: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        check_adata(adata, "adata")
+        size = _peak_size(adata.n_vars)
+        super().__init__(
+            adata, batch_key, n_latent=size if n_latent is None else n_latent,
+            hidden_layers=(size, size) if hidden_layers is None else hidden_layers,
+            dropout_rate=dropout_rate, **kwargs,
+        )
+
+
+class PEAKVI(_PeakVAE):
+    """PeakVI-like conditional VAE on scATAC-seq peaks: Bernoulli likelihood on binarised peaks.
+
+    The counts (``layers["counts"]`` when present, else ``X``; non-negative whole numbers) are
+    binarised (open: count > 0). The decoder gives a logit per peak; the probability that peak
+    ``j`` is open in cell ``i`` is ``sigmoid(f_j(z_i, batch_i) + b_j + log(d_i / 1000))``, with ``b_j``
+    the per-peak bias (the output layer's) and ``d_i`` the cell's number of open peaks, a
+    library-derived depth factor (PeakVI learns one with a second encoder; here it is observed, as
+    scVI's library size). Defaults as PeakVI: ``n_latent`` and hidden widths ``sqrt(n_peaks)``, two
+    hidden layers, dropout 0.1. Same training, saving and :func:`scaml.vae.load_query` surgery as
+    :class:`SCVI`.
+
+    Parameters
+    ----------
+    n_latent, hidden_layers
+        Default ``round(sqrt(n_peaks))`` and two layers of that width.
+    **kwargs
+        See :class:`BaseVAE` (``gene_likelihood`` is "bernoulli").
+
+    Examples
+    --------
+    >>> from scaml.datasets import simulate_atac
+    >>> adata = simulate_atac(300, 400, n_batches=2, n_cell_types=3)
+    >>> model = PEAKVI(adata, "batch").train(max_epochs=2, verbose=False)
+    >>> model.get_latent().shape
+    (300, 20)
+    """
+
+    model_name = "PEAKVI"
+    default_likelihood = "bernoulli"
+
+    def _model_matrix(self, X: Any) -> Any:
+        if sp.issparse(X):
+            out = sp.csr_matrix(X, dtype=np.float32, copy=True)
+            out.eliminate_zeros()
+            out.data[:] = 1.0
+            return out
+        return (np.asarray(X) > 0).astype(np.float32)
+
+
+class POISSONVI(_PeakVAE):
+    """PoissonVI-like conditional VAE on scATAC-seq fragment counts: Poisson likelihood.
+
+    The peak counts (``layers["counts"]`` when present, else ``X``; non-negative whole numbers) are
+    modelled as they are: ``x_ij ~ Poisson(l_i * softmax(f(z_i, batch_i))_j)`` with ``l_i`` the
+    cell's observed total count (as PoissonVI, which reuses scVI's decoder with a Poisson
+    likelihood). Defaults as :class:`PEAKVI`. Same training, saving and
+    :func:`scaml.vae.load_query` surgery as :class:`SCVI`.
+
+    Parameters
+    ----------
+    n_latent, hidden_layers
+        Default ``round(sqrt(n_peaks))`` and two layers of that width.
+    **kwargs
+        See :class:`BaseVAE` (``gene_likelihood`` is "poisson").
+    """
+
+    model_name = "POISSONVI"
+    default_likelihood = "poisson"
+
+
+MODEL_CLASSES: dict[str, type[BaseVAE]] = {
+    "SCVI": SCVI, "TRVAE": TRVAE, "SCANVI": SCANVI, "PEAKVI": PEAKVI, "POISSONVI": POISSONVI,
+}
 
 
 def load_model(directory: str | os.PathLike, device: str = "auto") -> BaseVAE:

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LIKELIHOODS = ("nb", "zinb", "mse")
+LIKELIHOODS = ("nb", "zinb", "mse", "bernoulli", "poisson")
+#: Likelihoods of peak models (scATAC-seq): Bernoulli on binarised peaks, Poisson on fragment counts.
+PEAK_LIKELIHOODS = ("bernoulli", "poisson")
 DISPERSIONS = ("gene", "gene-batch")
 
 
@@ -140,7 +142,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: ModuleConfig) -> None:
         super().__init__()
-        self.log_input = cfg.gene_likelihood in ("nb", "zinb")
+        self.log_input = cfg.gene_likelihood in ("nb", "zinb", "poisson")
         self.body = ConditionalMLP(
             cfg.n_input, cfg.hidden_layers, cfg.cond_blocks, cfg.dropout_rate,
             cfg.use_layer_norm, cfg.use_batch_norm,
@@ -156,7 +158,7 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p(x | z, c): NB / ZINB parameters on counts, or a mean for MSE."""
+    """p(x | z, c): NB / ZINB / Poisson parameters on counts, Bernoulli logits, or a mean for MSE."""
 
     def __init__(self, cfg: ModuleConfig) -> None:
         super().__init__()
@@ -309,6 +311,32 @@ def zinb_log_likelihood(
     return zinb_log_likelihood_ratio(x, log_mu - torch.log(theta), theta, pi_logits, nz)
 
 
+def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor, nz: NonZeros | None = None) -> torch.Tensor:
+    """Sum over all entries of the Bernoulli log likelihood of 0 / 1 values ``x`` given ``logits``.
+
+    ``log p(x) = x * logits - softplus(logits)``: the second term over every entry, the first
+    on the open (x = 1) entries only when ``nz`` is given.
+    """
+    total = -F.softplus(logits).sum()
+    if nz is None:
+        return total + (x * logits).sum()
+    return total + (nz.values * logits.reshape(-1)[nz.flat]).sum()
+
+
+def poisson_log_likelihood(
+    x: torch.Tensor, log_rate: torch.Tensor, rate_sum: torch.Tensor, nz: NonZeros | None = None
+) -> torch.Tensor:
+    """Sum over all entries of the Poisson log likelihood (constant ``-lgamma(x + 1)`` left out).
+
+    ``log p(x) = x * log_rate - rate``; ``rate_sum`` is the sum of the rates per cell (the library
+    size when rate = library x softmax), so the rates are never summed entry by entry, and given
+    ``nz`` only the non-zero entries are read.
+    """
+    if nz is None:
+        return (x * log_rate).sum() - rate_sum.sum()
+    return (nz.values * log_rate.reshape(-1)[nz.flat]).sum() - rate_sum.sum()
+
+
 def mmd_between_conditions(h: torch.Tensor, cond: torch.Tensor, n_conditions: int) -> torch.Tensor:
     """Sum of squared MMDs between every pair of conditions present in the batch.
 
@@ -404,6 +432,18 @@ class ConditionalVAE(nn.Module):
         self.cfg.cond_blocks = [*self.cfg.cond_blocks, int(n_new)]
 
     # --------------------------------------------------------------- pieces
+    @staticmethod
+    def peak_logits(out: torch.Tensor, log_library: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits of the peaks: decoder output plus the cell's log depth, centred.
+
+        The depth factor of PeakVI is here derived from the library: ``log_library`` (log of the
+        number of open peaks of a binarised cell) offsets every logit of the cell, so a deeper cell
+        has every peak more likely open and the latent need not encode depth. The offset is centred
+        on ``log 1000`` (a typical count of open peaks) so that the output bias, the per-peak term,
+        starts near the peak's log odds.
+        """
+        return out + (log_library[:, None] - math.log(1000.0))
+
     def log_theta_for(self, cond: torch.Tensor) -> torch.Tensor:
         """Log inverse dispersion: 1 x genes, or cells x genes for per-condition dispersion."""
         if self.cfg.dispersion == "gene-batch":
@@ -516,6 +556,15 @@ class ConditionalVAE(nn.Module):
             if log_factorial is not None:
                 # a constant: makes the loss the full negative log likelihood
                 recon_mean = recon_mean + log_factorial.mean()
+        elif self.cfg.gene_likelihood == "poisson":
+            # PoissonVI: rate = library x softmax(decoder output); the rates of a cell sum to its library
+            log_rate = torch.log_softmax(out, dim=-1) + log_library[:, None]
+            recon_mean = -poisson_log_likelihood(x, log_rate, torch.exp(log_library), nz) / n_cells
+            if log_factorial is not None:
+                recon_mean = recon_mean + log_factorial.mean()
+        elif self.cfg.gene_likelihood == "bernoulli":
+            # PeakVI-like: logit p = decoder output (its bias: the per-peak term) + log depth of the cell
+            recon_mean = -bernoulli_log_likelihood(x, self.peak_logits(out, log_library), nz) / n_cells
         else:
             recon_mean = (out - x).pow(2).sum() / n_cells
         parts: dict[str, torch.Tensor] = {"reconstruction": recon_mean.detach()}
