@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         help="train a scVI/trVAE/scANVI-like model or build a Symphony reference; save it to a directory",
         description=(
             "Build a mapping reference from annotated cells. VAE methods (scvi, trvae, scanvi) train a "
-            "conditional VAE on raw counts; symphony integrates the reference with scaml's Harmony and keeps "
+            "conditional VAE on raw counts, peakvi / poissonvi one on scATAC-seq peak counts (all peaks); symphony integrates the reference with scaml's Harmony and keeps "
             "what mapping needs. Writes REFDIR/reference.json, the model, the reference embedding and labels, "
             "REFDIR/run.json and REFDIR/report.html."
         ),
@@ -47,8 +47,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     b.add_argument("--overwrite", action="store_true", help="replace an existing reference directory")
     b.add_argument("--n-hvg", type=int, default=2000,
                    help="highly variable genes the reference uses (default 2000; more than the data has: all "
-                        "genes, with a warning; 0 = all genes for a VAE)")
-    vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi)")
+                        "genes, with a warning; 0 = all genes for a VAE; peakvi / poissonvi use all peaks)")
+    vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi, peakvi, poissonvi)")
     vae.add_argument("--max-epochs", type=int, default=None,
                      help="training epochs (default: min(400, 8e6 / n_cells), with early stopping)")
     vae.add_argument("--n-latent", type=int, default=None, help="latent dimensions (default 10)")

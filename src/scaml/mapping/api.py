@@ -70,7 +70,8 @@ def build_reference(
         counts for the NB / ZINB VAEs (``layers["counts"]`` when it holds counts, else X);
         raw counts or log-normalised values for Symphony. Not modified.
     method
-        ``"scvi"``, ``"trvae"``, ``"scanvi"`` (conditional VAEs, :mod:`scaml.vae`) or
+        ``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"peakvi"``, ``"poissonvi"`` (conditional VAEs,
+        :mod:`scaml.vae`; the last two on scATAC-seq peak counts, every peak used) or
         ``"symphony"`` (a Harmony reference, :mod:`scaml.mapping.symphony`).
     batch_key
         ``obs`` column with the reference's batches (the conditions).
@@ -87,7 +88,7 @@ def build_reference(
     n_hvg
         Highly variable genes the reference uses (:func:`scaml.preprocess.highly_variable_genes`;
         more than the data has: every gene, with a warning). ``None``: all genes for a VAE,
-        2000 for Symphony.
+        2000 for Symphony. Not used by the peak methods (``"peakvi"``, ``"poissonvi"``: all peaks).
     unlabeled_category
         Label of unlabelled reference cells (scANVI; default "Unknown").
     train_params

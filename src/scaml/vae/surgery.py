@@ -123,7 +123,7 @@ def load_query(
 
 def _check_inputs(model: BaseVAE, adata_query: ad.AnnData, min_gene_overlap: float) -> None:
     if not isinstance(model, BaseVAE):
-        raise ScamlError(f"load_query needs a scaml.vae model (SCVI, TRVAE or SCANVI); got {type(model).__name__}.")
+        raise ScamlError(f"load_query needs a scaml.vae model (SCVI, TRVAE, SCANVI, PEAKVI or POISSONVI); got {type(model).__name__}.")
     check_adata(adata_query, "adata_query")
     if not 0.0 <= float(min_gene_overlap) <= 1.0:
         raise ScamlError(f"min_gene_overlap must be in [0, 1]; got {min_gene_overlap}.")
