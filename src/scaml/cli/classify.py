@@ -79,7 +79,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
     p = subparsers.add_parser(
         "novelty", parents=[parent],
-        help="detect foreign cells (e.g. HEK293) with a detector fitted on the other cells",
+        help="detect foreign cells (e.g. HEK293) and cell types the others lack, with a detector fitted on the other cells",
         description=(
             "Fit a novelty detector on the cells that are not flagged, score every cell (cross-fitted, so no cell is "
             "scored by a model that saw it) and report AUROC / AUPRC against the flag. Writes novelty_scores.csv, "
