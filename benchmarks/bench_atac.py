@@ -16,7 +16,7 @@
 Usage::
 
     python benchmarks/bench_atac.py                                   # Granja + 10k / 20k cells x 5000 peaks
-    python benchmarks/bench_atac.py --snap-python /tmp/snapvenv/bin/python --sizes 10000
+    python benchmarks/bench_atac.py --snap-python SNAPVENV/bin/python --sizes 10000
 """
 
 from __future__ import annotations
