@@ -27,6 +27,7 @@ the query is the non-flagged cells of fold *k* (the controls) plus every flagged
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,12 @@ def _theta(value: Any, method: str) -> float:
     return float(value)
 
 
+def _choice(value: Any, name: str, method: str, allowed: Sequence[str]) -> Any:
+    if value not in allowed:
+        raise ScamlError(f"unknown {method}.{name} {value!r}; use one of {', '.join(allowed)}.")
+    return value
+
+
 def check_knn_params(params: dict[str, Any]) -> dict[str, Any]:
     """Validate the ``knn`` hyperparameters and return them with their types resolved.
 
@@ -103,10 +110,8 @@ def check_knn_params(params: dict[str, Any]) -> dict[str, Any]:
     """
     out = dict(params)
     out["n_neighbors"] = _whole(params["n_neighbors"], "n_neighbors", "knn", 30)
-    if params["metric"] not in METRICS:
-        raise ScamlError(f"unknown knn.metric {params['metric']!r}; use one of {', '.join(METRICS)}.")
-    if params["pca_cells"] not in PCA_CELLS:
-        raise ScamlError(f"unknown knn.pca_cells {params['pca_cells']!r}; use one of {', '.join(PCA_CELLS)}.")
+    _choice(params["metric"], "metric", "knn", METRICS)
+    _choice(params["pca_cells"], "pca_cells", "knn", PCA_CELLS)
     out["density_ratio"] = _as_bool(params["density_ratio"], "density_ratio")
     out["harmony"] = _as_bool(params["harmony"], "harmony")
     out["harmony_theta"] = _theta(params["harmony_theta"], "knn")
@@ -135,10 +140,8 @@ def check_coverage_params(params: dict[str, Any]) -> dict[str, Any]:
     out = dict(params)
     out["n_neighbors"] = _whole(params["n_neighbors"], "n_neighbors", "coverage", 30)
     out["share_neighbors"] = _whole(params["share_neighbors"], "share_neighbors", "coverage", 10)
-    if params["combine"] not in COMBINE:
-        raise ScamlError(f"unknown coverage.combine {params['combine']!r}; use one of {', '.join(COMBINE)}.")
-    if params["metric"] not in METRICS:
-        raise ScamlError(f"unknown coverage.metric {params['metric']!r}; use one of {', '.join(METRICS)}.")
+    _choice(params["combine"], "combine", "coverage", COMBINE)
+    _choice(params["metric"], "metric", "coverage", METRICS)
     out["harmony"] = _as_bool(params["harmony"], "harmony", "coverage")
     out["harmony_theta"] = _theta(params["harmony_theta"], "coverage")
     return out
