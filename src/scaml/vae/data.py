@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,6 +29,8 @@ class Batch:
     log_factorial: torch.Tensor  # float32 sum over genes of lgamma(x + 1) (the NB normalising constant)
     labels: torch.Tensor | None  # int64 label codes, -1 = unlabelled
     nz: NonZeros | None = None  # the stored entries of x (sparse input only)
+    #: more per-cell inputs of a model that reads more than one matrix (e.g. protein counts), by name
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class CellData:
@@ -44,6 +46,10 @@ class CellData:
         Integer label code of each cell (``-1`` for unlabelled) or None.
     obs_names
         Cell names (kept for the outputs).
+    extras
+        More per-cell arrays (first axis: cells) that a model reads beside ``X``, e.g. protein
+        counts or encoded sequences; they are shuffled and batched with the cells and reach the
+        module's ``loss`` / ``latent_mean`` as keyword arguments.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class CellData:
         cond: np.ndarray,
         labels: np.ndarray | None = None,
         obs_names: list[str] | None = None,
+        extras: dict[str, np.ndarray] | None = None,
     ) -> None:
         if sp.issparse(X):
             X = sp.csr_matrix(X, dtype=np.float32)
@@ -68,6 +75,10 @@ class CellData:
         self.cond = np.asarray(cond, dtype=np.int64)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.obs_names = obs_names
+        self.extras = {k: np.ascontiguousarray(v) for k, v in (extras or {}).items()}
+        for name, values in self.extras.items():
+            if values.shape[0] != self.n_cells:
+                raise ValueError(f"extras[{name!r}] has {values.shape[0]} rows for {self.n_cells} cells")
         library = np.asarray(X.sum(axis=1)).ravel()
         self.log_library = np.log(np.maximum(library, 1.0)).astype(np.float32)
         self.log_factorial = _row_log_factorial(X)
@@ -88,9 +99,12 @@ class CellData:
             X = self.X[order]
             cond, log_lib, log_fact = self.cond[order], self.log_library[order], self.log_factorial[order]
             labels = None if self.labels is None else self.labels[order]
+            extras = {k: v[order] for k, v in self.extras.items()}
         else:
             X, cond, log_lib, labels = self.X, self.cond, self.log_library, self.labels
             log_fact = self.log_factorial
+            extras = self.extras
+        extras_t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in extras.items()}
         cond_t = torch.from_numpy(cond).to(device)
         lib_t = torch.from_numpy(log_lib).to(device)
         fact_t = torch.from_numpy(log_fact).to(device)
@@ -119,6 +133,7 @@ class CellData:
                 log_factorial=fact_t[start:stop],
                 labels=None if labels_t is None else labels_t[start:stop],
                 nz=nz,
+                extras={k: v[start:stop] for k, v in extras_t.items()},
             )
 
 

@@ -201,6 +201,8 @@ class BaseVAE:
     default_likelihood = "nb"
     #: The likelihoods the class takes (the peak models: Bernoulli / Poisson).
     likelihoods: tuple[str, ...] = ("nb", "zinb", "mse")
+    #: The network class (a :class:`~scaml.vae.modules.ConditionalVAE` or a subclass that adds a modality).
+    module_class: type[ConditionalVAE] = ConditionalVAE
 
     def __init__(
         self,
@@ -267,7 +269,7 @@ class BaseVAE:
         }
         self._data = self._prepare(adata, training=True)
         with seeded(random_state, self.device):
-            self.module = ConditionalVAE(module_cfg).to(self.device)
+            self.module = self.module_class(module_cfg).to(self.device)
         self.module.eval()
 
     # ------------------------------------------------------------------ subclass hooks
@@ -285,6 +287,10 @@ class BaseVAE:
     def _model_matrix(self, X: Any) -> Any:
         """The matrix the network models, from the aligned data (PEAKVI binarises it)."""
         return X
+
+    def _cell_extras(self, adata: ad.AnnData, training: bool) -> dict[str, np.ndarray] | None:
+        """More per-cell inputs of the network beside the counts (:class:`CellData`'s ``extras``)."""
+        return None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -371,7 +377,8 @@ class BaseVAE:
         X = self._model_matrix(X)
         cond = self._condition_codes(adata)
         labels = self._label_codes(adata, training)
-        return CellData(X, cond, labels, obs_names=[str(n) for n in adata.obs_names])
+        return CellData(X, cond, labels, obs_names=[str(n) for n in adata.obs_names],
+                        extras=self._cell_extras(adata, training))
 
     def _data_for(self, adata: ad.AnnData | None) -> CellData:
         if adata is None:
@@ -528,7 +535,7 @@ class BaseVAE:
         self.module.eval()
         out = []
         for batch in data.batches(batch_size, self.device, drop_last_single=False):
-            out.append(self.module.latent_mean(batch.x, batch.cond).float().cpu())
+            out.append(self.module.latent_mean(batch.x, batch.cond, **batch.extras).float().cpu())
         if not out:
             return np.zeros((0, self.module.cfg.n_latent), dtype=np.float32)
         return torch.cat(out).numpy().astype(np.float32, copy=False)
@@ -950,6 +957,12 @@ MODEL_CLASSES: dict[str, type[BaseVAE]] = {
 }
 
 
+def register_model(cls: type[BaseVAE]) -> type[BaseVAE]:
+    """Make :func:`load_model` know a model class (by its ``model_name``); usable as a class decorator."""
+    MODEL_CLASSES[cls.model_name] = cls
+    return cls
+
+
 def load_model(directory: str | os.PathLike, device: str = "auto") -> BaseVAE:
     """Load a model saved with :meth:`BaseVAE.save`.
 
@@ -980,7 +993,7 @@ def load_model(directory: str | os.PathLike, device: str = "auto") -> BaseVAE:
     if name not in MODEL_CLASSES:
         raise ScamlError(f"{where!r} names an unknown model {name!r}; expected one of {sorted(MODEL_CLASSES)}.")
     try:
-        module = ConditionalVAE(ModuleConfig(**config["module"]))
+        module = MODEL_CLASSES[name].module_class(ModuleConfig(**config["module"]))
     except TypeError as exc:
         raise ScamlError(f"{where!r} holds an unknown network configuration ({exc}); the model directory is corrupt.") from exc
     try:

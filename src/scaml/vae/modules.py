@@ -50,6 +50,8 @@ class ModuleConfig:
     classification_ratio: float = 50.0
     #: scANVI's generative model z1 | z2, y (False: a classifier on z1 only, as SCANVI models saved before it)
     label_generative: bool = False
+    #: settings of a model that extends the network (e.g. a second modality's sizes), saved with the rest
+    extra: dict = field(default_factory=dict)
 
     @property
     def n_conditions(self) -> int:

@@ -139,7 +139,8 @@ def evaluate_loss(
     total, n = 0.0, 0
     for batch in data.batches(batch_size, device, order=rows, drop_last_single=False):
         loss, _ = module.loss(
-            batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz
+            batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz,
+            **batch.extras,
         )
         m = batch.x.shape[0]
         total += float(loss) * m
@@ -224,7 +225,7 @@ def train_module(
                 kl_weight = kl_weight_at(step)
                 loss, parts = module.loss(
                     batch.x, batch.cond, batch.log_library, batch.labels, kl_weight, batch.log_factorial, batch.nz,
-                    labelled=None if stream is None else stream.next(),
+                    labelled=None if stream is None else stream.next(), **batch.extras,
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
