@@ -288,6 +288,10 @@ class BaseVAE:
         """The matrix the network models, from the aligned data (PEAKVI binarises it)."""
         return X
 
+    def _split_rows(self, data: CellData, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Training and validation rows (random cells; a model may keep groups of cells on one side)."""
+        return split_validation(data.n_cells, fraction, generator)
+
     def _cell_extras(self, adata: ad.AnnData, training: bool) -> dict[str, np.ndarray] | None:
         """More per-cell inputs of the network beside the counts (:class:`CellData`'s ``extras``)."""
         return None
@@ -490,7 +494,7 @@ class BaseVAE:
             return self
         seed = settings.seed
         generator = torch.Generator().manual_seed(seed)
-        train_rows, val_rows = split_validation(data.n_cells, validation_fraction, generator)
+        train_rows, val_rows = self._split_rows(data, validation_fraction, generator)
         surgery = self._config.get("surgery") or {}
         frozen = bool(surgery) and not surgery.get("unfrozen", False)
         with seeded(seed, self.device), torch_threads(n_threads):
