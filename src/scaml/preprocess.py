@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 from ._utils import info, warn
 from .errors import ScamlError
+from .hvg import gene_sums, hvg_from_sums
 from .io import count_matrix_problem
 
 InputKind = Literal["counts", "lognorm"]
@@ -300,7 +301,8 @@ def highly_variable_genes(
     """The one HVG rule: the ``n_top_genes`` Seurat-flavour highly variable genes of log-normalised data.
 
     scanpy's ``highly_variable_genes(flavor="seurat")``, per batch when ``batch`` is given (genes
-    ranked by the number of batches in which they are variable). When ``n_top_genes`` is at least
+    ranked by the number of batches in which they are variable), computed from per-batch gene sums
+    (:mod:`scaml.hvg`) so that the chunked path selects the same genes. When ``n_top_genes`` is at least
     the number of genes every gene is kept, with a warning when it is larger (as scanpy does).
 
     Parameters
@@ -320,9 +322,6 @@ def highly_variable_genes(
     numpy.ndarray
         Boolean mask over the genes.
     """
-    import pandas as pd
-    import scanpy as sc
-
     n_genes = int(lognorm.shape[1])
     if int(n_top_genes) < 1:
         raise ScamlError(f"the number of highly variable genes must be at least 1; got {n_top_genes}.")
@@ -331,23 +330,42 @@ def highly_variable_genes(
             warn(f"{n_top_genes} highly variable genes were asked for but the data has only {n_genes} genes: "
                  f"using all {n_genes} genes")
         return np.ones(n_genes, dtype=bool)
-    obs = pd.DataFrame(index=[str(i) for i in range(lognorm.shape[0])])
-    batch_key = None
-    if batch is not None:
-        labels = pd.Series(np.asarray(batch).astype(str), index=obs.index)
-        if labels.nunique() > 1 and labels.value_counts().min() >= 2:
-            obs["batch"], batch_key = labels.astype("category"), "batch"
-        elif labels.nunique() > 1:
-            info("a batch has fewer than 2 cells; selecting highly variable genes over all cells")
-    names = [str(g) for g in var_names] if var_names is not None else [f"g{i}" for i in range(n_genes)]
-    tmp = ad.AnnData(X=lognorm, obs=obs, var=pd.DataFrame(index=pd.Index(names).astype(str)))
-    tmp.var_names_make_unique()
-    table = sc.pp.highly_variable_genes(tmp, n_top_genes=int(n_top_genes), flavor="seurat",
-                                        batch_key=batch_key, inplace=False)
-    mask = np.asarray(table["highly_variable"], dtype=bool)
+    codes, n_batches = hvg_batch_codes(batch, lognorm.shape[0])
+    names = unique_names(var_names, n_genes)
+    mask = hvg_from_sums(gene_sums(lognorm, codes, n_batches), int(n_top_genes), names, batched=n_batches > 1)
     if mask.sum() < int(n_top_genes):
         warn(f"only {int(mask.sum())} genes vary in these cells; using those instead of {n_top_genes}")
     return mask
+
+
+def hvg_batch_codes(batch: Any, n_cells: int) -> tuple[np.ndarray | None, int]:
+    """Integer batch codes (sorted labels) for the HVG rule, and the number of batches.
+
+    One batch (codes None) when ``batch`` is None, holds one label, or has a batch of fewer than
+    2 cells (said in a message): the selection then runs over all cells.
+    """
+    import pandas as pd
+
+    if batch is None:
+        return None, 1
+    labels = pd.Categorical(np.asarray(batch).astype(str))
+    if len(labels) != n_cells:
+        raise ScamlError(f"batch has {len(labels)} labels for {n_cells} cells.")
+    counts = np.bincount(labels.codes, minlength=len(labels.categories))
+    if len(labels.categories) > 1 and counts.min() >= 2:
+        return labels.codes.astype(np.int64), len(labels.categories)
+    if len(labels.categories) > 1:
+        info("a batch has fewer than 2 cells; selecting highly variable genes over all cells")
+    return None, 1
+
+
+def unique_names(var_names: Sequence[str] | None, n_genes: int) -> list[str]:
+    """Gene names made unique as anndata does (``name-1``...), or ``g0, g1...`` when none are given."""
+    import pandas as pd
+
+    if var_names is None:
+        return [f"g{i}" for i in range(n_genes)]
+    return list(ad.utils.make_index_unique(pd.Index([str(g) for g in var_names])))
 
 
 def select_hvg(adata: ad.AnnData, n_top_genes: int = 2000, batch_key: str | None = None) -> int:
