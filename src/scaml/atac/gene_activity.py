@@ -129,6 +129,45 @@ def _normalise_chrom(names: np.ndarray) -> np.ndarray:
     return out
 
 
+def _region_overlaps(
+    qchrom: np.ndarray, qstart: np.ndarray, qend: np.ndarray,
+    gchrom: np.ndarray, gstart: np.ndarray, gend: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (interval, gene region) pair that overlaps (closed 1-based coordinates; chromosome names normalised).
+
+    Per chromosome the intervals are sorted by start; for each region the candidates are those starting in
+    ``[region start - longest interval, region end]`` (binary search), kept when they end at or after the
+    region's start.
+    """
+    rows, cols = [], []
+    for chrom in np.intersect1d(np.unique(qchrom), np.unique(gchrom)):
+        q = np.flatnonzero(qchrom == chrom)
+        order = np.argsort(qstart[q], kind="stable")
+        q, qs = q[order], qstart[q][order]
+        longest = int((qend[q] - qstart[q]).max()) if q.size else 0
+        for gi in np.flatnonzero(gchrom == chrom):
+            lo = np.searchsorted(qs, gstart[gi] - longest, side="left")
+            hi = np.searchsorted(qs, gend[gi], side="right")
+            cand = q[lo:hi]
+            hit = cand[qend[cand] >= gstart[gi]]
+            if hit.size:
+                rows.append(hit)
+                cols.append(np.full(hit.size, gi, dtype=np.int64))
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(cols)
+
+
+def _no_overlap_error(what: str, n_genes: int, qchrom: np.ndarray, gchrom: np.ndarray) -> ScamlError:
+    shared = sorted(set(qchrom) & set(gchrom))
+    return ScamlError(
+        f"no {what} overlaps any of the {n_genes} annotated genes ({what} chromosomes e.g. "
+        f"{sorted(set(qchrom))[:3]}, annotation chromosomes e.g. {sorted(set(gchrom))[:3]}, shared: "
+        f"{shared[:3] or 'none'}): the annotation is probably of another genome build or species; give the "
+        "annotation of the genome the peaks were called on."
+    )
+
+
 def gene_activity(
     adata: ad.AnnData,
     genes_annotation: str | os.PathLike | pd.DataFrame,
@@ -138,17 +177,22 @@ def gene_activity(
     biotypes: tuple[str, ...] | None = None,
     layer: str | None = "counts",
     min_overlap_genes: int = 1,
+    fragments: str | os.PathLike | pd.DataFrame | None = None,
+    min_barcode_match: float = 0.1,
 ) -> ad.AnnData:
-    """Gene activity: the sum of a cell's peak counts over each gene body + ``upstream`` bp (Signac-style).
+    """Gene activity: a cell's peak counts (or fragments) over each gene body + ``upstream`` bp (Signac-style).
 
-    A peak counts towards every gene whose region (gene body extended by ``upstream`` bp on the TSS
-    side, ``downstream`` bp past the gene end; strand-aware) it overlaps. Chromosome names ``1`` and
-    ``chr1`` are matched to each other.
+    From peaks (default): a peak counts towards every gene whose region (gene body extended by
+    ``upstream`` bp on the TSS side, ``downstream`` bp past the gene end; strand-aware) it overlaps, with
+    the cell's count of that peak. From ``fragments``: each of the cell's fragments that overlaps a gene's
+    region counts once for that gene, as Signac's ``GeneActivity`` (``FeatureMatrix`` counts fragments,
+    not cut sites). Chromosome names ``1`` and ``chr1`` are matched to each other.
 
     Parameters
     ----------
     adata
         Cells x peaks with ``var`` ``chrom``/``start``/``end`` (or peak-named features); not modified.
+        With ``fragments`` only its cells (``obs_names`` = barcodes) are used.
     genes_annotation
         A GTF / GFF3 / BED path or a table from :func:`read_gene_annotation`.
     upstream, downstream
@@ -158,15 +202,21 @@ def gene_activity(
     layer
         Peak counts layer (``"counts"`` when present, else X); None reads X.
     min_overlap_genes
-        Refuse when fewer genes than this overlap any peak (annotation of another genome build or
-        of other chromosomes).
+        Refuse when fewer genes than this overlap any peak / fragment (annotation of another genome build
+        or of other chromosomes).
+    fragments
+        A 10x ``fragments.tsv.gz`` (path, or a table from :func:`scaml.atac.read_fragments`) to count
+        instead of the peaks; None counts the peaks.
+    min_barcode_match
+        With ``fragments``: refuse the file when fewer than this fraction of the cells occur in it.
 
     Returns
     -------
     AnnData
-        Cells x genes (the genes overlapping at least one peak), CSR float32 counts in X and in
-        ``layers["counts"]``; ``var`` has ``chrom``, ``start``, ``end``, ``strand``, ``n_peaks``;
-        ``obs`` is a copy of the input's; ``uns["gene_activity"]`` the parameters.
+        Cells x genes (the genes overlapping at least one peak / fragment), CSR float32 counts in X and in
+        ``layers["counts"]``; ``var`` has ``chrom``, ``start``, ``end``, ``strand``, ``n_peaks`` (peaks
+        overlapping the region; with fragments: the fragments counted); ``obs`` is a copy of the input's;
+        ``uns["gene_activity"]`` the parameters.
     """
     from .features import parse_peak_names
 
@@ -174,49 +224,68 @@ def gene_activity(
         genes_annotation, biotypes=biotypes)
     if isinstance(genes_annotation, pd.DataFrame) and biotypes is not None and "biotype" in genes:
         genes = genes[genes["biotype"].isin(biotypes)]
-    if {"chrom", "start", "end"} <= set(adata.var.columns):
-        peaks = adata.var[["chrom", "start", "end"]]
-    else:
-        peaks = parse_peak_names(adata.var_names)
     regions = gene_regions(genes, upstream, downstream)
-    pchrom = _normalise_chrom(peaks["chrom"].to_numpy())
     gchrom = _normalise_chrom(regions["chrom"].to_numpy())
-    pstart, pend = peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64)
     gstart, gend = regions["start"].to_numpy(np.int64), regions["end"].to_numpy(np.int64)
-    rows, cols = [], []  # peak index, gene index
-    for chrom in np.intersect1d(np.unique(pchrom), np.unique(gchrom)):
-        p = np.flatnonzero(pchrom == chrom)
-        g = np.flatnonzero(gchrom == chrom)
-        order = np.argsort(pstart[p])
-        p, ps = p[order], pstart[p][order]
-        longest = int((pend[p] - pstart[p]).max()) if p.size else 0
-        for gi in g:  # peaks starting in [gene start - longest peak, gene end] may overlap
-            lo = np.searchsorted(ps, gstart[gi] - longest, side="left")
-            hi = np.searchsorted(ps, gend[gi], side="right")
-            cand = p[lo:hi]
-            hit = cand[pend[cand] >= gstart[gi]]
-            rows.extend(hit.tolist())
-            cols.extend([gi] * hit.size)
-    n_genes_hit = len(set(cols))
-    if n_genes_hit < min_overlap_genes:
-        shared = sorted(set(pchrom) & set(gchrom))
-        raise ScamlError(
-            f"no peak overlaps any of the {len(genes)} annotated genes (peak chromosomes e.g. "
-            f"{sorted(set(pchrom))[:3]}, annotation chromosomes e.g. {sorted(set(gchrom))[:3]}, shared: "
-            f"{shared[:3] or 'none'}): the annotation is probably of another genome build or species; give the "
-            "annotation of the genome the peaks were called on."
-        )
-    mapping = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(adata.n_vars, len(genes)))
-    used = np.flatnonzero(np.asarray(mapping.sum(axis=0)).ravel() > 0)
-    mapping = mapping[:, used]
-    counts = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
-    activity = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float32) @ mapping, dtype=np.float32)
+    if fragments is None:
+        if {"chrom", "start", "end"} <= set(adata.var.columns):
+            peaks = adata.var[["chrom", "start", "end"]]
+        else:
+            peaks = parse_peak_names(adata.var_names)
+        pchrom = _normalise_chrom(peaks["chrom"].to_numpy())
+        rows, cols = _region_overlaps(pchrom, peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64),
+                                      gchrom, gstart, gend)
+        if np.unique(cols).size < min_overlap_genes:
+            raise _no_overlap_error("peak", len(genes), pchrom, gchrom)
+        mapping = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                                shape=(adata.n_vars, len(genes)))
+        used = np.flatnonzero(np.asarray(mapping.sum(axis=0)).ravel() > 0)
+        mapping = mapping[:, used]
+        counts = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+        activity = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float32) @ mapping, dtype=np.float32)
+        n_items = np.asarray(mapping.sum(axis=0)).ravel().astype(np.int64)
+        source = "peaks"
+    else:
+        activity, used, n_items = _fragment_activity(adata, fragments, gchrom, gstart, gend, len(genes),
+                                                     min_overlap_genes, min_barcode_match)
+        source = "fragments"
     var = regions.iloc[used][["chrom", "start", "end", "strand"]].copy()
-    var["n_peaks"] = np.asarray(mapping.sum(axis=0)).ravel().astype(np.int64)
+    var["n_peaks"] = n_items
     var.index = pd.Index(regions["gene"].iloc[used].astype(str).to_numpy())
     out = ad.AnnData(X=activity, obs=adata.obs.copy(), var=var)
     out.layers["counts"] = activity.copy()
     out.uns["gene_activity"] = {"upstream": int(upstream), "downstream": int(downstream),
                                 "n_genes_annotated": int(len(genes)), "n_genes_with_peaks": int(len(used)),
-                                "biotypes": list(biotypes) if biotypes else None}
+                                "biotypes": list(biotypes) if biotypes else None, "source": source}
     return out
+
+
+def _fragment_activity(
+    adata: ad.AnnData, fragments: str | os.PathLike | pd.DataFrame, gchrom: np.ndarray, gstart: np.ndarray,
+    gend: np.ndarray, n_genes: int, min_overlap_genes: int, min_barcode_match: float,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+    """Cells x genes fragment counts (each fragment once per overlapped gene region), the genes used, fragments per gene."""
+    from .qc import read_fragments
+
+    cells = pd.Index(adata.obs_names.astype(str))
+    frags = fragments if isinstance(fragments, pd.DataFrame) else read_fragments(fragments, cells)
+    cell = cells.get_indexer(frags["barcode"].astype(str).to_numpy()) if len(frags) else np.zeros(0, dtype=np.int64)
+    keep = cell >= 0
+    matched = int(np.unique(cell[keep]).size)
+    if matched < max(1, min_barcode_match * adata.n_obs):
+        name = "the fragments table" if isinstance(fragments, pd.DataFrame) else f"fragments file {str(fragments)!r}"
+        raise ScamlError(
+            f"only {matched} of {adata.n_obs} cell barcodes occur in {name} (cells e.g. {list(cells[:2])}); give "
+            "the fragments file of these cells, or make the barcodes match (e.g. without a sample prefix)."
+        )
+    frags, cell = frags[keep], cell[keep]
+    fchrom = _normalise_chrom(frags["chrom"].to_numpy())
+    fstart = frags["start"].to_numpy(np.int64) + 1  # fragment files are 0-based, half-open
+    rows, cols = _region_overlaps(fchrom, fstart, frags["end"].to_numpy(np.int64), gchrom, gstart, gend)
+    used, col_used = np.unique(cols, return_inverse=True)
+    if used.size < min_overlap_genes:
+        raise _no_overlap_error("fragment", n_genes, fchrom, gchrom)
+    activity = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (cell[rows], col_used)),
+                             shape=(adata.n_obs, used.size))
+    activity.sum_duplicates()
+    return activity, used, np.bincount(col_used, minlength=used.size).astype(np.int64)
