@@ -81,12 +81,14 @@ def clonotype_neighbor_rate(latent: np.ndarray, clonotypes: Sequence[str], k: in
     return float(values.mean()) if values.size else float("nan")
 
 
-def clonotype_distance_ratio(latent: np.ndarray, clonotypes: Sequence[str], *, max_pairs: int = 200_000,
-                             random_state: int = 0) -> float:
+def clonotype_distance_ratio(latent: np.ndarray, clonotypes: Sequence[str], groups: Sequence | None = None, *,
+                             max_pairs: int = 200_000, random_state: int = 0) -> float:
     """Mean distance between cells of one clonotype over the mean distance between random cells.
 
     Scale-free (comparable across latent spaces): below 1, clonotype mates sit closer together than
-    cells at random. NaN when no clonotype has two cells.
+    cells at random. With ``groups`` (e.g. the clusters), the random pairs are drawn within a
+    group, so the ratio asks whether clonotype mates are closer than other cells of their cluster.
+    NaN when no clonotype has two cells.
     """
     latent = np.asarray(latent, dtype=np.float64)
     clonotypes = np.asarray(clonotypes, dtype=str)
@@ -106,7 +108,16 @@ def clonotype_distance_ratio(latent: np.ndarray, clonotypes: Sequence[str], *, m
     if not within:
         return float("nan")
     n = latent.shape[0]
-    i, j = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
+    i = rng.integers(0, n, max_pairs)
+    if groups is None:
+        j = rng.integers(0, n, max_pairs)
+    else:
+        codes = pd.factorize(np.asarray(groups, dtype=str))[0]
+        by_code = np.argsort(codes, kind="stable")
+        starts = np.searchsorted(codes[by_code], np.arange(codes.max() + 1))
+        sizes = np.bincount(codes)
+        ci = codes[i]
+        j = by_code[starts[ci] + (rng.random(max_pairs) * sizes[ci]).astype(np.int64)]
     keep = i != j
     random = np.linalg.norm(latent[i[keep]] - latent[j[keep]], axis=1).mean()
     return float(np.concatenate(within).mean() / max(random, 1e-12))
@@ -212,7 +223,7 @@ def plot_tcr_latent(
 
 
 #: Cells drawn at most in the latent figure (all cells of the coloured clonotypes, then a random subset).
-MAX_FIGURE_CELLS = 10_000
+MAX_FIGURE_CELLS = 5_000
 
 
 def figure_cells(clonotypes: Sequence[str], max_cells: int = MAX_FIGURE_CELLS, top: int = 10,
@@ -265,6 +276,6 @@ def tcr_latent_figure(
         cluster_name = "Leiden cluster of the latent"
     else:
         labels = np.asarray(clusters, dtype=object)[rows].astype(str)
-    sc.tl.umap(sub, min_dist=0.3, random_state=random_state)
+    sc.tl.umap(sub, min_dist=0.3, maxiter=200, random_state=random_state)
     return plot_tcr_latent(sub.obsm["X_umap"], labels, clonotypes[rows], path, cluster_name=cluster_name,
                            title=title, random_state=random_state)

@@ -217,6 +217,8 @@ def _to_list(obj: Any) -> list:
         pass
     if isinstance(obj, pd.DataFrame):
         return obj.to_dict("records")
+    if isinstance(obj, np.ndarray) and obj.ndim == 2 and obj.shape[1] == 1:
+        obj = obj[:, 0]  # an object array of per-cell lists, as anndata stores it
     return list(obj)
 
 

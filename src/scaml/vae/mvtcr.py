@@ -71,26 +71,33 @@ def product_of_experts(
 
 
 class CDR3Encoder(nn.Module):
-    """A CNN over CDR3 tokens (kernels of 3 and 5 residues, max-pooled over the sequence), shared by both chains."""
+    """A 1-D CNN over CDR3 tokens, shared by both chains: filters over windows of 5 residues, max-pooled.
+
+    The convolution is written as one linear map of each residue's window (its embedding and those of
+    two neighbours on each side, zero beyond the ends), which is the same function as ``Conv1d`` with
+    kernel 5 and padding 2 and runs faster on CPUs with this few channels.
+    """
+
+    WIDTH = 5
 
     def __init__(self, embedding_dim: int, n_filters: int) -> None:
         super().__init__()
         self.tokens = nn.Embedding(N_TOKENS, embedding_dim, padding_idx=0)
         self.chain = nn.Embedding(2, embedding_dim)
-        self.conv3 = nn.Conv1d(embedding_dim, n_filters, 3, padding=1)
-        self.conv5 = nn.Conv1d(embedding_dim, n_filters, 5, padding=2)
-        self.n_out = 2 * n_filters
+        self.filters = nn.Linear(self.WIDTH * embedding_dim, n_filters)
+        self.n_out = n_filters
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Features (cells x 2 chains x ``n_out``) of the token tensor (cells x 2 x positions); 0 for a missing chain."""
         n, n_chains, length = tokens.shape
-        flat = tokens.reshape(n * n_chains, length)
-        present = flat > 0
-        chain = torch.arange(n_chains, device=tokens.device).repeat(n)
-        h = (self.tokens(flat) + self.chain(chain)[:, None, :]).transpose(1, 2)  # rows x dim x positions
-        h = torch.cat([F.relu(self.conv3(h)), F.relu(self.conv5(h))], dim=1)
-        h = (h * present[:, None, :]).amax(dim=2)  # ReLU outputs >= 0: masking by 0 leaves the max intact
-        return h.reshape(n, n_chains, self.n_out)
+        present = (tokens > 0).unsqueeze(-1)  # cells x chains x positions x 1
+        chain = torch.arange(n_chains, device=tokens.device)
+        e = (self.tokens(tokens) + self.chain(chain)[None, :, None, :]) * present
+        half = self.WIDTH // 2
+        padded = F.pad(e, (0, 0, half, half))
+        windows = torch.cat([padded[:, :, i:i + length] for i in range(self.WIDTH)], dim=-1)
+        h = F.relu(self.filters(windows)) * present  # ReLU outputs >= 0: zeroing padding keeps the max
+        return h.amax(dim=2)
 
 
 class GaussianHead(nn.Module):
@@ -338,7 +345,7 @@ class MVTCR(BaseVAE):
         tcr_weight: float = 1.0,
         max_cdr3_length: int | None = None,
         cdr3_embedding_dim: int = 16,
-        cdr3_filters: int = 32,
+        cdr3_filters: int = 64,
         gene_embedding_dim: int = 16,
         tcr_hidden: int = 128,
         modality_dropout: float = 0.15,
@@ -355,7 +362,7 @@ class MVTCR(BaseVAE):
     def _extra_params(
         self, adata: ad.AnnData, tcr_layout: str = "auto", clonotype_key: str | None = None,
         tcr_weight: float = 1.0, max_cdr3_length: int | None = None, cdr3_embedding_dim: int = 16,
-        cdr3_filters: int = 32, gene_embedding_dim: int = 16, tcr_hidden: int = 128,
+        cdr3_filters: int = 64, gene_embedding_dim: int = 16, tcr_hidden: int = 128,
         modality_dropout: float = 0.15, **extra: Any,
     ) -> dict:
         super()._extra_params(adata, **extra)
@@ -405,7 +412,7 @@ class MVTCR(BaseVAE):
                 info("no TCR columns in these cells: they are embedded from expression alone")
         if training:
             self._clonotypes = clonotypes(adata, table, self._config["params"].get("clonotype_key"))
-        return encode_table(table, extra["vocabularies"], int(extra["max_length"]), report=self.is_query)
+        return encode_table(table, extra["vocabularies"], int(extra["max_length"]), report=self.is_query and training)
 
     def _split_rows(self, data: CellData, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         groups = getattr(self, "_clonotypes", None)
