@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scaml"
 LAYERS = [
     {"errors", "_utils", "io", "manifest", "style", "runinfo", "datasets"},
     {"neighbors", "preprocess", "hvg", "plotting", "report", "report_verdicts"},
-    {"harmony", "vae", "metrics", "atac", "cite", "tcr"},
+    {"harmony", "vae", "metrics", "atac", "cite", "tcr", "chunked"},
     {"mapping", "classify", "pipeline"},
     {"demo"},
     {"cli", "__main__"},

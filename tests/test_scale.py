@@ -63,6 +63,25 @@ def integrated(big) -> Path:
     return out
 
 
+def test_integrate_chunked_at_20k_cells(big, integrated):
+    """The chunked path through the CLI (5 chunks, no metrics): the same cells, HVGs and clusters as in memory."""
+    out = big["folder"] / "integrate_chunked"
+    _scaml("integrate", big["reference"], "--batch-key", "batch", "--label-key", "cell_type", "--out", out,
+           "--min-genes", "20", "--max-pct-mito", "60", "--n-hvg", "250", "--n-pcs", "20", "--resolutions", "0.1", "0.3",
+           "--chunked", "--chunk-cells", "5000", "--no-metrics")
+    chunked, memory = ad.read_h5ad(out / "integrated.h5ad"), ad.read_h5ad(integrated / "integrated.h5ad")
+    assert chunked.n_obs == memory.n_obs >= 20_000
+    assert np.array_equal(chunked.var["highly_variable"].to_numpy(), memory.var["highly_variable"].to_numpy())
+    P, Q = chunked.obsm["X_pca_harmony"], memory.obsm["X_pca_harmony"]
+    assert min(np.corrcoef(P[:, i], Q[:, i])[0, 1] for i in range(P.shape[1])) > 0.999
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(chunked.obs["leiden"], memory.obs["leiden"]) > 0.9
+    run = _json(out / "run.json")
+    assert run["data"]["chunked"]["n_chunks"] == 5 and run["data"]["chunked"]["engine"] == "in-process"
+    assert abs(chunked.X[:50] - memory.X[:50]).max() < 1e-4
+
+
 def test_integrate_at_20k_cells(integrated):
     run = _json(integrated / "run.json")
     assert run["data"]["after_qc"]["n_cells"] >= 20_000  # above scanpy's 8,192-cell switch

@@ -67,6 +67,21 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     hg.add_argument("--lamb", type=float, default=None, help="ridge penalty (default: automatic, alpha * E)")
     hg.add_argument("--max-iter-harmony", type=int, default=10, help="maximum Harmony iterations (default 10)")
     hg.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    big = p.add_argument_group("atlas scale (h5ad / zarr larger than memory)")
+    chunk = big.add_mutually_exclusive_group()
+    chunk.add_argument("--chunked", dest="chunked", action="store_const", const=True, default=None,
+                       help="preprocess in chunks of cells (QC, normalise, HVG, PCA never hold the counts; markers "
+                       "on a per-cluster sample). Default: when the file would not fit in --max-memory")
+    chunk.add_argument("--no-chunked", dest="chunked", action="store_const", const=False,
+                       help="read the whole input into memory whatever its size")
+    big.add_argument("--max-memory", default=None, metavar="SIZE",
+                     help="memory budget of the chunked path, e.g. 8GB (default: a quarter of this machine's memory)")
+    big.add_argument("--chunk-cells", type=int, default=None, metavar="N",
+                     help="cells per chunk instead of the budget's")
+    big.add_argument("--dask", default=None, metavar="ADDRESS",
+                     help="run the chunked passes on a dask.distributed scheduler (tcp://host:8786, started with "
+                     "'dask scheduler' and 'dask worker', or by dask-jobqueue / dask-kubernetes), or 'local' "
+                     "for a LocalCluster on this machine")
     p.add_argument("--no-metrics", action="store_true", help="skip the integration metrics")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     p.set_defaults(func=run)
@@ -90,5 +105,7 @@ def run(args: argparse.Namespace) -> int:
         atac_params={"min_counts": args.min_counts, "min_peaks": args.min_peaks, "max_counts": args.max_counts,
                      "min_fragments": args.min_fragments, "binarize": args.binarize,
                      "depth_threshold": args.depth_threshold, "fragments": args.fragments, "genes": args.genes},
+        chunked=True if args.dask is not None and args.chunked is None else args.chunked,
+        max_memory=args.max_memory, chunk_cells=args.chunk_cells, dask=args.dask,
     )
     return 0

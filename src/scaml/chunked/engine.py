@@ -1,0 +1,158 @@
+"""Where the chunks run: in this process, or on a dask.distributed cluster.
+
+:class:`Engine` maps a function over chunks and hands back the results in chunk order (so that
+sums add up in the same order, and the numbers are the same in-process and on a cluster). On a
+cluster at most ``window`` chunks are in flight, which bounds the memory the results take.
+:func:`connect` makes the cluster client: a running scheduler's address, or ``"local"`` for a
+``LocalCluster`` on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from .._utils import info, is_quiet, progress
+from ..errors import ScamlError
+
+#: Seconds to wait for a scheduler before giving up.
+CONNECT_TIMEOUT_S = 5
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def connect(address: str, *, n_workers: int | None = None, memory_limit: int | None = None) -> Any:
+    """A ``dask.distributed.Client``: to the scheduler at ``address``, or to a new ``LocalCluster`` (``"local"``).
+
+    Parameters
+    ----------
+    address
+        ``"local"``, or a scheduler address such as ``tcp://10.0.0.5:8786`` (started with
+        ``dask scheduler`` and ``dask worker ADDRESS``, or by dask-jobqueue / dask-kubernetes).
+    n_workers, memory_limit
+        For ``"local"``: worker processes (default: the CPUs this process may use, at most 4) and
+        each worker's memory limit in bytes.
+
+    Raises
+    ------
+    ScamlError
+        The scheduler does not answer within :data:`CONNECT_TIMEOUT_S` seconds.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a dependency
+        raise ScamlError("--dask needs the 'distributed' package; pip install distributed.") from exc
+    if str(address).lower() == "local":
+        workers = n_workers or max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                          else (os.cpu_count() or 1)))
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               memory_limit=memory_limit if memory_limit else "auto", dashboard_address=None)
+        return Client(cluster)
+    try:
+        return Client(str(address), timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ScamlError(
+            f"no Dask scheduler answered at {address!r} within {CONNECT_TIMEOUT_S} s ({type(exc).__name__}); start one "
+            "(dask scheduler, then dask worker ADDRESS) and check the address, or use --dask local."
+        ) from exc
+
+
+def describe_client(client: Any) -> dict[str, Any]:
+    """The cluster a client talks to: scheduler address, workers and their threads (for run.json)."""
+    if client is None:
+        return {"engine": "in-process"}
+    workers = client.scheduler_info().get("workers", {})
+    return {
+        "engine": "dask.distributed",
+        "scheduler": str(client.scheduler.address),
+        "n_workers": len(workers),
+        "threads": int(sum(w.get("nthreads", 0) for w in workers.values())),
+    }
+
+
+class Engine:
+    """Runs the passes over the chunks and records them (chunks, seconds, peak memory).
+
+    Parameters
+    ----------
+    client
+        A ``dask.distributed.Client``, or None to run in this process.
+    show
+        Show a progress bar per pass (also silenced by scaml's quiet mode).
+    window
+        Chunks in flight on a cluster (default: twice the workers' threads).
+    """
+
+    def __init__(self, client: Any = None, *, show: bool = True, window: int | None = None) -> None:
+        self.client = client
+        self.cluster = describe_client(client)
+        self.show = show and not is_quiet()
+        threads = int(self.cluster.get("threads", 1) or 1)
+        self.window = int(window or max(2, 2 * threads))
+        self.records: list[dict[str, Any]] = []
+
+    def map(self, name: str, func: Callable[..., Any], items: Sequence[Any], *args: Any) -> Iterator[Any]:
+        """``func(item, *args)`` for every item, yielded in item order, with a progress bar."""
+        start = time.perf_counter()
+        bar = progress() if self.show else None
+        task = None
+        if bar is not None:
+            bar.start()
+            task = bar.add_task(f"{name}", total=len(items), status="")
+        try:
+            for result in self._results(func, items, args):
+                if bar is not None:
+                    bar.advance(task)
+                yield result
+        finally:
+            if bar is not None:
+                bar.stop()
+            self.records.append({"pass": name, "chunks": len(items),
+                                 "seconds": round(time.perf_counter() - start, 3),
+                                 "peak_rss_mib": round(peak_rss_mib(), 1)})
+
+    def _results(self, func: Callable[..., Any], items: Sequence[Any], args: tuple) -> Iterable[Any]:
+        if self.client is None:
+            for item in items:
+                yield func(item, *args)
+            return
+        scattered = [self.client.scatter(a, broadcast=True) if _is_large(a) else a for a in args]
+        pending: list[Any] = []
+        it = iter(items)
+        for item in it:
+            pending.append(self.client.submit(func, item, *scattered, pure=False))
+            if len(pending) >= self.window:
+                break
+        while pending:
+            future = pending.pop(0)
+            result = future.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(self.client.submit(func, nxt, *scattered, pure=False))
+            yield result
+
+    def summary(self) -> dict[str, Any]:
+        """The cluster used and the passes run, for run.json."""
+        out = dict(self.cluster)
+        out["passes"] = self.records  # the same list: passes run later (the output file) show up too
+        out["peak_rss_mib"] = round(peak_rss_mib(), 1)
+        return out
+
+    def say_where(self) -> None:
+        c = self.cluster
+        if c["engine"] == "in-process":
+            info("chunked passes run in this process")
+        else:
+            info(f"chunked passes run on the Dask cluster at {c['scheduler']} ({c['n_workers']} workers, "
+                 f"{c['threads']} threads)")
+
+
+def _is_large(value: Any) -> bool:
+    nbytes = getattr(value, "nbytes", 0)
+    return bool(nbytes and nbytes > 1 << 20)

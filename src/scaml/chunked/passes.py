@@ -1,0 +1,121 @@
+"""The work of one chunk in each pass of the chunked preprocessing (module functions, so Dask can ship them).
+
+Every function takes ``(start, stop)`` first and a :class:`~scaml.chunked.source.CellSource`, reads
+its rows and returns sums or per-cell values; nothing is kept between calls.
+
+1. :func:`qc_chunk`: per-cell QC metrics and pass/fail, the detected counts of each gene among passing cells;
+2. :func:`sums_chunk`: log-normalise the kept cells over the kept genes; per-batch :class:`~scaml.hvg.GeneSums`
+   and the per-gene sums for scaling;
+3. :func:`gram_chunk`: the scaled, clipped HVG block's sum and cross-product (the PCA's covariance);
+4. :func:`project_chunk`: the principal components of the chunk's cells (and, for the outputs,
+   its normalised and raw matrices).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..hvg import GeneSums, gene_sums
+from ..preprocess import log_normalize
+from .source import CellSource
+
+
+@dataclass(frozen=True)
+class QCRules:
+    """The cell rules of :func:`scaml.preprocess.qc_filter`."""
+
+    min_genes: int = 200
+    max_genes: int | None = None
+    max_pct_mito: float | None = 20.0
+
+
+def _csr(block: sp.csr_matrix | np.ndarray) -> sp.csr_matrix:
+    return block if sp.issparse(block) else sp.csr_matrix(block)
+
+
+def count_problem(X: sp.csr_matrix) -> str | None:
+    """Why a block is not raw counts (negative or non-integer values), or None."""
+    data = X.data
+    if data.size == 0:
+        return None
+    if float(data.min()) < 0:
+        return f"a negative value ({float(data.min()):g})"
+    frac = np.abs(data - np.round(data))
+    if float(frac.max()) > 1e-6:
+        return f"a non-integer value ({float(data[int(np.argmax(frac))]):g})"
+    return None
+
+
+def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np.ndarray) -> dict:
+    """Per-cell ``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``, ``keep``; per-gene detected counts of kept cells."""
+    X = _csr(source.read_rows(*rows))
+    problem = count_problem(X)
+    detected = X.copy()
+    detected.data = (detected.data > 0).astype(np.float32)
+    n_genes = np.asarray(detected.sum(axis=1)).ravel().astype(np.int64)
+    total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+    mt = np.asarray(X[:, mito].sum(axis=1, dtype=np.float64)).ravel() if mito.any() else np.zeros_like(total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = 100.0 * mt / total
+    keep = n_genes >= rules.min_genes
+    fail = {"min_genes": int((~keep).sum())}
+    for name, ok in (("max_genes", None if rules.max_genes is None else n_genes <= rules.max_genes),
+                     ("max_pct_mito", None if rules.max_pct_mito is None else pct <= rules.max_pct_mito)):
+        if ok is not None:
+            fail[name] = int((keep & ~ok).sum())
+            keep &= ok
+    kept = detected[keep]
+    gene_cells = np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes).astype(np.int64)
+    return {"n_genes_by_counts": n_genes, "total_counts": total.astype(np.float32),
+            "pct_counts_mt": pct.astype(np.float32), "keep": keep, "gene_cells": gene_cells,
+            "removed": fail, "problem": None if problem is None else (rows, problem)}
+
+
+def _kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray) -> sp.csr_matrix:
+    """Counts of the chunk's kept cells over the kept genes."""
+    X = _csr(source.read_rows(*rows))
+    return X[keep][:, genes]
+
+
+def sums_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray,
+               codes: np.ndarray | None, n_batches: int, target_sum: float) -> tuple[GeneSums, np.ndarray, np.ndarray]:
+    """Per-batch HVG sums and per-gene sum / sum of squares of the log-normalised kept cells."""
+    lognorm = log_normalize(_kept_block(rows, source, keep, genes), target_sum)
+    values = lognorm.data.astype(np.float64)
+    s1 = np.bincount(lognorm.indices, weights=values, minlength=lognorm.shape[1])
+    s2 = np.bincount(lognorm.indices, weights=values * values, minlength=lognorm.shape[1])
+    return gene_sums(lognorm, codes, n_batches), s1, s2
+
+
+def _scaled(lognorm: sp.csr_matrix, hvg: np.ndarray, mean: np.ndarray, std: np.ndarray, max_value: float) -> np.ndarray:
+    """The HVG block z-scored and clipped to ``[-max_value, max_value]`` (float32, as scanpy's ``scale``)."""
+    z = lognorm[:, hvg].toarray().astype(np.float32, copy=False)
+    z -= mean.astype(np.float32)
+    z /= std.astype(np.float32)
+    np.clip(z, -max_value, max_value, out=z)
+    return z
+
+
+def gram_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray, hvg: np.ndarray,
+               mean: np.ndarray, std: np.ndarray, max_value: float, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
+    """Cells, column sums and cross-product ``Z^T Z`` (float64) of the scaled HVG block."""
+    lognorm = log_normalize(_kept_block(rows, source, keep, genes), target_sum)
+    z = _scaled(lognorm, hvg, mean, std, max_value).astype(np.float64)
+    return z.shape[0], z.sum(axis=0), z.T @ z
+
+
+def project_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray, hvg: np.ndarray,
+                  mean: np.ndarray, std: np.ndarray, max_value: float, target_sum: float, center: np.ndarray,
+                  components: np.ndarray, with_matrices: bool) -> tuple[np.ndarray, sp.csr_matrix | None,
+                                                                         sp.csr_matrix | None]:
+    """The chunk's principal components (float32); with ``with_matrices`` also its log-normalised and raw counts."""
+    counts = _kept_block(rows, source, keep, genes)
+    lognorm = log_normalize(counts, target_sum)
+    z = _scaled(lognorm, hvg, mean, std, max_value).astype(np.float64)
+    pcs = ((z - center) @ components).astype(np.float32)
+    if not with_matrices:
+        return pcs, None, None
+    return pcs, lognorm, sp.csr_matrix(counts, dtype=np.float32)

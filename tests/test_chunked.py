@@ -1,0 +1,186 @@
+"""The chunked path (scaml.chunked): the same numbers as the in-memory path, on disk and on Dask, and clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from scaml import preprocess as pp
+from scaml.chunked import open_cells, plan_chunks, preprocess_chunked, write_chunked_h5ad
+from scaml.cli import main
+from scaml.errors import ScamlError
+
+
+@pytest.fixture(scope="module")
+def counts_file(tmp_path_factory) -> tuple[Path, ad.AnnData]:
+    from scaml.datasets import simulate
+
+    adata = simulate(n_cells=3000, n_genes=800, n_batches=3, n_cell_types=5, n_markers=15, random_state=3)
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    path = tmp_path_factory.mktemp("chunked") / "cells.h5ad"
+    adata.write_h5ad(path)
+    return path, adata
+
+
+@pytest.fixture(scope="module")
+def in_memory(counts_file) -> ad.AnnData:
+    _, adata = counts_file
+    b = adata.copy()
+    pp.qc_filter(b, min_genes=50)
+    pp.normalize_log1p(b)
+    pp.select_hvg(b, 300, batch_key="batch")
+    pp.run_pca(b, 15)
+    return b
+
+
+def _same_as_memory(cells, b: ad.AnnData) -> None:
+    a = cells.adata
+    assert list(a.obs_names) == list(b.obs_names) and list(a.var_names) == list(b.var_names)
+    assert np.array_equal(a.var["highly_variable"].to_numpy(), b.var["highly_variable"].to_numpy())
+    for key in ("n_genes_by_counts", "total_counts", "pct_counts_mt"):
+        np.testing.assert_allclose(a.obs[key].to_numpy(), b.obs[key].to_numpy(), rtol=1e-5, atol=1e-5)
+    P, Q = a.obsm["X_pca"], b.obsm["X_pca"]
+    r = [np.corrcoef(P[:, i], Q[:, i])[0, 1] for i in range(P.shape[1])]
+    assert min(r) > 0.9999, r  # same components, same signs
+    np.testing.assert_allclose(a.uns["pca"]["variance_ratio"], b.uns["pca"]["variance_ratio"], rtol=1e-4)
+
+
+def test_same_numbers_as_in_memory(counts_file, in_memory):
+    path, _ = counts_file
+    cells = preprocess_chunked(path, batch_key="batch", min_genes=50, n_top_genes=300, n_pcs=15, chunk_cells=700,
+                               show_progress=False)
+    assert cells.plan.n_chunks == 5
+    _same_as_memory(cells, in_memory)
+    assert [p["pass"] for p in cells.engine.records] == ["QC", "normalise + gene sums", "scaled HVG covariance",
+                                                          "principal components"]
+
+
+def test_zarr_input_and_chunked_output(counts_file, in_memory, tmp_path):
+    path, adata = counts_file
+    store = tmp_path / "cells.zarr"
+    adata.write_zarr(store)
+    cells = preprocess_chunked(store, batch_key="batch", min_genes=50, n_top_genes=300, n_pcs=15, chunk_cells=1000,
+                               show_progress=False)
+    _same_as_memory(cells, in_memory)
+    out = write_chunked_h5ad(cells, cells.adata, tmp_path / "out.h5ad")
+    back = ad.read_h5ad(out)
+    assert abs(back.X - in_memory.X).max() < 1e-5
+    assert abs(back.layers["counts"] - in_memory.layers["counts"]).max() == 0
+    assert not list(tmp_path.glob(".out.h5ad*"))  # no temporary file left
+
+
+def test_dask_cluster_gives_the_same_numbers(counts_file):
+    distributed = pytest.importorskip("distributed")
+    path, _ = counts_file
+    here = preprocess_chunked(path, batch_key="batch", min_genes=50, n_top_genes=300, n_pcs=15, chunk_cells=1000,
+                              show_progress=False)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        there = preprocess_chunked(path, batch_key="batch", min_genes=50, n_top_genes=300, n_pcs=15,
+                                   chunk_cells=1000, client=client, show_progress=False)
+        assert there.engine.summary()["engine"] == "dask.distributed"
+        assert there.engine.summary()["n_workers"] == 2
+    assert np.array_equal(here.adata.obsm["X_pca"], there.adata.obsm["X_pca"])
+
+
+def test_budget_sets_the_chunks_and_a_too_small_one_is_refused(counts_file):
+    path, _ = counts_file
+    source = open_cells(path)
+    small = plan_chunks(source, 300, max_memory="8MB")
+    large = plan_chunks(source, 300, max_memory="1GB")
+    assert small.chunk_cells < large.chunk_cells
+    with pytest.raises(ScamlError, match=r"--max-memory 1 MB does not hold one chunk.*give at least"):
+        plan_chunks(source, 300, max_memory="1MB")
+
+
+def test_truncated_file_is_refused_and_nothing_written(counts_file, tmp_path, capsys):
+    path, _ = counts_file
+    bad = tmp_path / "truncated.h5ad"
+    data = path.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ScamlError, match="truncated"):
+        preprocess_chunked(bad, show_progress=False)
+    out = tmp_path / "run"
+    code = main(["integrate", str(bad), "--batch-key", "batch", "--chunked", "--out", str(out), "--quiet"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "truncated" in err[0]
+    assert bad.read_bytes() == data[: len(data) // 2]  # the input is untouched
+
+
+def test_dask_address_that_does_not_answer(counts_file, tmp_path, capsys):
+    path, _ = counts_file
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    code = main(["integrate", str(path), "--batch-key", "batch", "--dask", "tcp://127.0.0.1:9", "--out", str(out),
+                 "--quiet"])
+    assert code == 2 and not out.exists()
+    assert time.perf_counter() - start < 30
+    err = capsys.readouterr().err
+    assert "no Dask scheduler answered at 'tcp://127.0.0.1:9'" in err
+
+
+def test_non_counts_and_column_stored_matrices_are_refused(counts_file, tmp_path):
+    _, adata = counts_file
+    lognorm = adata.copy()
+    lognorm.X = pp.log_normalize(lognorm.X)
+    lognorm.write_h5ad(tmp_path / "lognorm.h5ad")
+    with pytest.raises(ScamlError, match="is not raw counts.*non-integer"):
+        preprocess_chunked(tmp_path / "lognorm.h5ad", show_progress=False)
+    csc = adata.copy()
+    csc.X = sp.csc_matrix(csc.X)
+    csc.write_h5ad(tmp_path / "csc.h5ad")
+    with pytest.raises(ScamlError, match="stored by column"):
+        open_cells(tmp_path / "csc.h5ad")
+
+
+def test_integrate_chunked_matches_in_memory(counts_file, tmp_path):
+    from scaml.pipeline import integrate
+
+    path, _ = counts_file
+    kw = dict(label_key="cell_type", min_genes=50, n_top_genes=300, n_pcs=15, resolutions=[0.5], evaluate=False)
+    a = integrate(path, "batch", tmp_path / "chunked", chunked=True, chunk_cells=800, **kw)
+    b = integrate(path, "batch", None, chunked=False, **kw)
+    P, Q = a.obsm["X_pca_harmony"], b.obsm["X_pca_harmony"]
+    assert min(np.corrcoef(P[:, i], Q[:, i])[0, 1] for i in range(P.shape[1])) > 0.999
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(a.obs["leiden"], b.obs["leiden"]) > 0.95
+    import json
+
+    run = json.loads((tmp_path / "chunked" / "run.json").read_text())
+    chunked = run["data"]["chunked"]
+    assert chunked["engine"] == "in-process" and chunked["chunk_cells"] == 800
+    assert "write integrated.h5ad" in [p["pass"] for p in chunked["passes"]]
+    assert run["data"]["samples"]["marker_cells_per_cluster"] == 1000
+    back = ad.read_h5ad(tmp_path / "chunked" / "integrated.h5ad")
+    assert back.n_obs == a.n_obs and "counts" in back.layers and "rank_genes_groups" in back.uns
+
+
+def test_nan_embedding_rows_are_refused():
+    from scaml.harmony import run_harmony
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(200, 5))
+    Z[17] = np.nan
+    meta = {"batch": np.repeat(["a", "b"], 100)}
+    import pandas as pd
+
+    with pytest.raises(ScamlError, match="NaN"):
+        run_harmony(Z, pd.DataFrame(meta), "batch", verbose=False)
+
+
+def test_in_memory_anndata_cannot_be_chunked(counts_file, tmp_path):
+    from scaml.pipeline import integrate
+
+    _, adata = counts_file
+    with pytest.raises(ScamlError, match="--chunked cannot run: the input is an in-memory AnnData"):
+        integrate(adata, "batch", tmp_path / "x", chunked=True)
+    assert not (tmp_path / "x").exists()
+    shutil.rmtree(tmp_path, ignore_errors=True)
