@@ -1,0 +1,207 @@
+"""Chunked preprocessing (scaml.chunked) vs the in-memory path: time, peak memory and agreement.
+
+Threads: 2 (``BENCH_THREADS``), set before numpy is imported. A simulated count matrix (scaml's
+``simulate``: cell types, batches, NB counts) is written to an h5ad chunk by chunk (each chunk of
+50,000 cells is its own simulation with its own seed, so no step holds the whole matrix), then
+both paths preprocess it with the pipeline's rules (QC min 200 genes / max 20 % mito / min 3 cells,
+normalise to 1e4 + log1p, 2,000 seurat HVGs per batch, scale clipped at 10, 30 PCs):
+
+* ``memory``: ``anndata.read_h5ad`` + :func:`scaml.preprocess.qc_filter`, ``normalize_log1p``,
+  ``select_hvg``, ``run_pca`` (what ``scaml integrate`` does in memory);
+* ``chunked``: :func:`scaml.chunked.preprocess_chunked` with ``--max-memory`` (in-process, or on a
+  ``LocalCluster`` with ``--dask local``).
+
+Each path runs in its own child process (so that each peak RSS is its own); the script prints
+seconds, peak RSS, and the agreement of the two results (same cells and HVGs; per-PC Pearson r).
+``--skip-memory`` runs the chunked path only (sizes the in-memory path cannot hold).
+
+Usage::
+
+    python benchmarks/bench_chunked.py --cells 200000 --genes 5000
+    python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB
+"""
+
+from __future__ import annotations
+
+import os
+
+THREADS = os.environ.get("BENCH_THREADS", "2")
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+             "NUMBA_NUM_THREADS"):
+    os.environ[_var] = THREADS
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SIM_CHUNK = 50_000
+
+
+def write_simulation(path: Path, n_cells: int, n_genes: int, library: float) -> int:
+    """Write the simulated counts to ``path`` chunk by chunk; return the number of stored values."""
+    import anndata as ad
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+    from anndata.io import sparse_dataset, write_elem
+
+    from scaml.datasets import simulate
+
+    obs = []
+    first = None
+    tmp = path.with_suffix(".part")
+    nnz = 0
+    for i, a in enumerate(range(0, n_cells, SIM_CHUNK)):
+        m = min(SIM_CHUNK, n_cells - a)
+        part = simulate(n_cells=m, n_genes=n_genes, n_batches=4, n_cell_types=8, mean_library_size=library,
+                        random_state=100 + i)
+        X = sp.csr_matrix(part.X, dtype=np.float32)
+        nnz += X.nnz
+        names = part.obs_names.astype(str)
+        obs.append(pd.DataFrame({"batch": part.obs["batch"].astype(str).to_numpy(),
+                                 "cell_type": part.obs["cell_type"].astype(str).to_numpy()},
+                                index=[f"c{i}_{n}" for n in names]))
+        if first is None:
+            first = part
+            with h5py.File(tmp, "w") as f:
+                write_elem(f, "X", X, dataset_kwargs={"chunks": (1 << 18,)})
+        else:
+            with h5py.File(tmp, "a") as f:
+                sparse_dataset(f["X"]).append(X)
+        print(f"  simulated {a + m:,} / {n_cells:,} cells", flush=True)
+    frame = pd.concat(obs)
+    frame["batch"] = frame["batch"].astype("category")
+    frame["cell_type"] = frame["cell_type"].astype("category")
+    shell = ad.AnnData(obs=frame, var=first.var[[]].copy())
+    shell.write_h5ad(path)
+    with h5py.File(path, "a") as f, h5py.File(tmp, "r") as src:
+        if "X" in f:
+            del f["X"]
+        src.copy(src["X"], f, "X")
+    tmp.unlink()
+    return nnz
+
+
+def run_memory(path: str, out: str) -> dict:
+    import anndata as ad
+
+    from scaml import preprocess as pp
+
+    start = time.perf_counter()
+    adata = ad.read_h5ad(path)
+    pp.qc_filter(adata)
+    pp.normalize_log1p(adata)
+    pp.select_hvg(adata, 2000, batch_key="batch")
+    pp.run_pca(adata, 30)
+    seconds = time.perf_counter() - start
+    np.savez(out, pca=adata.obsm["X_pca"], hvg=adata.var["highly_variable"].to_numpy(),
+             cells=adata.obs_names.to_numpy().astype(str))
+    return {"seconds": seconds}
+
+
+def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -> dict:
+    from scaml.chunked import connect, preprocess_chunked
+
+    client = connect(dask) if dask else None
+    start = time.perf_counter()
+    cells = preprocess_chunked(path, batch_key="batch", n_top_genes=2000, n_pcs=30, max_memory=max_memory,
+                               client=client, show_progress=False)
+    seconds = time.perf_counter() - start
+    a = cells.adata
+    np.savez(out, pca=a.obsm["X_pca"], hvg=a.var["highly_variable"].to_numpy(), cells=a.obs_names.to_numpy().astype(str))
+    result = {"seconds": seconds, "plan": cells.plan.to_dict(), "passes": cells.engine.records}
+    if client is not None:
+        result["worker_peak_rss_mib"] = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        client.close()
+    return result
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.child == "memory":
+        result = run_memory(args.path, args.result)
+    else:
+        result = run_chunked(args.path, args.result, args.max_memory, args.dask)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result, default=float), flush=True)
+
+
+def launch(mode: str, path: Path, result: Path, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--result", str(result)]
+    if args.max_memory:
+        cmd += ["--max-memory", args.max_memory]
+    if args.dask:
+        cmd += ["--dask", args.dask]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-1500:]
+        return {"failed": f"exit {proc.returncode}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", type=int, default=200_000)
+    p.add_argument("--genes", type=int, default=5000)
+    p.add_argument("--library", type=float, default=4000.0, help="mean counts per cell of the simulation")
+    p.add_argument("--max-memory", default=None, help="budget of the chunked path (default: a quarter of RAM)")
+    p.add_argument("--dask", default=None, help="run the chunked passes on a Dask scheduler, or 'local'")
+    p.add_argument("--skip-memory", action="store_true", help="chunked path only")
+    p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--path", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="bench_chunked_", dir=args.tmp))
+    try:
+        path = folder / "cells.h5ad"
+        start = time.perf_counter()
+        nnz = write_simulation(path, args.cells, args.genes, args.library)
+        print(f"{args.cells:,} cells x {args.genes:,} genes, {nnz:,} stored counts "
+              f"({path.stat().st_size / 2**30:.2f} GiB on disk), written in {time.perf_counter() - start:.0f} s")
+        runs = {}
+        if not args.skip_memory:
+            runs["memory"] = launch("memory", path, folder / "memory.npz", args)
+        runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args)
+        print("\n| path | seconds | peak RSS (MiB) | notes |\n|---|---|---|---|")
+        for name, r in runs.items():
+            if "failed" in r:
+                print(f"| {name} | failed | | {r['failed']} |")
+                continue
+            note = ""
+            if name == "chunked":
+                note = (f"{r['plan']['n_chunks']} chunks of {r['plan']['chunk_cells']:,} cells, budget "
+                        f"{r['plan']['budget_mib']:.0f} MiB")
+                if "worker_peak_rss_mib" in r:
+                    note += f"; worker peaks {sorted(round(v) for v in r['worker_peak_rss_mib'].values())} MiB"
+            print(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {note} |")
+        if "chunked" in runs and "passes" in runs["chunked"]:
+            print("\nchunked passes: " + "; ".join(f"{q['pass']} {q['seconds']:.1f} s" for q in runs["chunked"]["passes"]))
+        ok = all("failed" not in r for r in runs.values())
+        if "memory" in runs and ok:
+            m, c = np.load(folder / "memory.npz"), np.load(folder / "chunked.npz")
+            same_cells = np.array_equal(m["cells"], c["cells"])
+            hvg_same = int((m["hvg"] == c["hvg"]).sum())
+            r = [np.corrcoef(m["pca"][:, i], c["pca"][:, i])[0, 1] for i in range(m["pca"].shape[1])]
+            print(f"\nagreement: same cells {same_cells}; HVG flags equal for {hvg_same} / {m['hvg'].size} genes; "
+                  f"per-PC r median {np.median(r):.6f}, min {np.min(r):.6f}")
+            mem, chk = runs["memory"], runs["chunked"]
+            print(f"ratios (memory / chunked): time {mem['seconds'] / chk['seconds']:.2f}x, "
+                  f"peak RSS {mem['peak_rss_mib'] / chk['peak_rss_mib']:.2f}x")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
