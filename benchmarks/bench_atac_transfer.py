@@ -119,8 +119,13 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                                 **({"max_epochs": args.max_epochs} if method == "scvi" else {}))
                 seconds = time.perf_counter() - t0
                 conf = mapped.obs["mapping_confidence"].to_numpy() if "mapping_confidence" in mapped.obs else None
+                called = mapped.obs["predicted_cell_type"].astype(str).to_numpy()
                 rows.append({"reference": name, "query": variant, "build_s": t_build, "map_s": seconds,
-                             **score(truth, mapped.obs["predicted_cell_type"].astype(str).to_numpy(), conf)})
+                             **score(truth, called, conf)})
+                if name == "symphony all genes" and variant == "smooth 20":
+                    flag = np.where(conf < 0.5, " (confidence < 0.5)", "")
+                    confusion = pd.crosstab(pd.Series(truth, name="true"),
+                                            pd.Series(np.char.add(called.astype(str), flag), name="called"))
                 if method == "symphony" and variant == "smooth 20":
                     # the same mapping, per-label probabilities averaged over each cell's ATAC neighbours
                     t0 = time.perf_counter()
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                 rows.append({"reference": name, "query": "naive (activity as RNA)", "build_s": t_build,
                              "map_s": time.perf_counter() - t0,
                              **score(truth, mapped.obs["predicted_cell_type"].astype(str).to_numpy(), None)})
+    print(f"calls of 'symphony all genes, smooth 20' by true type:\n{confusion.to_string()}\n")
     return pd.DataFrame(rows)
 
 

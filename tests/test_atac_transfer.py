@@ -166,10 +166,14 @@ def test_map_atac_cli_bad_inputs(sim, sym_ref, tmp_path, capsys):
     assert main([*base, "--modality", "atac", "--genes", str(bed), "--smooth-neighbors", "-1",
                  "--out", str(tmp_path / "o5")]) == 2
     assert "smooth_neighbors must be a whole number >= 0" in _error_line(capsys)
+    # a fragments file of other cells
+    assert main([*base, "--modality", "atac", "--genes", str(bed), "--fragments", str(FRAGMENTS),
+                 "--out", str(tmp_path / "o6")]) == 2
+    assert "only 0 of 300 cell barcodes occur in fragments file" in _error_line(capsys)
     # nothing was written for any refused run
-    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 6))
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 7))
     with pytest.raises(ScamlError, match="unknown modality 'protein'"):
-        map_query(sym_ref, small, tmp_path / "o6", modality="protein", genes=genes)
+        map_query(sym_ref, small, tmp_path / "o7", modality="protein", genes=genes)
 
 
 # ----------------------------------------------------------------------------- real data

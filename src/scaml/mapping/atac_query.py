@@ -24,9 +24,14 @@ counts are the query of the usual surgery, the reference genes without activity 
 ``poissonvi``) take ATAC peaks directly and are refused here.
 
 Labels are then transferred by the weighted kNN of RNA mapping (:mod:`scaml.mapping.transfer`), with
-its uncertainty and Unknown call. :func:`neighbour_vote` averages the per-label probabilities over the
-same ATAC neighbourhoods; it makes cells of types the reference lacks uncertain more often (and shared
-types too: benchmarks/bench_atac_transfer.py).
+its uncertainty and Unknown call. That uncertainty only sees which reference cells are nearest: an ATAC
+cell far from every reference cell still has all its neighbours in one cluster. So a Symphony mapping
+also writes ``obs["mapping_confidence"]`` (:func:`centroid_confidence`, judged after the first correction
+round as Symphony's confidence is): how decisively the cell points at one reference label's centroid
+rather than the next. Cells of a type the reference lacks fall between the labels and get low values
+(simulated: 60-80 % below 0.5, the shared types almost none); on Granja's 5,000 random peaks they do
+not (benchmarks/README.md). :func:`neighbour_vote` averages the per-label probabilities over the same
+ATAC neighbourhoods, which turns a third of Granja's absent types Unknown at a cost on the shared ones.
 """
 
 from __future__ import annotations
