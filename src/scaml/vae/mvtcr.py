@@ -120,7 +120,7 @@ class MVTCRModule(ConditionalVAE):
 
     ``cfg.extra`` holds ``max_length`` (CDR3 positions), ``vocabularies`` (the reference's genes
     per slot of :data:`scaml.tcr.encode.GENE_SLOTS`), ``embedding_dim``, ``n_filters``,
-    ``gene_dim``, ``tcr_hidden``, ``tcr_weight`` and ``modality_dropout``.
+    ``gene_dim``, ``tcr_hidden``, ``tcr_weight``, ``modality_dropout`` and ``chain_dropout``.
     """
 
     def __init__(self, cfg: ModuleConfig) -> None:
@@ -172,7 +172,10 @@ class MVTCRModule(ConditionalVAE):
         """The product-of-experts posterior (mean, log variance) of the chosen ``modality``.
 
         ``drop`` (training): each cell loses its TCR experts, or (if it has a chain) its expression
-        expert, with probability ``modality_dropout`` each.
+        expert, with probability ``modality_dropout`` each; a cell with both chains loses one of them
+        (alpha or beta, at random) with probability ``chain_dropout``, so that one chain alone must
+        give the latent of both (the experts learn to agree, and a cell lacking a chain lands where
+        its clonotype mates with both chains do).
         """
         means, log_vars, masks = self.experts(x, cond, tcr_cdr3, tcr_genes, tcr_chains)
         if len(masks) == 1:
@@ -189,6 +192,13 @@ class MVTCRModule(ConditionalVAE):
                 drop_tcr = (u < p).to(masks[0].dtype)
                 drop_x = ((u >= p) & (u < 2 * p) & has_tcr).to(masks[0].dtype)
                 masks = [masks[0] * (1 - drop_x), masks[1] * (1 - drop_tcr), masks[2] * (1 - drop_tcr)]
+            q = float(self.cfg.extra.get("chain_dropout", 0.0))
+            if q > 0:
+                both = (masks[1] * masks[2]) > 0
+                v = torch.rand(x.shape[0], device=x.device)
+                drop_a = (both & (v < q / 2)).to(masks[0].dtype)
+                drop_b = (both & (v >= q / 2) & (v < q)).to(masks[0].dtype)
+                masks = [masks[0], masks[1] * (1 - drop_a), masks[2] * (1 - drop_b)]
         return product_of_experts(means, log_vars, masks)
 
     def latent_mean(self, x: torch.Tensor, cond: torch.Tensor, tcr_cdr3: torch.Tensor | None = None,
@@ -317,6 +327,9 @@ class MVTCR(BaseVAE):
     modality_dropout
         Probability, per cell and training step, of dropping the TCR experts (and, separately, the
         expression expert of a cell with a chain) from the product.
+    chain_dropout
+        Probability, per cell with both chains and training step, of dropping one chain's expert
+        (so that alpha-only and beta-only cells land with their clonotype mates).
     **kwargs
         See :class:`~scaml.vae.model.BaseVAE` (``n_latent``, ``hidden_layers``, ``gene_likelihood``
         "nb" or "zinb", ``random_state``, ``device`` ...).
@@ -349,13 +362,14 @@ class MVTCR(BaseVAE):
         gene_embedding_dim: int = 16,
         tcr_hidden: int = 128,
         modality_dropout: float = 0.15,
+        chain_dropout: float = 0.3,
         **kwargs: Any,
     ) -> None:
         super().__init__(
             adata, batch_key, tcr_layout=tcr_layout, clonotype_key=clonotype_key, tcr_weight=tcr_weight,
             max_cdr3_length=max_cdr3_length, cdr3_embedding_dim=cdr3_embedding_dim, cdr3_filters=cdr3_filters,
             gene_embedding_dim=gene_embedding_dim, tcr_hidden=tcr_hidden, modality_dropout=modality_dropout,
-            **kwargs,
+            chain_dropout=chain_dropout, **kwargs,
         )
 
     # ------------------------------------------------------------------ hooks
@@ -363,7 +377,7 @@ class MVTCR(BaseVAE):
         self, adata: ad.AnnData, tcr_layout: str = "auto", clonotype_key: str | None = None,
         tcr_weight: float = 1.0, max_cdr3_length: int | None = None, cdr3_embedding_dim: int = 16,
         cdr3_filters: int = 64, gene_embedding_dim: int = 16, tcr_hidden: int = 128,
-        modality_dropout: float = 0.15, **extra: Any,
+        modality_dropout: float = 0.15, chain_dropout: float = 0.3, **extra: Any,
     ) -> dict:
         super()._extra_params(adata, **extra)
         if tcr_layout not in LAYOUTS:
@@ -372,6 +386,8 @@ class MVTCR(BaseVAE):
             raise ScamlError(f"tcr_weight must be a finite number >= 0; got {tcr_weight}.")
         if not 0.0 <= float(modality_dropout) < 0.5:
             raise ScamlError(f"modality_dropout must be in [0, 0.5); got {modality_dropout}.")
+        if not 0.0 <= float(chain_dropout) <= 1.0:
+            raise ScamlError(f"chain_dropout must be in [0, 1]; got {chain_dropout}.")
         for name, value in (("cdr3_embedding_dim", cdr3_embedding_dim), ("cdr3_filters", cdr3_filters),
                             ("gene_embedding_dim", gene_embedding_dim), ("tcr_hidden", tcr_hidden)):
             if int(value) < 1:
@@ -390,11 +406,12 @@ class MVTCR(BaseVAE):
             "max_length": int(max_length), "vocabularies": build_vocabularies(table),
             "embedding_dim": int(cdr3_embedding_dim), "n_filters": int(cdr3_filters),
             "gene_dim": int(gene_embedding_dim), "tcr_hidden": int(tcr_hidden), "tcr_weight": float(tcr_weight),
-            "modality_dropout": float(modality_dropout),
+            "modality_dropout": float(modality_dropout), "chain_dropout": float(chain_dropout),
         }
         self._tcr_cache = (adata, table)
         return {"tcr_layout": tcr_layout, "clonotype_key": clonotype_key, "tcr_weight": float(tcr_weight),
-                "max_cdr3_length": int(max_length), "modality_dropout": float(modality_dropout)}
+                "max_cdr3_length": int(max_length), "modality_dropout": float(modality_dropout),
+                "chain_dropout": float(chain_dropout)}
 
     def _module_extras(self, params: dict) -> dict:
         return {"extra": self._tcr_extra}
