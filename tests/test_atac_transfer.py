@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import anndata as ad
 import numpy as np
@@ -20,7 +21,12 @@ from scaml.cli import main
 from scaml.datasets import simulate_rna_atac
 from scaml.errors import ScamlError
 from scaml.mapping import build_reference, map_query
-from scaml.mapping.atac_query import centroid_confidence, neighbour_vote, smooth_counts
+from scaml.mapping.atac_query import (
+    centroid_confidence,
+    neighbour_vote,
+    reference_genes,
+    smooth_counts,
+)
 
 DATA = Path(__file__).parent / "data"
 HG19_GENES = DATA / "archr_hg19_genes.bed.gz"
@@ -99,6 +105,13 @@ def test_smoothing_vote_and_confidence_helpers():
     labels = np.array(["a", "a", "b", "b", "c", "c"])
     conf = centroid_confidence(ref, labels, np.array([[2.0, -0.35], [0.0, 0.35]]))
     assert conf[0] > 0.9 and conf[1] < 0.2
+
+
+def test_peak_references_are_refused():
+    fake = SimpleNamespace(method="peakvi", path=Path("ref_peaks"))
+    with pytest.raises(ScamlError, match="peakvi peak model: map ATAC peaks onto it directly") as err:
+        reference_genes(fake)
+    assert "\n" not in str(err.value)
 
 
 def test_scvi_reference_takes_the_activity_by_surgery(tmp_path):
