@@ -223,15 +223,22 @@ def scale_activity(counts: Any) -> np.ndarray:
     Each cell's counts over its total times the median total, log1p; then every gene centred and divided by
     its standard deviation over the cells (genes without variation: 0).
     """
-    dense = counts.toarray() if sp.issparse(counts) else np.asarray(counts, dtype=np.float64)
-    dense = dense.astype(np.float64)
-    total = dense.sum(axis=1)
+    matrix = sp.csr_matrix(counts, dtype=np.float32)
+    total = np.asarray(matrix.sum(axis=1), dtype=np.float64).ravel()
+    if (matrix.data < 0).any():
+        raise ScamlError("gene activity must be non-negative counts; the ATAC query holds negative values. Pass the "
+                         "raw peak counts (in X or layers['counts']).")
     scale = float(np.median(total[total > 0])) if (total > 0).any() else 1.0
-    logged = np.log1p(dense / np.maximum(total, 1e-12)[:, None] * scale)
-    mean = logged.mean(axis=0)
-    sd = logged.std(axis=0, ddof=1) if logged.shape[0] > 1 else np.zeros(logged.shape[1])
-    out = np.where(sd > 0, (logged - mean) / np.where(sd > 0, sd, 1.0), 0.0)
-    return np.clip(out, -_CLIP, _CLIP).astype(np.float32)
+    factor = (scale / np.maximum(total, 1e-12)).astype(np.float32)
+    logged = sp.diags(factor) @ matrix
+    logged.data = np.log1p(logged.data)
+    mean = np.asarray(logged.mean(axis=0), dtype=np.float64).ravel()
+    square = np.asarray(logged.multiply(logged).mean(axis=0), dtype=np.float64).ravel()
+    n = logged.shape[0]
+    sd = np.sqrt(np.maximum(square - mean**2, 0.0) * n / max(n - 1, 1))
+    inv = np.where(sd > 0, 1.0 / np.where(sd > 0, sd, 1.0), 0.0).astype(np.float32)
+    out = (logged.toarray() - mean.astype(np.float32)) * inv  # float32 dense: cells x shared genes
+    return np.clip(out, -_CLIP, _CLIP, out=out)
 
 
 def project_symphony(ref: Any, aligned: ad.AnnData, batch_key: str | None, iterations: int | None = None,
@@ -264,7 +271,7 @@ def project_symphony(ref: Any, aligned: ad.AnnData, batch_key: str | None, itera
     pos = pd.Index([str(g) for g in ref.var_names]).get_indexer(aligned.var_names.astype(str))
     if (pos < 0).any():
         raise ScamlError("project_symphony: every gene of the aligned activity must be a reference gene.")
-    Zq = (scale_activity(aligned.X).astype(np.float64) @ arrays["loadings"][pos].astype(np.float64))
+    Zq = (scale_activity(aligned.X) @ arrays["loadings"][pos].astype(np.float32)).astype(np.float64)
     codes, _ = _batch_design(aligned.obs, batch_key, aligned.n_obs)
     corrected = first = Zq.copy()
     for step in range(int(iterations or QUERY_ITERATIONS)):
