@@ -37,6 +37,7 @@ ATAC neighbourhoods, which turns a third of Granja's absent types Unknown at a c
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,9 @@ def prepare_atac_query(
 
     if int(smooth_neighbors) != smooth_neighbors or smooth_neighbors < 0:
         raise ScamlError(f"smooth_neighbors must be a whole number >= 0; got {smooth_neighbors!r} (--smooth-neighbors).")
+    started = time.perf_counter()
     activity = gene_activity(peaks, annotation, upstream, fragments=fragments)
+    seconds = {"gene_activity": round(time.perf_counter() - started, 4)}
     ref_genes = pd.Index(genes_in_reference)
     shared = activity.var_names[activity.var_names.isin(ref_genes)]
     if shared.empty:
@@ -195,8 +198,10 @@ def prepare_atac_query(
     neighbors = None
     k = int(min(smooth_neighbors, peaks.n_obs - 1))
     if k > 0:
+        started = time.perf_counter()
         neighbors = _smoothing_graph(peaks, k, n_lsi, random_state)
         counts = smooth_counts(counts, neighbors)
+        seconds["lsi_neighbours_smoothing"] = round(time.perf_counter() - started, 4)
     aligned = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=peaks.obs.copy(),
                          var=pd.DataFrame(index=pd.Index(shared.astype(str))))
     aligned.obs["gene_activity_total"] = np.asarray(activity.X.sum(axis=1)).ravel()
@@ -208,7 +213,7 @@ def prepare_atac_query(
         "n_shared_genes": len(shared),
         "median_activity_per_cell_shared_genes": float(np.median(per_cell)),
         "cells_without_activity": int((per_cell == 0).sum()),
-        "smooth_neighbors": k, "n_lsi": int(n_lsi) if k > 0 else None,
+        "smooth_neighbors": k, "n_lsi": int(n_lsi) if k > 0 else None, "seconds": seconds,
     }
     info(f"gene activity ({summary['source']}, gene body + {upstream} bp upstream): {activity.n_vars} of "
          f"{summary['n_genes_annotated']} annotated genes have activity, {len(shared)} of them among the "
