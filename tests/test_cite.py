@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 
 import anndata as ad
 import numpy as np
@@ -190,3 +191,21 @@ def test_real_panels_match_the_shipped_list(shared_data):
     small = ad.read_h5ad(shared_file(shared_data, "cite", "pbmc10k_protein_200.h5ad"))
     match = match_proteins(counts.names, get_protein_counts(small).names)
     assert match.n_matched == 14 and len(match.missing) == 15
+
+
+def test_integrate_draws_protein_figures(tmp_path):
+    """CITE-seq input to integrate: proteins on the UMAP and a protein x cluster dot plot (CLR, said so)."""
+    from scaml.pipeline import integrate
+
+    adata = simulate_cite(500, 400, 8, n_batches=2, n_cell_types=3, n_missing=1, mean_library_size=3000,
+                          random_state=4)
+    adata.var_names = [g if g.startswith("MT-") else f"G{i}" for i, g in enumerate(adata.var_names)]
+    out = tmp_path / "integrated"
+    result = integrate(adata, "batch", out, n_top_genes=200, n_pcs=10, evaluate=False, resolutions=[0.5])
+    assert (out / "figures" / "protein_umap.png").stat().st_size > 10_000
+    assert (out / "figures" / "protein_dotplot.png").stat().st_size > 5_000
+    assert result.obsm["protein_clr"].shape == (result.n_obs, 8)
+    run = json.loads((out / "run.json").read_text())
+    proteins = run["data"]["proteins"]
+    assert proteins["kind"] == "clr" and "no totalVI" in proteins["label"]
+    assert proteins["missing"] == {"batch2": ["type_A_p0"]}

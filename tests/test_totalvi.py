@@ -221,3 +221,21 @@ def test_real_cite_two_panels(shared_data, torch_one_thread):
     b_cell = np.log1p(proteins.loc[in_10k, "CD19_TotalSeqB"]) > np.log1p(proteins.loc[in_5k, "CD19_TotalSeqB"]).median() + 1.5
     cd20 = denoised.loc[in_10k, "CD20_TotalSeqB"]
     assert cd20.min() > 0 and cd20[b_cell.to_numpy()].mean() > 3 * cd20[~b_cell.to_numpy()].mean()
+
+
+def test_report_protein_values_from_totalvi(reference, tmp_path):
+    """integrate's protein figures with protein_model='totalvi': denoised values, said so, drawn."""
+    from scaml.cite.figures import protein_figures, protein_values
+
+    cells = reference[::3].copy()
+    cells.layers["counts"] = cells.X.copy()
+    summary = protein_values(cells, batch_key="batch", protein_model="totalvi", max_epochs=5)
+    assert summary["kind"] == "totalvi" and summary["label"] == "totalVI-denoised protein"
+    assert summary["missing"] == {"batch2": HIDDEN}
+    assert cells.obsm["denoised_protein"].shape == (cells.n_obs, 12) and cells.obsm["X_totalvi"].shape[1] == 10
+    cells.obsm["X_umap"] = cells.obsm["X_totalvi"][:, :2]
+    cells.obs["leiden"] = cells.obs["cell_type"].cat.codes.astype(str).astype("category")
+    paths = protein_figures(cells, summary, tmp_path, batch_key="batch")
+    assert [p.name for p in paths] == ["protein_umap.png", "protein_dotplot.png"]
+    with pytest.raises(ScamlError, match="protein_model='scvi' is not known"):
+        protein_values(cells, batch_key="batch", protein_model="scvi")

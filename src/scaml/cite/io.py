@@ -335,16 +335,17 @@ def split_feature_types(adata: ad.AnnData, protein_key: str = PROTEIN_KEY) -> ad
     """Move the "Antibody Capture" features of a 10x AnnData to ``obsm[protein_key]`` (a DataFrame).
 
     The "Gene Expression" features stay in X; other feature types (CRISPR guides, custom) are
-    dropped and reported. Without ``var["feature_types"]`` or antibody features, ``adata`` is
-    returned as it is.
+    dropped and reported. Without ``var["feature_types"]``, ``adata`` is returned as it is;
+    without antibody features, its gene-expression features.
     """
     if "feature_types" not in adata.var.columns:
         return adata
     types = adata.var["feature_types"].astype(str).to_numpy()
     is_ab = types == ANTIBODY_CAPTURE
-    if not is_ab.any():
-        return adata
     is_gex = types == GENE_EXPRESSION
+    if not is_ab.any():
+        # no antibodies: the gene-expression features, as scanpy's gex_only=True reading
+        return adata if is_gex.all() or not is_gex.any() else adata[:, is_gex].copy()
     if not is_gex.any():
         raise ScamlError(
             f"the 10x file holds {int(is_ab.sum())} '{ANTIBODY_CAPTURE}' features but no '{GENE_EXPRESSION}' "

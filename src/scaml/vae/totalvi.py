@@ -198,12 +198,20 @@ class TotalVAE(ConditionalVAE):
         """The protein decoder's outputs for latents ``z`` decoded as conditions ``cond``."""
         return self.protein_decoder(z, cond)
 
-    def denoised_protein(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Denoised protein (the foreground part, ``(1 - pi) * beta * alpha``) and the foreground probability."""
+    def denoised_protein(self, z: torch.Tensor, cond: torch.Tensor,
+                         include_background: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Denoised protein and the foreground probability ``1 - pi``.
+
+        Denoised: the foreground part ``(1 - pi) * beta * alpha`` (with ``beta`` at its posterior
+        median ``exp(a)``), plus ``pi * beta`` with ``include_background`` (the expected count).
+        """
         p = self.protein_decoder(z, cond)
         fore_prob = torch.sigmoid(-p["mixing"])
-        rate_fore = torch.exp(p["back_mean"]) * p["fore_scale"]
-        return fore_prob * rate_fore, fore_prob
+        rate_back = torch.exp(p["back_mean"])
+        value = fore_prob * rate_back * p["fore_scale"]
+        if include_background:
+            value = value + (1.0 - fore_prob) * rate_back
+        return value, fore_prob
 
     def normalized_rna(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """RNA expression scale (softmax of the decoder output; rows sum to 1)."""
@@ -458,8 +466,8 @@ class TOTALVI(BaseVAE):
         return self.conditions.index(str(transform_batch))
 
     @torch.no_grad()
-    def _protein_outputs(self, adata: ad.AnnData | None, batch_size: int,
-                         transform_batch: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, CellData]:
+    def _protein_outputs(self, adata: ad.AnnData | None, batch_size: int, transform_batch: str | None,
+                         include_background: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, CellData]:
         """Denoised protein, foreground probability and the imputed mask (cells x proteins)."""
         data = self._data_for(adata)
         module: TotalVAE = self.module  # type: ignore[assignment]
@@ -472,7 +480,7 @@ class TOTALVI(BaseVAE):
         for batch in data.batches(batch_size, self.device, drop_last_single=False):
             z = module.latent_mean(batch.x, batch.cond, **batch.extras)
             cond = batch.cond if fixed is None else torch.full_like(batch.cond, fixed)
-            d, f = module.denoised_protein(z, cond)
+            d, f = module.denoised_protein(z, cond, include_background)
             mask = batch.extras["protein_mask"] > 0 if fixed is None else \
                 torch.as_tensor(measured_by[fixed], device=self.device).expand_as(d)
             if not bool(mask.all()):
@@ -483,7 +491,7 @@ class TOTALVI(BaseVAE):
                     has = torch.as_tensor(measured_by[c], device=self.device, dtype=d.dtype)
                     if not bool(has.any()):
                         continue
-                    dc, fc = module.denoised_protein(z, torch.full_like(batch.cond, c))
+                    dc, fc = module.denoised_protein(z, torch.full_like(batch.cond, c), include_background)
                     d_sum += dc * has
                     f_sum += fc * has
                     n += has.expand_as(d)
@@ -507,7 +515,7 @@ class TOTALVI(BaseVAE):
         return frame
 
     def get_normalized_protein(self, adata: ad.AnnData | None = None, batch_size: int = 1024,
-                               transform_batch: str | None = None) -> pd.DataFrame:
+                               transform_batch: str | None = None, include_background: bool = False) -> pd.DataFrame:
         """Denoised protein expression: the foreground part ``(1 - pi) * beta * alpha`` of each protein.
 
         Parameters
@@ -519,6 +527,9 @@ class TOTALVI(BaseVAE):
         transform_batch
             Decode every cell as this batch (default: the cell's own batch, and for the proteins
             its batch did not measure the average over the batches that did).
+        include_background
+            Add the background part ``pi * beta``: the expected protein count (as scvi-tools'
+            ``include_protein_background=True``), e.g. to compare imputed with measured counts.
 
         Returns
         -------
@@ -526,7 +537,7 @@ class TOTALVI(BaseVAE):
             Cells x proteins (float32). ``attrs["imputed"]`` names the proteins imputed for some cells;
             :meth:`get_imputed_mask` gives the cells.
         """
-        d, _, imputed, data = self._protein_outputs(adata, batch_size, transform_batch)
+        d, _, imputed, data = self._protein_outputs(adata, batch_size, transform_batch, include_background)
         return self._frame(d, data, imputed)
 
     def get_protein_foreground_probability(self, adata: ad.AnnData | None = None, batch_size: int = 1024,
