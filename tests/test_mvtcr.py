@@ -122,3 +122,15 @@ def test_bad_parameters(data):
                       var=ref.var.copy())
     with pytest.raises(ScamlError, match="no TCR columns found"):
         MVTCR(bare, "patient")
+
+
+def test_clonotype_key(data):
+    ref, query = data["ref"][:200].copy(), data["query"][:50].copy()
+    with pytest.raises(ScamlError, match="'nope'"):
+        MVTCR(ref, "patient", clonotype_key="nope")
+    model = MVTCR(ref, "patient", clonotype_key="clonotype")
+    assert (model.clonotypes == ref.obs["clonotype"].astype(str).to_numpy()).all()
+    # a query without the reference's clonotype column derives its clonotypes from the chains
+    query.obs = query.obs.drop(columns=["clonotype"])
+    qmodel = load_query(model, query)
+    assert qmodel.clonotypes is not None and len(qmodel.clonotypes) == query.n_obs

@@ -274,7 +274,7 @@ def test_cli_build_and_map(tmp_path):
     query.write_h5ad(tmp_path / "query.h5ad")
     out = tmp_path / "refdir"
     assert main(["reference", "build", str(tmp_path / "ref.h5ad"), "--method", "mvtcr", "--batch-key", "patient",
-                 "--label-key", "cell_type", "--out", str(out), "--max-epochs", "15", "--n-hvg", "200",
+                 "--label-key", "cell_type", "--out", str(out), "--max-epochs", "12", "--n-hvg", "200",
                  "--threads", "1", "--quiet"]) == 0
     manifest = json.loads((out / "reference.json").read_text())
     assert manifest["method"] == "mvtcr" and manifest["model"] == "MVTCR"
@@ -295,8 +295,11 @@ def test_cli_build_and_map(tmp_path):
     pd.DataFrame(_contig_rows(query, table).assign(barcode="OTHER-1")).to_csv(tmp_path / "other.csv", index=False)
     assert main(["map", "--reference", str(out), "--query", str(tmp_path / "query.h5ad"),
                  "--out", str(tmp_path / "bad"), "--contigs", str(tmp_path / "other.csv"), "--quiet"]) == 2
-    # no TCR columns at all for a build: exit 2
+    # no TCR columns at all: a query is mapped by its expression, a build is refused (exit 2)
     query.write_h5ad(tmp_path / "no_tcr.h5ad")
+    assert main(["map", "--reference", str(out), "--query", str(tmp_path / "no_tcr.h5ad"), "--out",
+                 str(tmp_path / "map_expression"), "--max-epochs", "2", "--threads", "1", "--no-umap",
+                 "--quiet"]) == 0
     assert main(["reference", "build", str(tmp_path / "no_tcr.h5ad"), "--method", "mvtcr", "--batch-key",
                  "patient", "--out", str(tmp_path / "bad_ref"), "--quiet"]) == 2
 

@@ -428,7 +428,10 @@ class MVTCR(BaseVAE):
             if table.attrs.get("layout") == "none":
                 info("no TCR columns in these cells: they are embedded from expression alone")
         if training:
-            self._clonotypes = clonotypes(adata, table, self._config["params"].get("clonotype_key"))
+            key = self._config["params"].get("clonotype_key")
+            if key is not None and key not in adata.obs.columns and self.is_query:
+                key = None  # a query without the reference's clonotype column: found or derived anew
+            self._clonotypes = clonotypes(adata, table, key)
         return encode_table(table, extra["vocabularies"], int(extra["max_length"]), report=self.is_query and training)
 
     def _split_rows(self, data: CellData, fraction: float, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
