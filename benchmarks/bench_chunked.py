@@ -32,7 +32,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECL
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import resource  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -119,7 +118,9 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -
     np.savez(out, pca=a.obsm["X_pca"], hvg=a.var["highly_variable"].to_numpy(), cells=a.obs_names.to_numpy().astype(str))
     result = {"seconds": seconds, "plan": cells.plan.to_dict(), "passes": cells.engine.records}
     if client is not None:
-        result["worker_peak_rss_mib"] = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        from scaml.chunked.engine import peak_rss_mib
+
+        result["worker_peak_rss_mib"] = client.run(peak_rss_mib)
         client.close()
     return result
 
@@ -129,7 +130,9 @@ def child(args: argparse.Namespace) -> None:
         result = run_memory(args.path, args.result)
     else:
         result = run_chunked(args.path, args.result, args.max_memory, args.dask)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from scaml.chunked.engine import peak_rss_mib
+
+    result["peak_rss_mib"] = peak_rss_mib()  # VmHWM: this child's own peak, not the parent's at the fork
     print("RESULT " + json.dumps(result, default=float), flush=True)
 
 
@@ -187,7 +190,8 @@ def main() -> None:
                     note += f"; worker peaks {sorted(round(v) for v in r['worker_peak_rss_mib'].values())} MiB"
             print(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {note} |")
         if "chunked" in runs and "passes" in runs["chunked"]:
-            print("\nchunked passes: " + "; ".join(f"{q['pass']} {q['seconds']:.1f} s" for q in runs["chunked"]["passes"]))
+            print("\nchunked passes: " + "; ".join(f"{q['pass']} {q['seconds']:.1f} s (peak {q['peak_rss_mib']:.0f} MiB)"
+                                                  for q in runs["chunked"]["passes"]))
         ok = all("failed" not in r for r in runs.values())
         if "memory" in runs and ok:
             m, c = np.load(folder / "memory.npz"), np.load(folder / "chunked.npz")
