@@ -239,3 +239,23 @@ def test_report_protein_values_from_totalvi(reference, tmp_path):
     assert [p.name for p in paths] == ["protein_umap.png", "protein_dotplot.png"]
     with pytest.raises(ScamlError, match="protein_model='scvi' is not known"):
         protein_values(cells, batch_key="batch", protein_model="scvi")
+
+
+def test_rna_only_query_and_dead_antibody(model, reference, query):
+    """A query without proteins maps by its RNA (all proteins imputed); a protein zero everywhere is masked, with a warning."""
+    rna_only = query.copy()
+    del rna_only.obsm["protein_expression"]
+    qmodel = load_query(model, rna_only).train(max_epochs=10, verbose=False, n_threads=1)
+    assert qmodel.missing_proteins()["batch3"] == model.protein_names
+    assert qmodel.get_imputed_mask(rna_only).to_numpy().all()
+    acc = _knn_accuracy(model.get_latent(), reference.obs["cell_type"], qmodel.get_latent(rna_only),
+                        query.obs["cell_type"])
+    assert acc > 0.8
+    dead = reference[::4].copy()
+    dead.obsm["protein_expression"]["PROT08"] = 0.0
+    from scaml._utils import WARNINGS
+
+    n_warnings = len(WARNINGS)
+    m = TOTALVI(dead, "batch")
+    assert any("PROT08" in w and "zero in every cell" in w for w in WARNINGS[n_warnings:])
+    assert all("PROT08" in v for v in m.missing_proteins().values())

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._utils import info
+from .._utils import info, warn
 from ..errors import ScamlError
 from .data import CellData
 from .model import BaseVAE, check_adata, register_model
@@ -367,10 +367,9 @@ class TOTALVI(BaseVAE):
                              f"{list(protein_hidden_layers)}.")
         unmeasured = [n for j, n in enumerate(counts.names) if not any(p[j] for p in panels.values())]
         if unmeasured:
-            raise ScamlError(
-                f"protein(s) {unmeasured[:10]} are zero in every cell: nothing to learn them from; drop those columns "
-                f"from obsm[{protein_key!r}]."
-            )
+            warn(f"protein(s) {unmeasured[:10]} are zero in every cell (a failed antibody?): masked everywhere, "
+                 f"nothing is learnt for them and their outputs are 0; drop those columns from obsm[{protein_key!r}] "
+                 "to leave them out.")
         return {
             "protein_key": protein_key, "protein_names": list(counts.names),
             "protein_hidden_layers": None if protein_hidden_layers is None else [int(h) for h in protein_hidden_layers],
@@ -392,7 +391,10 @@ class TOTALVI(BaseVAE):
         if key not in adata.obsm:
             if not self.is_query and training:
                 raise ScamlError(f"adata.obsm has no protein counts {key!r}; TOTALVI needs them.")
-            info(f"the data has no obsm[{key!r}]: every protein is imputed from the RNA")
+            said = getattr(self, "_reported_matches", set())
+            if () not in said:  # once, not at every call
+                info(f"the data has no obsm[{key!r}]: every protein is imputed from the RNA")
+                self._reported_matches = said | {()}
             counts = np.zeros((adata.n_obs, len(names)), dtype=np.float32)
             present = np.zeros(len(names), dtype=bool)
         else:
