@@ -304,6 +304,7 @@ def test_cli_build_and_map(tmp_path):
                  "patient", "--out", str(tmp_path / "bad_ref"), "--quiet"]) == 2
 
 
+@pytest.mark.slow
 def test_cli_build_and_map_at_scale(tmp_path):
     """``reference build --method mvtcr`` + ``map`` on >= 20,000 simulated T cells, few epochs, under ~40 s."""
     adata = simulate_tcr(27_000, 300, n_batches=4, n_clusters=5, random_state=3)
@@ -328,6 +329,7 @@ def test_cli_build_and_map_at_scale(tmp_path):
 
 # ----------------------------------------------------------------------------- real data (wu2020)
 
+@pytest.mark.realdata
 def test_wu2020_chains(shared_data):
     adata = ad.read_h5ad(shared_file(shared_data, "tcr", "wu2020_200.h5ad"))
     table = tcr.read_tcr(adata)
@@ -341,6 +343,7 @@ def test_wu2020_chains(shared_data):
     assert np.unique(clones).size == 197  # the authors' clonotype_orig
 
 
+@pytest.mark.realdata
 def test_wu2020_cli_build_and_map(shared_data, tmp_path):
     adata = ad.read_h5ad(shared_file(shared_data, "tcr", "wu2020_200.h5ad"))
     query_patients = list(adata.obs["patient"].cat.categories[-3:])
