@@ -199,7 +199,7 @@ def plot_protein_dotplot(adata: ad.AnnData, summary: dict[str, Any], path: str |
     width = max(3.0, 0.42 * len(names))
     fig, (ax, cax, lax) = plt.subplots(
         1, 3, figsize=(width + 4.4, max(3.5, 0.36 * len(order) + 2.2)),
-        gridspec_kw={"width_ratios": [width, 0.25, 2.6], "wspace": 0.3},
+        gridspec_kw={"width_ratios": [width, 0.25, 2.6], "wspace": 0.6 / ((width + 2.85) / 3)},
     )
     yy, xx = np.meshgrid(np.arange(len(order)), np.arange(len(names)), indexing="ij")
     sc = ax.scatter(xx.ravel(), yy.ravel(), s=20 + 280 * shares.ravel(), c=scaled.ravel(), cmap="Reds",
