@@ -4,13 +4,15 @@ Three experts of one Gaussian latent ``z`` are multiplied (a product of experts 
 N(0, I) as a fourth factor):
 
 - expression: scaml's conditional encoder q(z | x, batch) on the counts (as :class:`~scaml.vae.SCVI`);
-- alpha chain and beta chain: a small CNN over the CDR3's amino-acid tokens (embeddings, kernels
-  of 3 and 5 residues, max-pooled over the sequence) joined with V and J gene embeddings, each
-  chain its own Gaussian expert.
+- alpha chain and beta chain: a small CNN over the CDR3's amino-acid tokens (embeddings plus a
+  chain embedding, 64 filters over windows of 5 residues, ReLU, max-pooled over the sequence; one
+  CNN for both chains) joined with V and J gene embeddings, each chain its own Gaussian expert.
 
 A cell without an alpha (or beta) chain simply leaves that expert out of the product, and
 during training each modality is dropped at random (``modality_dropout``) so that expression
-alone, or TCR alone, also gives a latent that reconstructs both. The joint posterior is decoded
+alone, or TCR alone, also gives a latent that reconstructs both; a cell with both chains also
+loses one of them at random (``chain_dropout``), so that one chain alone must give the latent of
+both and a cell lacking a chain lands with its clonotype mates. The joint posterior is decoded
 into the counts (NB / ZINB with the observed library size, the conditional decoder of SCVI) and
 into the TCR: per-position amino-acid logits of both CDR3s (cross-entropy, padding included so
 that length is learnt) and V / J gene classes (cross-entropy on the genes the reference knows),
@@ -322,7 +324,7 @@ class MVTCR(BaseVAE):
     max_cdr3_length
         CDR3 positions (default: the longest in the data, at most 30; longer ones are cut).
     cdr3_embedding_dim, cdr3_filters, gene_embedding_dim, tcr_hidden
-        Sizes of the amino-acid embedding, CNN filters (per kernel width), V / J embeddings and
+        Sizes of the amino-acid embedding, CNN filters, V / J embeddings and
         the TCR networks' hidden layer.
     modality_dropout
         Probability, per cell and training step, of dropping the TCR experts (and, separately, the
