@@ -209,3 +209,12 @@ def test_integrate_draws_protein_figures(tmp_path):
     proteins = run["data"]["proteins"]
     assert proteins["kind"] == "clr" and "no totalVI" in proteins["label"]
     assert proteins["missing"] == {"batch2": ["type_A_p0"]}
+
+
+def test_h5ad_with_antibody_features_in_x_is_split(tmp_path):
+    X, names, types, barcodes = _tenx_parts()
+    adata = ad.AnnData(X=X, var=pd.DataFrame({"feature_types": types}, index=names),
+                       obs=pd.DataFrame(index=barcodes))
+    adata.write_h5ad(tmp_path / "mixed.h5ad")
+    read = read_cite(tmp_path / "mixed.h5ad")
+    assert read.n_vars == 30 and list(read.obsm["protein_expression"].columns) == names[30:33]

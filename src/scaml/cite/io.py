@@ -380,7 +380,8 @@ def read_cite(path: str | os.PathLike, protein_key: str = PROTEIN_KEY) -> ad.Ann
     Returns
     -------
     AnnData
-        RNA counts in X, proteins in ``obsm[protein_key]`` (when the file has them).
+        RNA counts in X, proteins in ``obsm[protein_key]`` (when the file has them; also when an h5ad
+        keeps "Antibody Capture" features in X beside the genes, ``var["feature_types"]``).
 
     Raises
     ------
@@ -394,7 +395,9 @@ def read_cite(path: str | os.PathLike, protein_key: str = PROTEIN_KEY) -> ad.Ann
     if not p.exists():
         raise ScamlError(f"input {str(p)!r} does not exist; check the path.")
     if not (p.is_dir() or name.endswith(".h5")) or name.endswith(".h5ad"):
-        return read_input(p)
+        adata = read_input(p)
+        # antibody features kept in X (a 10x file read with gex_only=False and saved as h5ad)
+        return adata if protein_key in adata.obsm else split_feature_types(adata, protein_key)
     import scanpy as sc
 
     try:
