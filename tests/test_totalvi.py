@@ -50,6 +50,13 @@ def model(reference, torch_one_thread) -> TOTALVI:
     return m
 
 
+def _hvg(adata: ad.AnnData, n: int) -> np.ndarray:
+    from scaml.preprocess import highly_variable_genes, log_normalize
+
+    batch = adata.obs["batch"].to_numpy() if adata.obs["batch"].nunique() > 1 else None
+    return highly_variable_genes(log_normalize(adata.X), n, batch=batch, var_names=adata.var_names)
+
+
 def _knn_accuracy(train, train_labels, test, test_labels) -> float:
     knn = KNeighborsClassifier(15).fit(train, train_labels)
     return float((knn.predict(test) == np.asarray(test_labels)).mean())
@@ -206,7 +213,7 @@ def test_cli_totalvi_at_scale(tmp_path):
 def test_real_cite_two_panels(shared_data, torch_one_thread):
     """pbmc5k (29 proteins) + pbmc10k (14): the 15 proteins outside the 10k panel are masked and imputed there."""
     adata = ad.read_h5ad(shared_file(shared_data, "cite", "pbmc_protein_5k10k.h5ad"))
-    adata = adata[:, adata.var["highly_variable_pbmc5k"].to_numpy()].copy()
+    adata = adata[:, _hvg(adata, 1000)].copy()
     model = TOTALVI(adata, "batch", random_state=0).train(max_epochs=100, verbose=False, n_threads=1)
     missing = model.missing_proteins()
     assert sorted(missing["pbmc10k"]) == sorted(map(str, adata.uns["protein_panel_missing"]["pbmc10k"]))
@@ -259,3 +266,22 @@ def test_rna_only_query_and_dead_antibody(model, reference, query):
     m = TOTALVI(dead, "batch")
     assert any("PROT08" in w and "zero in every cell" in w for w in WARNINGS[n_warnings:])
     assert all("PROT08" in v for v in m.missing_proteins().values())
+
+
+def test_real_query_with_a_smaller_panel(shared_data, torch_one_thread):
+    """pbmc10k (14 proteins) mapped onto a pbmc5k reference (29): the 15 others are imputed and flagged."""
+    ref = ad.read_h5ad(shared_file(shared_data, "cite", "pbmc5k_protein_200.h5ad"))
+    query = ad.read_h5ad(shared_file(shared_data, "cite", "pbmc10k_protein_200.h5ad"))
+    ref = ref[:, _hvg(ref, 1000)].copy()
+    model = TOTALVI(ref, "batch", random_state=0).train(max_epochs=100, verbose=False, n_threads=1)
+    qmodel = load_query(model, query).train(max_epochs=50, verbose=False, n_threads=1)
+    assert len(qmodel.missing_proteins()["pbmc10k"]) == 15
+    denoised = qmodel.get_normalized_protein(query)
+    assert len(denoised.attrs["imputed"]) == 15 and "CD20_TotalSeqB" in denoised.attrs["imputed"]
+    measured = query.obsm["protein_expression"]
+    r = np.corrcoef(np.log1p(denoised["CD19_TotalSeqB"]), np.log1p(measured["CD19_TotalSeqB"]))[0, 1]
+    assert r > 0.5, r
+    # imputed CD20 is high where the query's measured CD19 is high (B cells carry both)
+    b_cell = (measured["CD19_TotalSeqB"] > measured["CD19_TotalSeqB"].quantile(0.9)).to_numpy()
+    cd20 = denoised["CD20_TotalSeqB"].to_numpy()
+    assert cd20[b_cell].mean() > 3 * cd20[~b_cell].mean()
