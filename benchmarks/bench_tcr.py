@@ -12,10 +12,13 @@ of which 3 hold two cells), every model is trained on all cells with ``patient``
   (on wu2020 only 6 cells, so the number is coarse);
 - **clonotype distance ratio** (:func:`scaml.tcr.clonotype_distance_ratio` within clusters): mean
   distance of clonotype mates over that of random cells of the same cluster (lower = mates closer);
+- **mixed-chain mate recall**: for clonotype mates with different chains present (alpha + beta vs
+  beta only, ...), the share found among each other's 15 nearest neighbours (does a cell lacking a
+  chain land with its clone? NaN when no expanded clonotype mixes chain sets);
 - **seconds per epoch**.
 
 The latents: SCVI (expression only), MVTCR's joint latent (expression x alpha x beta experts), and
-MVTCR's own expression-only and TCR-only posteriors. ``--simulated N`` repeats everything on N cells of
+MVTCR's own expression-only and TCR-only posteriors, and MVTCR trained without chain dropout (ablation). ``--simulated N`` repeats everything on N cells of
 :func:`scaml.datasets.simulate_tcr` (6 clusters, expanded clones with cluster-biased CDR3s), where the
 clonotype numbers mean more. One torch thread.
 
@@ -53,6 +56,22 @@ def knn_accuracy(latent: np.ndarray, labels: np.ndarray, k: int, seed: int) -> f
     return float(cross_val_score(KNeighborsClassifier(k), latent, labels, cv=folds).mean())
 
 
+def mixed_chain_mate_recall(latent: np.ndarray, clones: np.ndarray, chains: np.ndarray, k: int = 15) -> float:
+    """Share of clonotype mates with different chains present (e.g. alpha + beta vs beta only) among each
+    other's ``k`` nearest neighbours: does a cell lacking a chain land with its clone?"""
+    from scaml.neighbors import compute_neighbors
+
+    nb = compute_neighbors(latent, k)
+    found = []
+    for group in pd.Series(np.arange(clones.size)).groupby(clones).indices.values():
+        if group.size < 2:
+            continue
+        for i in group:
+            others = group[(group != i) & (chains[group] != chains[i])]
+            found.extend(np.isin(others, nb.indices[i]))
+    return float(np.mean(found)) if found else float("nan")
+
+
 def run_models(adata, batch_key: str, labels: np.ndarray, clones: np.ndarray, epochs: int, seed: int,
                k: int) -> list[dict]:
     """Train SCVI and MVTCR with one seed; score every latent."""
@@ -60,6 +79,8 @@ def run_models(adata, batch_key: str, labels: np.ndarray, clones: np.ndarray, ep
     from scaml.vae import MVTCR, SCVI
 
     fast = {"verbose": False, "n_threads": 1, "max_epochs": epochs}
+    table = tcr.read_tcr(adata, report=False)
+    chains = (table["tcr_alpha_cdr3"].notna().to_numpy() * 2 + table["tcr_beta_cdr3"].notna().to_numpy())
     rows = []
     t = time.perf_counter()
     scvi = SCVI(adata, batch_key, random_state=seed).train(**fast)
@@ -67,11 +88,15 @@ def run_models(adata, batch_key: str, labels: np.ndarray, clones: np.ndarray, ep
     t = time.perf_counter()
     mvtcr = MVTCR(adata, batch_key, random_state=seed).train(**fast)
     mvtcr_time = time.perf_counter() - t
+    t = time.perf_counter()
+    no_chain_dropout = MVTCR(adata, batch_key, random_state=seed, chain_dropout=0.0).train(**fast)
+    ablation_time = time.perf_counter() - t
     latents = {
         "SCVI (expression)": (scvi.get_latent(), scvi, scvi_time),
         "MVTCR joint": (mvtcr.get_latent(), mvtcr, mvtcr_time),
         "MVTCR expression expert": (mvtcr.get_latent(modality="expression"), mvtcr, mvtcr_time),
         "MVTCR TCR experts": (mvtcr.get_latent(modality="tcr"), mvtcr, mvtcr_time),
+        "MVTCR joint, chain_dropout=0": (no_chain_dropout.get_latent(), no_chain_dropout, ablation_time),
     }
     for name, (z, model, seconds) in latents.items():
         rows.append({
@@ -79,6 +104,7 @@ def run_models(adata, batch_key: str, labels: np.ndarray, clones: np.ndarray, ep
             "knn_accuracy": knn_accuracy(z, labels, k, seed),
             "clonotype_neighbor_rate": tcr.clonotype_neighbor_rate(z, clones),
             "clonotype_distance_ratio": tcr.clonotype_distance_ratio(z, clones, labels),
+            "mixed_chain_mate_recall": mixed_chain_mate_recall(z, clones, chains),
             "epochs": len(model.history["epoch_seconds"]),
             "s_per_epoch": float(np.mean(model.history["epoch_seconds"])),
             "train_s": seconds,
@@ -88,7 +114,8 @@ def run_models(adata, batch_key: str, labels: np.ndarray, clones: np.ndarray, ep
 
 def summarise(rows: list[dict], title: str) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    metrics = ["knn_accuracy", "clonotype_neighbor_rate", "clonotype_distance_ratio", "epochs", "s_per_epoch"]
+    metrics = ["knn_accuracy", "clonotype_neighbor_rate", "clonotype_distance_ratio", "mixed_chain_mate_recall",
+               "epochs", "s_per_epoch"]
     mean = frame.groupby("latent", sort=False)[metrics].mean()
     sd = frame.groupby("latent", sort=False)[metrics].std(ddof=0)
     table = pd.DataFrame(index=mean.index)
