@@ -109,7 +109,7 @@ def test_training_options_reach_the_model_whichever_way_they_are_given(panel, tm
 
 
 def test_registry_and_capabilities():
-    assert list(METHODS) == ["scvi", "trvae", "scanvi", "peakvi", "poissonvi", "symphony"]
+    assert list(METHODS) == ["scvi", "trvae", "scanvi", "peakvi", "poissonvi", "totalvi", "mvtcr", "symphony"]
     assert {m.name for m in METHODS.values()} == set(METHODS)
     assert METHODS["scvi"].accepts("n_latent") and not METHODS["symphony"].accepts("n_latent")
     assert METHODS["trvae"].accepts("beta") and not METHODS["scvi"].accepts("beta")

@@ -288,3 +288,424 @@ def simulate_atac(
         "random_state": random_state,
     }
     return adata
+
+
+def simulate_rna_atac(
+    n_rna: int = 2000,
+    n_atac: int = 3000,
+    n_genes: int = 1000,
+    n_cell_types: int = 5,
+    *,
+    n_rna_types: int | None = None,
+    n_markers: int = 30,
+    marker_log_fold: float = 2.5,
+    coupling: float = 1.0,
+    n_intergenic: int = 1000,
+    n_batches: int = 2,
+    mean_library_size: float = 3000.0,
+    mean_depth: float = 800.0,
+    n_chromosomes: int = 5,
+    random_state: int = 0,
+    chunk_cells: int = 5000,
+) -> tuple[ad.AnnData, ad.AnnData, pd.DataFrame]:
+    """Simulate unpaired scRNA-seq and scATAC-seq cells of the same cell types, and their gene annotation.
+
+    Genes are laid out on ``chr1`` ... ``chr<n>`` (5-50 kb long, random strand, gaps of 10-60 kb). Each
+    cell type opens ``n_markers`` marker genes ``exp(marker_log_fold)``-fold over a log-normal baseline.
+    RNA counts are Poisson draws of each cell's library spread over that type's expression profile; ATAC
+    peaks sit at each gene's promoter (its TSS, 500 bp) and at 0-2 places in its body, with an
+    accessibility that follows the gene's log expression (``coupling`` times it, plus noise), and
+    ``n_intergenic`` peaks lie between genes (baseline accessibility only). So a peak-based gene activity
+    (:func:`scaml.atac.gene_activity` with the returned annotation) tracks the RNA of the same type, as
+    real gene activity does, noisily. Both sets get batch effects (a per-batch, per-feature log factor
+    and depth shift); the ATAC batches are named ``atac_batch1``..., the RNA ones ``rna_batch1``...
+
+    Parameters
+    ----------
+    n_rna, n_atac, n_genes, n_cell_types
+        Cells of each set, genes and cell types (``obs["cell_type"]``: ``type_A``...).
+    n_rna_types
+        The RNA cells come from the first ``n_rna_types`` types only (default: all), so the ATAC cells
+        of the other types are absent from an RNA reference.
+    n_markers, marker_log_fold
+        Marker genes per type and their natural-log fold change.
+    coupling
+        How strongly a gene's peaks follow its log expression (0: not at all).
+    n_intergenic
+        Peaks outside every gene.
+    n_batches
+        Batches of each set.
+    mean_library_size, mean_depth
+        Typical RNA UMIs and ATAC counts in peaks per cell.
+    n_chromosomes
+        Chromosomes the genes are spread over.
+    random_state
+        Seed; the same seed gives the same data.
+    chunk_cells
+        Cells drawn at a time (bounds memory).
+
+    Returns
+    -------
+    rna, atac, genes
+        RNA counts (cells x genes, CSR float32; ``obs`` ``batch``, ``cell_type``), ATAC peak counts (cells x
+        peaks named ``chrN-start-end`` with ``var`` ``chrom``/``start``/``end``/``gene``; ``obs`` ``batch``,
+        ``cell_type``) and the annotation (``gene``, ``chrom``, ``start``, ``end``, ``strand``, ``tss``;
+        1-based, as :func:`scaml.atac.read_gene_annotation` returns).
+    """
+    n_rna_types = n_cell_types if n_rna_types is None else int(n_rna_types)
+    if not 1 <= n_rna_types <= n_cell_types or n_genes < n_markers * n_cell_types or min(n_rna, n_atac) < 2:
+        raise ScamlError(
+            f"simulate_rna_atac needs 1 <= n_rna_types <= n_cell_types, n_genes >= n_markers * n_cell_types and "
+            f"at least 2 cells per set; got n_rna_types={n_rna_types}, n_cell_types={n_cell_types}, "
+            f"n_genes={n_genes}, n_markers={n_markers}, n_rna={n_rna}, n_atac={n_atac}."
+        )
+    rng = np.random.default_rng(random_state)
+    # genes: positions, strands, and each type's log expression
+    chrom_idx = np.sort(rng.integers(0, n_chromosomes, size=n_genes))
+    length = rng.integers(5_000, 50_000, size=n_genes)
+    gap = rng.integers(10_000, 60_000, size=n_genes)
+    start = np.empty(n_genes, dtype=np.int64)
+    for c in range(n_chromosomes):
+        where = np.flatnonzero(chrom_idx == c)
+        start[where] = 20_000 + np.cumsum(gap[where] + length[where]) - length[where]
+    end = start + length - 1
+    strand = np.where(rng.random(n_genes) < 0.5, "+", "-")
+    names = [f"GENE{i:05d}" for i in range(n_genes)]
+    genes = pd.DataFrame({"gene": names, "chrom": [f"chr{c + 1}" for c in chrom_idx], "start": start,
+                          "end": end, "strand": strand})
+    genes["tss"] = np.where(genes["strand"] == "-", genes["end"], genes["start"])
+    base = rng.normal(0.0, 1.0, size=n_genes)
+    expr = np.tile(base, (n_cell_types, 1))
+    markers = rng.permutation(n_genes)[: n_markers * n_cell_types].reshape(n_cell_types, n_markers)
+    for t in range(n_cell_types):
+        expr[t, markers[t]] += rng.normal(marker_log_fold, 0.3, size=n_markers)
+    # peaks: a promoter peak per gene, 0-2 in its body, and intergenic ones
+    tss = genes["tss"].to_numpy()
+    body = rng.integers(0, 3, size=n_genes)
+    p_gene = np.concatenate([np.arange(n_genes), np.repeat(np.arange(n_genes), body)])
+    p_start = np.concatenate([tss - 250, start[np.repeat(np.arange(n_genes), body)]
+                              + (rng.random(int(body.sum())) * (length[np.repeat(np.arange(n_genes), body)] - 600)).astype(np.int64)])
+    p_chrom = chrom_idx[p_gene]
+    inter_gene = rng.integers(0, n_genes, size=n_intergenic)  # in the gap before this gene
+    p_chrom = np.concatenate([p_chrom, chrom_idx[inter_gene]])
+    p_start = np.concatenate([p_start, start[inter_gene] - 5_000 - (rng.random(n_intergenic) * (gap[inter_gene] - 10_000)).astype(np.int64)])
+    p_start = np.maximum(p_start, 1)
+    p_log = np.concatenate([coupling * (expr[:, p_gene] - base[p_gene]) + rng.normal(0.0, 0.5, size=p_gene.size)
+                            + base[p_gene] * 0.3, np.tile(rng.normal(0.0, 0.7, size=n_intergenic), (n_cell_types, 1))],
+                           axis=1)
+    p_gene_name = np.concatenate([np.asarray(names, dtype=object)[p_gene], np.full(n_intergenic, "", dtype=object)])
+    order = np.lexsort((p_start, p_chrom))
+    p_chrom, p_start, p_log, p_gene_name = p_chrom[order], p_start[order], p_log[:, order], p_gene_name[order]
+    peak_names = [f"chr{c + 1}-{s}-{s + 499}" for c, s in zip(p_chrom, p_start, strict=True)]
+    keep = ~pd.Index(peak_names).duplicated()
+    p_chrom, p_start, p_log, p_gene_name = p_chrom[keep], p_start[keep], p_log[:, keep], p_gene_name[keep]
+    peak_names = list(np.asarray(peak_names)[keep])
+
+    def draw(n_cells: int, n_types: int, profiles: np.ndarray, depth: float, prefix: str) -> tuple:
+        batch_idx = np.sort(rng.integers(0, n_batches, size=n_cells))
+        type_idx = rng.integers(0, n_types, size=n_cells)
+        batch_log = rng.normal(0.0, 0.2, size=(n_batches, profiles.shape[1]))
+        depth_factor = np.exp(rng.normal(0.0, 0.4, size=n_cells) + rng.normal(0.0, 0.2, size=n_batches)[batch_idx])
+        totals = rng.poisson(depth * depth_factor)
+        rows, cols = [], []
+        group = type_idx * n_batches + batch_idx
+        for g in np.unique(group):
+            cells = np.flatnonzero(group == g)
+            logits = profiles[g // n_batches] + batch_log[g % n_batches]
+            cdf = np.cumsum(np.exp(logits - logits.max()))
+            for lo in range(0, cells.size, chunk_cells):
+                chunk = cells[lo:lo + chunk_cells]
+                n = totals[chunk]
+                hits = np.searchsorted(cdf, rng.random(int(n.sum())) * cdf[-1], side="right")
+                rows.append(np.repeat(chunk, n))
+                cols.append(np.minimum(hits, profiles.shape[1] - 1))
+        X = sp.coo_matrix((np.ones(int(totals.sum()), dtype=np.float32), (np.concatenate(rows), np.concatenate(cols))),
+                          shape=(n_cells, profiles.shape[1])).tocsr()
+        X.sum_duplicates()
+        obs = pd.DataFrame({"batch": pd.Categorical([f"{prefix}_batch{b + 1}" for b in batch_idx]),
+                            "cell_type": pd.Categorical([_type_name(t) for t in type_idx])},
+                           index=[f"{prefix}_cell{i:06d}" for i in range(n_cells)])
+        return X, obs
+
+    X_rna, obs_rna = draw(n_rna, n_rna_types, expr, mean_library_size, "rna")
+    rna = ad.AnnData(X=X_rna, obs=obs_rna, var=pd.DataFrame(index=pd.Index(names)))
+    X_atac, obs_atac = draw(n_atac, n_cell_types, p_log, mean_depth, "atac")
+    var = pd.DataFrame({"chrom": pd.Categorical([f"chr{c + 1}" for c in p_chrom]), "start": p_start,
+                        "end": p_start + 499, "gene": p_gene_name.astype(str)}, index=pd.Index(peak_names))
+    atac = ad.AnnData(X=X_atac, obs=obs_atac, var=var)
+    params = {"kind": "rna_atac", "n_rna": n_rna, "n_atac": n_atac, "n_genes": n_genes,
+              "n_cell_types": n_cell_types, "n_rna_types": n_rna_types, "n_markers": n_markers,
+              "marker_log_fold": marker_log_fold, "coupling": coupling, "n_intergenic": n_intergenic,
+              "n_batches": n_batches, "random_state": random_state}
+    rna.uns["simulation"] = dict(params)
+    atac.uns["simulation"] = dict(params)
+    return rna, atac, genes
+
+
+_AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
+
+
+def simulate_cite(
+    n_cells: int = 3000,
+    n_genes: int = 1000,
+    n_proteins: int = 20,
+    n_batches: int = 2,
+    n_cell_types: int = 5,
+    *,
+    markers_per_type: int = 2,
+    background_log_mean: float = 2.5,
+    background_batch_sd: float = 0.4,
+    foreground_log_fold: float = 2.5,
+    foreground_rate: float = 0.9,
+    protein_dispersion: float = 0.1,
+    n_missing: int = 0,
+    missing_batch: str | None = None,
+    random_state: int = 0,
+    **rna: object,
+) -> ad.AnnData:
+    """Simulate CITE-seq cells: RNA counts (:func:`scaml.datasets.simulate`) and antibody counts.
+
+    Every protein has a background (ambient antibody, non-specific binding) in every cell: an NB
+    draw around ``exp(background_log_mean)``, shifted by a per-batch, per-protein log factor (the
+    protein batch effect). Each cell type has ``markers_per_type`` marker proteins; in a cell of
+    that type a marker is in the foreground with probability ``foreground_rate``, its mean then
+    ``exp(foreground_log_fold)`` times the background (with a per-protein spread). Cells of other
+    types are in the foreground for it with probability 0.03. The truth is kept: which entries
+    are foreground, and the full panel when some proteins are hidden.
+
+    Parameters
+    ----------
+    n_cells, n_genes, n_batches, n_cell_types
+        As :func:`scaml.datasets.simulate` (``obs["batch"]``: ``batch1``...; ``obs["cell_type"]``:
+        ``type_A``...).
+    n_proteins
+        Proteins on the panel (``PROT00``... with the marker types in their names, e.g.
+        ``type_A_p0``); at least ``markers_per_type * n_cell_types``.
+    markers_per_type
+        Marker proteins per cell type.
+    background_log_mean, background_batch_sd
+        Log mean of the background counts, and the SD of its per-batch, per-protein shift.
+    foreground_log_fold, foreground_rate
+        Log fold of the foreground over the background, and the share of a type's cells in which
+        its marker is in the foreground.
+    protein_dispersion
+        NB dispersion of the protein counts (variance = mu + dispersion * mu^2).
+    n_missing
+        Proteins (the first ``n_missing`` marker proteins) not measured in ``missing_batch``: set to
+        0 there, as in a smaller panel; the measured values are kept in
+        ``obsm["protein_expression_full"]`` and the names in ``uns["protein_panel_missing"]``.
+    missing_batch
+        The batch with the smaller panel (default: the last batch).
+    random_state
+        Seed.
+    **rna
+        More options of :func:`scaml.datasets.simulate` (``n_markers``, ``mean_library_size``...).
+
+    Returns
+    -------
+    AnnData
+        RNA counts in X; ``obsm["protein_expression"]`` (DataFrame of integer counts),
+        ``obsm["protein_foreground"]`` (bool DataFrame, the truth), ``var`` / ``obs`` as
+        :func:`scaml.datasets.simulate`, ``uns["protein_markers"]`` (type -> proteins).
+    """
+    if markers_per_type < 1 or n_proteins < markers_per_type * n_cell_types:
+        raise ScamlError(
+            f"n_proteins={n_proteins} is too small for {n_cell_types} cell types x {markers_per_type} marker "
+            f"proteins; use n_proteins >= {markers_per_type * n_cell_types}."
+        )
+    if not 0 <= n_missing <= n_proteins - 1:
+        raise ScamlError(f"n_missing must be between 0 and n_proteins - 1 = {n_proteins - 1}; got {n_missing}.")
+    rna.setdefault("low_quality_fraction", 0.0)
+    adata = simulate(n_cells, n_genes, n_batches, n_cell_types, random_state=random_state, **rna)
+    rng = np.random.default_rng(random_state + 7919)
+    type_names = [_type_name(t) for t in range(n_cell_types)]
+    batches = adata.obs["batch"].astype(str).to_numpy()
+    batch_names = sorted(set(batches.tolist()), key=lambda b: int(b.removeprefix("batch")))
+    bidx = np.array([batch_names.index(b) for b in batches])
+
+    marker_type = np.full(n_proteins, -1)
+    names = []
+    for p in range(n_proteins):
+        t = p // markers_per_type
+        if t < n_cell_types:
+            marker_type[p] = t
+            names.append(f"{_type_name(t)}_p{p % markers_per_type}")
+        else:
+            names.append(f"PROT{p:02d}")
+    back_log = background_log_mean + rng.normal(0.0, 0.3, n_proteins)
+    batch_shift = rng.normal(0.0, background_batch_sd, (len(batch_names), n_proteins))
+    fold = foreground_log_fold + rng.normal(0.0, 0.3, n_proteins)
+    t_of = {_type_name(t): t for t in range(n_cell_types)}
+    cell_type_idx = adata.obs["cell_type"].astype(str).map(t_of).to_numpy(dtype=np.int64)
+    is_marker = marker_type[None, :] == cell_type_idx[:, None]
+    fore = rng.random((n_cells, n_proteins)) < np.where(is_marker, foreground_rate, 0.03)
+    log_mu = back_log[None, :] + batch_shift[bidx] + rng.normal(0.0, 0.2, (n_cells, 1))
+    log_mu = log_mu + fore * fold[None, :]
+    mu = np.exp(log_mu)
+    shape = 1.0 / protein_dispersion
+    counts = rng.poisson(rng.gamma(shape, mu / shape)).astype(np.float32)
+
+    full = pd.DataFrame(counts, index=adata.obs_names.copy(), columns=names)
+    shown = full.copy()
+    missing: dict[str, list[str]] = {b: [] for b in batch_names}
+    if n_missing:
+        target = missing_batch or batch_names[-1]
+        if target not in batch_names:
+            raise ScamlError(f"missing_batch={target!r} is not a batch of the simulation; use one of {batch_names}.")
+        hidden = names[:n_missing]
+        shown.loc[batches == target, hidden] = 0.0
+        missing[target] = hidden
+        adata.obsm["protein_expression_full"] = full
+    adata.obsm["protein_expression"] = shown
+    adata.obsm["protein_foreground"] = pd.DataFrame(fore, index=adata.obs_names.copy(), columns=names)
+    adata.uns["protein_panel_missing"] = missing
+    adata.uns["protein_markers"] = {type_names[t]: [names[p] for p in np.flatnonzero(marker_type == t)]
+                                    for t in range(n_cell_types)}
+    adata.uns["simulation"]["proteins"] = {
+        "n_proteins": n_proteins, "markers_per_type": markers_per_type, "background_log_mean": background_log_mean,
+        "background_batch_sd": background_batch_sd, "foreground_log_fold": foreground_log_fold,
+        "foreground_rate": foreground_rate, "protein_dispersion": protein_dispersion, "n_missing": n_missing,
+    }
+    return adata
+
+
+def simulate_tcr(
+    n_cells: int = 2000,
+    n_genes: int = 1000,
+    n_batches: int = 3,
+    n_clusters: int = 6,
+    *,
+    expanded_fraction: float = 0.5,
+    mean_clone_size: float = 6.0,
+    alpha_missing: float = 0.2,
+    beta_missing: float = 0.08,
+    layout: str = "ir",
+    random_state: int = 0,
+) -> ad.AnnData:
+    """Simulate T cells with expression and paired TCR chains: clusters, expanded clonotypes, batches.
+
+    Expression is :func:`simulate` (``cell_type`` holds the clusters, ``batch`` the batches,
+    also given as ``patient``: ``patient1``...). Within each cluster and batch a share
+    ``expanded_fraction`` of the cells falls into expanded clonotypes (sizes geometric around
+    ``mean_clone_size``), the others are clonotypes of one cell. A clonotype's cells share one alpha
+    and one beta chain; its CDR3s carry its cluster's motif (4 residues in the beta, 3 in the
+    alpha) and its V genes are the cluster's preferred ones 70% of the time, so sequence
+    similarity follows the clusters. The alpha chain is missing in a share ``alpha_missing`` of
+    the cells and the beta in ``beta_missing`` (never both).
+
+    Parameters
+    ----------
+    n_cells, n_genes, n_batches, n_clusters
+        Size, batches and clusters.
+    expanded_fraction
+        Share of the cells in clonotypes of two or more cells.
+    mean_clone_size
+        Mean size of an expanded clonotype.
+    alpha_missing, beta_missing
+        Share of cells without an alpha / beta chain.
+    layout
+        How the chains are written: ``"ir"`` (scirpy < 0.7 columns ``IR_VJ_1_cdr3``,
+        ``IR_VDJ_1_v_gene``..., missing values the strings ``'None'`` / ``'nan'``, as the shared
+        wu2020 file) or ``"airr-columns"`` (``scirpy.get.airr``'s ``VJ_1_junction_aa``,
+        ``VDJ_1_v_call``..., missing values None).
+    random_state
+        Seed; the same seed gives the same data.
+
+    Returns
+    -------
+    AnnData
+        Raw counts in X; obs ``batch``, ``patient``, ``cell_type``, ``clonotype``, ``clone_size``
+        and the TCR columns.
+    """
+    if layout not in ("ir", "airr-columns"):
+        raise ScamlError(f"layout={layout!r} is not a simulated TCR layout; use 'ir' or 'airr-columns'.")
+    if not (0 <= alpha_missing < 1 and 0 <= beta_missing < 1 and alpha_missing + beta_missing < 1):
+        raise ScamlError(f"alpha_missing and beta_missing must be in [0, 1) with a sum below 1; got "
+                         f"{alpha_missing} and {beta_missing}.")
+    if not 0 <= expanded_fraction <= 1 or mean_clone_size < 2:
+        raise ScamlError(f"expanded_fraction must be in [0, 1] and mean_clone_size >= 2; got {expanded_fraction} "
+                         f"and {mean_clone_size}.")
+    adata = simulate(n_cells, n_genes, n_batches, n_clusters, low_quality_fraction=0.0, random_state=random_state)
+    rng = np.random.default_rng(random_state + 1)
+    trav = [f"TRAV{i}" for i in range(1, 31)]
+    traj = [f"TRAJ{i}" for i in range(1, 51)]
+    trbv = [f"TRBV{i}-{j}" for i in range(2, 16) for j in (1, 2)]
+    trbj = [f"TRBJ{i}-{j}" for i in (1, 2) for j in range(1, 7)]
+
+    letters = np.array(list(_AMINO_ACIDS))
+
+    def residues(k: int) -> str:
+        return "".join(rng.choice(letters, size=k))
+
+    motifs = [(residues(3), residues(4)) for _ in range(n_clusters)]
+    preferred = [(rng.choice(trav, 3, replace=False), rng.choice(trbv, 3, replace=False)) for _ in range(n_clusters)]
+
+    # clonotypes: within each cluster x batch, expanded clones (geometric sizes) and then single cells
+    clusters = adata.obs["cell_type"].cat.codes.to_numpy()
+    batches = adata.obs["batch"].cat.codes.to_numpy()
+    clone_of = np.empty(n_cells, dtype=np.int64)
+    clone_cluster: list[int] = []
+    for group in np.unique(clusters * n_batches + batches):
+        cells = rng.permutation(np.flatnonzero(clusters * n_batches + batches == group))
+        n_expanded = int(round(expanded_fraction * cells.size))
+        start = 0
+        while start < cells.size:
+            size = 1
+            if start < n_expanded:
+                size = max(1, int(min(rng.geometric(1.0 / max(mean_clone_size - 1.0, 1.0)) + 1, n_expanded - start)))
+            clone_of[cells[start:start + size]] = len(clone_cluster)
+            clone_cluster.append(int(group // n_batches))
+            start += size
+    n_clones = len(clone_cluster)
+    cluster_of = np.asarray(clone_cluster)
+
+    # each clonotype's chains: CDR3 = germline-like ends around its cluster's motif and random residues
+    rand = letters[rng.integers(0, len(letters), size=(n_clones, 10))]
+    la, ra = rng.integers(1, 4, n_clones), rng.integers(0, 3, n_clones)
+    lb, rb = rng.integers(1, 3, n_clones), rng.integers(0, 3, n_clones)
+    starts_a = rng.choice(list("VLGE"), n_clones)
+    ends_a = rng.choice(["KLIF", "NLFF", "QLTF", "KLTF"], n_clones)
+    ends_b = rng.choice(["EQYF", "TEAFF", "NEQFF", "YEQYF"], n_clones)
+    own_v = rng.random((n_clones, 2)) < 0.7
+    pick = rng.integers(0, 3, size=(n_clones, 2))
+    va = np.where(own_v[:, 0], np.asarray([preferred[c][0][k] for c, k in zip(cluster_of, pick[:, 0], strict=True)]),
+                  rng.choice(trav, n_clones))
+    vb = np.where(own_v[:, 1], np.asarray([preferred[c][1][k] for c, k in zip(cluster_of, pick[:, 1], strict=True)]),
+                  rng.choice(trbv, n_clones))
+    ja, jb = rng.choice(traj, n_clones), rng.choice(trbj, n_clones)
+    alpha = ["CA" + starts_a[i] + "".join(rand[i, :la[i]]) + motifs[cluster_of[i]][0] + "".join(rand[i, 3:3 + ra[i]])
+             + ends_a[i] for i in range(n_clones)]
+    beta = ["CASS" + "".join(rand[i, 6:6 + lb[i]]) + motifs[cluster_of[i]][1] + "".join(rand[i, 8:8 + rb[i]])
+            + ends_b[i] for i in range(n_clones)]
+    per_clone = np.stack([np.asarray(alpha, dtype=object), va.astype(object), ja.astype(object),
+                          np.asarray(beta, dtype=object), vb.astype(object), jb.astype(object)], axis=1)
+    table = per_clone[clone_of].copy()
+    clone = np.asarray([f"ct{i + 1:06d}" for i in range(n_clones)], dtype=object)[clone_of]
+    u = rng.random(n_cells)
+    no_alpha = u < alpha_missing
+    no_beta = (u >= alpha_missing) & (u < alpha_missing + beta_missing)
+    table[no_alpha, 0:3] = None
+    table[no_beta, 3:6] = None
+    obs = adata.obs
+    obs["patient"] = pd.Categorical(["patient" + str(b)[5:] for b in obs["batch"].astype(str)])
+    obs["clonotype"] = pd.Categorical(clone.astype(str))
+    obs["clone_size"] = obs["clonotype"].map(obs["clonotype"].value_counts()).astype(int).to_numpy()
+    if layout == "ir":
+        names = ["IR_VJ_1_cdr3", "IR_VJ_1_v_gene", "IR_VJ_1_j_gene", "IR_VDJ_1_cdr3", "IR_VDJ_1_v_gene",
+                 "IR_VDJ_1_j_gene"]
+        for k, name in enumerate(names):
+            missing = "None" if name.endswith("cdr3") else "nan"
+            obs[name] = pd.Categorical([missing if v is None else v for v in table[:, k]])
+        obs["IR_VJ_1_locus"] = pd.Categorical(np.where(no_alpha, "nan", "TRA"))
+        obs["IR_VDJ_1_locus"] = pd.Categorical(np.where(no_beta, "nan", "TRB"))
+    else:
+        names = ["VJ_1_junction_aa", "VJ_1_v_call", "VJ_1_j_call", "VDJ_1_junction_aa", "VDJ_1_v_call",
+                 "VDJ_1_j_call"]
+        for k, name in enumerate(names):
+            obs[name] = pd.Series(table[:, k], index=obs.index, dtype=object)
+    adata.uns["simulation"].update({
+        "kind": "tcr", "n_clusters": n_clusters, "expanded_fraction": expanded_fraction,
+        "mean_clone_size": mean_clone_size, "alpha_missing": alpha_missing, "beta_missing": beta_missing,
+        "layout": layout,
+    })
+    return adata

@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     hg.add_argument("--lamb", type=float, default=None, help="ridge penalty (default: automatic, alpha * E)")
     hg.add_argument("--max-iter-harmony", type=int, default=10, help="maximum Harmony iterations (default 10)")
     hg.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--protein-model", choices=["clr", "totalvi"], default="clr",
+                   help="CITE-seq input: the protein figures show the CLR of the counts (default) or the "
+                   "denoised proteins of a TOTALVI trained on the QC'd cells")
     big = p.add_argument_group("atlas scale (h5ad / zarr larger than memory)")
     chunk = big.add_mutually_exclusive_group()
     chunk.add_argument("--chunked", dest="chunked", action="store_const", const=True, default=None,
@@ -107,5 +110,6 @@ def run(args: argparse.Namespace) -> int:
                      "depth_threshold": args.depth_threshold, "fragments": args.fragments, "genes": args.genes},
         chunked=True if args.dask is not None and args.chunked is None else args.chunked,
         max_memory=args.max_memory, chunk_cells=args.chunk_cells, dask=args.dask,
+        protein_model=args.protein_model,
     )
     return 0

@@ -12,9 +12,12 @@ _BUILD_OPTIONS = {
     "max_epochs": "max_epochs", "n_latent": "n_latent", "hidden_layers": "hidden_layers",
     "gene_likelihood": "gene_likelihood", "beta": "beta", "unlabeled_category": "unlabeled_category",
     "batch_size": "batch_size", "device": "device", "threads": "n_threads", "n_comps": "n_comps",
-    "theta": "theta", "n_samples_per_label": "n_samples_per_label",
+    "theta": "theta", "n_samples_per_label": "n_samples_per_label", "protein_key": "protein_key",
+    "contigs": "contigs", "tcr_layout": "tcr_layout", "clonotype_key": "clonotype_key", "tcr_weight": "tcr_weight",
 }
-_MAP_OPTIONS = {"threads": "n_threads"}
+_MAP_OPTIONS = {"threads": "n_threads", "contigs": "contigs", "tcr_layout": "tcr_layout"}
+#: Where MVTCR finds the TCR chains (scaml.tcr.LAYOUTS).
+_TCR_LAYOUTS = ["auto", "scaml", "airr", "airr-columns", "ir"]
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -30,13 +33,14 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         help="train a scVI/trVAE/scANVI-like model or build a Symphony reference; save it to a directory",
         description=(
             "Build a mapping reference from annotated cells. VAE methods (scvi, trvae, scanvi) train a "
-            "conditional VAE on raw counts, peakvi / poissonvi one on scATAC-seq peak counts (all peaks); symphony integrates the reference with scaml's Harmony and keeps "
+            "conditional VAE on raw counts, peakvi / poissonvi one on scATAC-seq peak counts (all peaks), totalvi one on CITE-seq RNA + protein counts; symphony integrates the reference with scaml's Harmony and keeps "
             "what mapping needs. Writes REFDIR/reference.json, the model, the reference embedding and labels, "
             "REFDIR/run.json and REFDIR/report.html."
         ),
     )
     add_input(b, "reference cells: h5ad, 10x .h5, 10x matrix folder, or CSV/TSV (cells x genes)")
-    b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "peakvi", "poissonvi", "symphony"],
+    b.add_argument("--method", choices=["scvi", "trvae", "scanvi", "peakvi", "poissonvi", "totalvi", "mvtcr",
+                                         "symphony"],
                    default="scvi",
                    help="reference model (default scvi); each method uses the options that apply to it and "
                         "reports the others as unused")
@@ -48,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     b.add_argument("--n-hvg", type=int, default=2000,
                    help="highly variable genes the reference uses (default 2000; more than the data has: all "
                         "genes, with a warning; 0 = all genes for a VAE; peakvi / poissonvi use all peaks)")
-    vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi, peakvi, poissonvi)")
+    vae = b.add_argument_group("VAE methods (scvi, trvae, scanvi, peakvi, poissonvi, totalvi)")
     vae.add_argument("--max-epochs", type=int, default=None,
                      help="training epochs (default: min(400, 8e6 / n_cells), with early stopping)")
     vae.add_argument("--n-latent", type=int, default=None, help="latent dimensions (default 10)")
@@ -62,10 +66,30 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     vae.add_argument("--n-samples-per-label", type=int, default=None, metavar="N",
                      help="scanvi: label-balanced classification loss on at most N cells of each label per "
                           "epoch (default: all labelled cells)")
+    vae.add_argument("--protein-key", default=None, metavar="KEY",
+                     help="totalvi: obsm key of the protein (antibody) counts (default protein_expression; a 10x "
+                          "feature-barcoding .h5 / folder has its Antibody Capture features put there)")
     vae.add_argument("--batch-size", type=int, default=None, help="cells per mini-batch (default 128)")
     vae.add_argument("--device", default=None, help="auto, cpu or cuda (default auto; also Harmony's device for symphony)")
     vae.add_argument("--threads", type=int, default=None,
                      help="CPU threads for training (default: torch's; 1 is often fastest on a busy machine)")
+    tcr = b.add_argument_group(
+        "mvtcr (expression + TCR)",
+        "mvtcr joins the expression with the alpha / beta CDR3s and V / J genes of each cell (cells may lack a "
+        "chain) in one latent; the build also draws figures/tcr_latent_umap.png (by --label-key or Leiden "
+        "clusters, and by expanded clonotype).")
+    tcr.add_argument("--contigs", default=None, metavar="CSV",
+                     help="a 10x filtered_contig_annotations.csv joined to the cells by barcode (productive chains, "
+                          "the TRA and TRB contig with the most UMIs per barcode)")
+    tcr.add_argument("--tcr-layout", choices=_TCR_LAYOUTS, default=None,
+                     help="where the chains are in the cells: scirpy's obsm['airr'] (airr), scirpy.get.airr columns "
+                          "VJ_1_junction_aa... (airr-columns), scirpy < 0.7 columns IR_VJ_1_cdr3... (ir), scaml's "
+                          "tcr_alpha_cdr3... (scaml); default auto, the first found")
+    tcr.add_argument("--clonotype-key", default=None, metavar="KEY",
+                     help="obs column of the clonotypes (train / validation split by clonotype; default "
+                          "clonotype_orig, clone_id or clonotype when present, else identical CDR3s)")
+    tcr.add_argument("--tcr-weight", type=float, default=None,
+                     help="weight of the TCR reconstruction against the expression likelihood (default 1)")
     sym = b.add_argument_group("symphony")
     sym.add_argument("--n-comps", type=int, default=None, help="principal components (default 30)")
     sym.add_argument("--theta", type=float, default=None, help="Harmony diversity penalty (default 2)")
@@ -122,10 +146,31 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                         "(obs predicted_<label>_majority_voting; per-cell calls kept), as CellTypist does")
     m.add_argument("--majority-voting-resolution", type=float, default=None, metavar="RES",
                    help="Leiden resolution of the majority-voting clusters (default 5; higher = smaller clusters; implies --majority-voting)")
+    m.add_argument("--contigs", default=None, metavar="CSV",
+                   help="mvtcr references: the query's 10x filtered_contig_annotations.csv, joined by barcode")
+    m.add_argument("--tcr-layout", choices=_TCR_LAYOUTS, default=None,
+                   help="mvtcr references: where the query's TCR chains are (default auto; a query without "
+                        "any is mapped by its expression)")
     m.add_argument("--threads", type=int, default=None,
                    help="CPU threads for query training (default: torch's; 1 is often fastest on a busy machine)")
     m.add_argument("--force", action="store_true", help="map even when the query holds < 50%% of the reference genes")
     m.add_argument("--no-umap", action="store_true", help="skip the joint UMAP")
+    at = m.add_argument_group(
+        "scATAC-seq query onto an RNA reference (--modality atac)",
+        "The ATAC cells' gene activity (peak counts, or fragments with --fragments, over each gene body + 2 kb "
+        "upstream) is summed over each cell's --smooth-neighbors nearest ATAC cells (LSI), scaled within the "
+        "query and mapped onto the RNA reference (Symphony: projected on the loadings of the shared genes; VAEs: "
+        "surgery); labels are transferred as for RNA, and (Symphony) obs mapping_confidence flags cells that point "
+        "at no single reference type. Writes DIR/gene_activity.h5ad too.",
+    )
+    at.add_argument("--modality", choices=["rna", "atac"], default=None,
+                    help="atac: the query is scATAC-seq peaks, mapped through their gene activity (default: as is)")
+    at.add_argument("--genes", default=None, metavar="GTF_GFF_BED",
+                    help="gene annotation of the peaks' genome, genes named as in the reference (needed for atac)")
+    at.add_argument("--fragments", default=None, metavar="FILE",
+                    help="fragments.tsv.gz of the query cells: gene activity counts fragments instead of peaks")
+    at.add_argument("--smooth-neighbors", type=int, default=None, metavar="K",
+                    help="ATAC neighbours whose activity is added to each cell's (default 20; 0 = none)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     m.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     m.set_defaults(func=run_map)
@@ -188,6 +233,8 @@ def run_map(args: argparse.Namespace) -> int:
         allow_existing_conditions=args.allow_existing_conditions, random_state=args.random_state,
         unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
         train_params=_given(args, _MAP_OPTIONS), umap=not args.no_umap,
+        modality=args.modality, genes=args.genes, fragments=args.fragments,
+        atac_options={"smooth_neighbors": args.smooth_neighbors} if args.smooth_neighbors is not None else None,
         majority_voting=args.majority_voting or args.majority_voting_resolution is not None,
         **({"majority_voting_resolution": args.majority_voting_resolution}
            if args.majority_voting_resolution is not None else {}),

@@ -29,12 +29,13 @@ from .scoring import score_transfer
 from .transfer import MAJORITY_VOTING_RESOLUTION, parse_n_neighbors
 
 
-def _load_adata(data: ad.AnnData | str | os.PathLike, what: str) -> tuple[ad.AnnData, str | None]:
+def _load_adata(data: ad.AnnData | str | os.PathLike, what: str,
+                method: MappingMethod | None = None) -> tuple[ad.AnnData, str | None]:
     if isinstance(data, ad.AnnData):
         return data, None
     path = str(data)
     info(f"reading {what} {path}")
-    return read_input(path), path
+    return (read_input(path) if method is None else method.read_input(path)), path
 
 
 def _write_report(outdir: Path) -> None:
@@ -72,7 +73,8 @@ def build_reference(
     method
         ``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"peakvi"``, ``"poissonvi"`` (conditional VAEs,
         :mod:`scaml.vae`; the last two on scATAC-seq peak counts, every peak used) or
-        ``"symphony"`` (a Harmony reference, :mod:`scaml.mapping.symphony`).
+        ``"symphony"`` (a Harmony reference, :mod:`scaml.mapping.symphony`); ``"totalvi"``: CITE-seq
+        RNA + protein counts (``obsm["protein_expression"]``, :class:`scaml.vae.TOTALVI`).
     batch_key
         ``obs`` column with the reference's batches (the conditions).
     label_key
@@ -118,7 +120,7 @@ def build_reference(
     """
     chosen = get_method(method)
     record = RunRecord("reference build")  # first: warnings from here on are kept in run.json
-    adata, input_path = _load_adata(adata, "the reference")
+    adata, input_path = _load_adata(adata, "the reference", chosen)
     check_obs_key(adata, batch_key, flag="--batch-key")
     if label_key is not None:
         check_obs_key(adata, label_key, flag="--label-key")
@@ -185,6 +187,10 @@ def map_query(
     force: bool = False,
     train_params: dict | None = None,
     umap: bool = True,
+    modality: str | None = None,
+    genes: str | os.PathLike | pd.DataFrame | None = None,
+    fragments: str | os.PathLike | None = None,
+    atac_options: dict | None = None,
 ) -> ad.AnnData:
     """Map a query dataset onto a reference, transfer labels, and write the results.
 
@@ -238,6 +244,12 @@ def map_query(
         does not train and reports them as unused).
     umap
         Compute the joint UMAP and draw it.
+    modality, genes, fragments, atac_options
+        ``modality="atac"``: the query is scATAC-seq peaks, mapped onto an RNA reference through their
+        gene activity over the annotation ``genes`` (GTF / GFF3 / BED of the peaks' genome; from the
+        ``fragments`` file when given), smoothed over each cell's ATAC neighbours
+        (:mod:`scaml.mapping.atac_query`; ``atac_options``: ``upstream``, ``smooth_neighbors``,
+        ``n_lsi``); also writes ``gene_activity.h5ad``. None / ``"rna"``: the query is mapped as it is.
 
     Returns
     -------
@@ -264,11 +276,14 @@ def map_query(
     record = RunRecord("map")  # first: warnings from here on are kept in run.json
     reference = open_reference(reference_dir, METHODS)
     method = get_method(reference.method)
-    query, input_path = _load_adata(adata_query, "the query")
+    query, input_path = _load_adata(adata_query, "the query", method)
     settings = _query_settings(query, reference, query_batch_key, label_key, allow_existing_conditions,
                                min_gene_overlap, force, random_state)
     options = {**(train_params or {}), **({"max_epochs": max_epochs} if max_epochs is not None else {})}
-    prepared = method.prepare_query(query, reference, options)
+    from .atac_query import atac_query_from_options, map_atac_query
+
+    atac = atac_query_from_options(query, reference, modality, genes, fragments, atac_options, random_state)
+    prepared = method.prepare_query(query if atac is None else atac.aligned, reference, options)
     with record.timer("load_reference"):
         ref_latent, ref_obs = reference.cells()
     transfer = _transfer_settings(reference, ref_obs, n_neighbors, unknown_threshold, majority_voting,
@@ -282,11 +297,15 @@ def map_query(
         "majority_voting": bool(majority_voting),
         **({"majority_voting_resolution": float(majority_voting_resolution)} if majority_voting else {}),
         "options": prepared.options,
+        **({"modality": "atac", "atac": {k: v for k, v in atac.summary.items() if k in
+                                         ("annotation", "fragments", "upstream", "smooth_neighbors", "n_lsi")}}
+           if atac is not None else {}),
     }
     record.inputs = {"query": input_path} if input_path else {}
     record.data = {"n_query_cells": int(query.n_obs), "n_query_genes": int(query.n_vars),
                    "n_reference_cells": int(reference.manifest.get("n_cells", 0))}
-    result = method.map(reference, prepared, settings, outdir, record)
+    result = (method.map(reference, prepared, settings, outdir, record) if atac is None
+              else map_atac_query(atac, method, reference, prepared, settings, outdir, record))
     mapped = _mapped_adata(query, result)
     predicted_key, metrics = _transfer_and_score(mapped, reference, ref_latent, ref_obs, result, label_key,
                                                  transfer, outdir, record)
@@ -353,6 +372,8 @@ def _mapped_adata(query: ad.AnnData, result: MappedQuery) -> ad.AnnData:
     mapped.obsm[LATENT_KEY] = result.latent
     for key, values in result.obs.items():
         mapped.obs[key] = values
+    mapped.obsm.update(result.obsm)
+    mapped.uns.update(result.uns)
     return mapped
 
 

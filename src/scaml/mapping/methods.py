@@ -10,7 +10,7 @@ Every method has the same five steps, called by :func:`scaml.mapping.build_refer
 - :meth:`~MappingMethod.map` embeds the query in the reference's space.
 
 :data:`METHODS` is the registry (``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"peakvi"``, ``"poissonvi"``,
-``"symphony"``); a new kind of
+``"totalvi"``, ``"symphony"``); a new kind of
 reference plugs in by adding an object here.
 """
 
@@ -80,6 +80,9 @@ class MappedQuery:
     latent: np.ndarray
     obs: dict[str, np.ndarray] = field(default_factory=dict)
     classifier: tuple[np.ndarray, pd.DataFrame] | None = None
+    #: more per-cell matrices for ``mapped.obsm`` (e.g. totalVI's denoised proteins) and entries for ``mapped.uns``
+    obsm: dict[str, Any] = field(default_factory=dict)
+    uns: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -104,6 +107,12 @@ class MappingMethod:
     def options(self, stage: Stage) -> frozenset[str]:
         """Names of the options the method takes when building (``"build"``) or mapping (``"map"``)."""
         raise NotImplementedError
+
+    def read_input(self, path: str) -> ad.AnnData:
+        """Read the cells at ``path`` (:func:`scaml.io.read_input`; a method may read more, e.g. 10x antibody counts)."""
+        from ..io import read_input
+
+        return read_input(path)
 
     def accepts(self, option: str, stage: Stage = "build") -> bool:
         """Whether the method takes ``option`` at ``stage``."""
@@ -309,6 +318,7 @@ class VAEMethod(MappingMethod):
         manifest = {"model_dir": self.model_dir, "model": self.model, "gene_likelihood": model.gene_likelihood}
         if layer is not None:
             manifest["layer"] = layer
+        manifest.update(self._model_manifest(model))
         return BuiltReference(latent, list(model.genes), manifest)
 
     def prepare_query(self, query: ad.AnnData, reference: ReferenceDir, options: dict[str, Any]) -> Prepared:
@@ -353,7 +363,184 @@ class VAEMethod(MappingMethod):
             with record.timer(f"{self.name}_predict"):
                 labels, proba = qmodel.predict(query)
             classifier = (np.asarray(labels), proba)
-        return MappedQuery(latent, classifier=classifier)
+        result = MappedQuery(latent, classifier=classifier)
+        self._query_outputs(qmodel, query, result, record)
+        return result
+
+    def _model_manifest(self, model: Any) -> dict[str, Any]:
+        """More manifest entries from the trained reference model (none here)."""
+        return {}
+
+    def _query_outputs(self, qmodel: Any, query: ad.AnnData, result: MappedQuery, record: RunRecord) -> None:
+        """Add the query model's other outputs to ``result`` (none here)."""
+
+
+class TotalVIMethod(VAEMethod):
+    """A totalVI-like CITE-seq reference (:class:`scaml.vae.TOTALVI`): RNA counts plus protein counts in ``obsm``.
+
+    Reads a 10x feature-barcoding file with its antibody counts (:func:`scaml.cite.read_cite`);
+    the manifest keeps the protein names and each batch's missing proteins; a mapped query gets
+    ``obsm["denoised_protein"]``, ``obsm["protein_foreground_probability"]`` and
+    ``obsm["protein_imputed"]`` (True where the query's panel lacked the protein: imputed).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("totalvi", "TOTALVI")
+
+    def read_input(self, path: str) -> ad.AnnData:
+        """Read the cells, splitting a 10x file's "Antibody Capture" features into ``obsm["protein_expression"]``."""
+        from ..cite import read_cite
+
+        return read_cite(path)
+
+    def prepare_reference(self, adata: ad.AnnData, batch_key: str, label_key: str | None,
+                          options: dict[str, Any]) -> Prepared:
+        """As :class:`VAEMethod`, and check the protein counts (before anything is written)."""
+        from ..cite import PROTEIN_KEY, get_protein_counts, split_feature_types
+
+        key = str(options.get("protein_key") or PROTEIN_KEY)
+        if key not in adata.obsm:
+            adata = split_feature_types(adata, key)  # antibody features in X (var["feature_types"])
+        counts = get_protein_counts(adata, key)
+        prepared = super().prepare_reference(adata, batch_key, label_key, options)
+        prepared.adata.obsm[key] = pd.DataFrame(counts.counts, index=prepared.adata.obs_names, columns=counts.names)
+        prepared.options["protein_key"] = key
+        return prepared
+
+    def prepare_query(self, query: ad.AnnData, reference: ReferenceDir, options: dict[str, Any]) -> Prepared:
+        """As :class:`VAEMethod`, with the query's protein counts matched to the reference's names."""
+        from ..cite import PROTEIN_KEY, get_protein_counts, match_proteins, split_feature_types
+
+        key = str(reference.manifest.get("protein_key") or PROTEIN_KEY)
+        if key not in query.obsm:
+            query = split_feature_types(query, key)  # antibody features in X (var["feature_types"])
+        prepared = super().prepare_query(query, reference, options)
+        if key in query.obsm:
+            counts = get_protein_counts(query, key)
+            match_proteins(list(reference.manifest.get("protein_names") or counts.names), counts.names)
+            prepared.adata.obsm[key] = pd.DataFrame(counts.counts, index=prepared.adata.obs_names,
+                                                    columns=counts.names)
+        else:
+            info(f"the query has no obsm[{key!r}]: it is mapped by its RNA and every protein is imputed")
+        return prepared
+
+    def _model_manifest(self, model: Any) -> dict[str, Any]:
+        params = model.config["params"]
+        return {"protein_key": params["protein_key"], "protein_names": list(model.protein_names),
+                "protein_missing": model.missing_proteins()}
+
+    def _query_outputs(self, qmodel: Any, query: ad.AnnData, result: MappedQuery, record: RunRecord) -> None:
+        """The query's denoised proteins, foreground probabilities and imputed flags."""
+        with record.timer("denoised_protein"):
+            denoised = qmodel.get_normalized_protein(query)
+            foreground = qmodel.get_protein_foreground_probability(query)
+            imputed = qmodel.get_imputed_mask(query)
+        for frame in (denoised, foreground):
+            frame.attrs = {}
+        result.obsm.update({"denoised_protein": denoised, "protein_foreground_probability": foreground,
+                            "protein_imputed": imputed})
+        missing = qmodel.missing_proteins()
+        query_batches = set(qmodel.config["surgery"].get("new_conditions") or [])
+        imputed_by_batch = {b: v for b, v in missing.items() if b in query_batches}
+        result.uns["totalvi"] = {"protein_names": list(qmodel.protein_names), "imputed_proteins": imputed_by_batch}
+        record.data["imputed_proteins"] = imputed_by_batch
+        n_imp = sorted({p for v in imputed_by_batch.values() for p in v})
+        info(f"denoised proteins in obsm['denoised_protein'] and foreground probabilities in "
+             f"obsm['protein_foreground_probability'] ({len(qmodel.protein_names)} proteins); "
+             + (f"{len(n_imp)} imputed for the query's panel, flagged in obsm['protein_imputed']: "
+                f"{', '.join(n_imp[:10])}{', ...' if len(n_imp) > 10 else ''}" if n_imp else "none imputed"))
+
+
+class TCRMethod(VAEMethod):
+    """An mvTCR-like expression + TCR reference (:class:`scaml.vae.MVTCR`).
+
+    The chains are read from the cells (:func:`scaml.tcr.read_tcr`'s layouts, ``tcr_layout``) or
+    from a 10x contig CSV joined by barcode (``contigs``) and handed to the model as scaml's
+    standard TCR columns. The build also draws ``figures/tcr_latent_umap.png`` (the joint latent
+    by cluster and by expanded clonotype) and records the clonotype neighbour rate (15-NN); a
+    mapped query gets ``obs["tcr_clonotype"]`` and its own rate in ``run.json``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("mvtcr", "MVTCR")
+
+    def options(self, stage: Stage) -> frozenset[str]:
+        """As :class:`VAEMethod`, plus ``contigs`` and ``tcr_layout`` (building and mapping)."""
+        return super().options(stage) | {"contigs", "tcr_layout"}
+
+    @staticmethod
+    def _read_tcr(adata: ad.AnnData, options: dict[str, Any], required: bool) -> tuple[pd.DataFrame, str]:
+        from ..tcr import tcr_table
+
+        contigs, layout = options.pop("contigs", None), options.pop("tcr_layout", None)
+        table = tcr_table(adata, layout or "auto", contigs, required=required or contigs is not None
+                          or layout not in (None, "auto"), report=False)
+        where = str(table.attrs.get("layout"))
+        info(f"the TCR chains are read from the {where} layout" if where != "none"
+             else "the cells have no TCR columns: they are mapped by their expression alone")
+        return table, where
+
+    @staticmethod
+    def _put_tcr(cells: ad.AnnData, source: ad.AnnData, table: pd.DataFrame, clonotype_key: str | None) -> None:
+        from ..tcr import CLONOTYPE_COLUMN, TCR_COLUMNS, clonotypes
+
+        for col in TCR_COLUMNS:
+            cells.obs[col] = pd.Categorical(table[col].to_numpy(dtype=object))
+        cells.obs[CLONOTYPE_COLUMN] = pd.Categorical(clonotypes(source, table, clonotype_key))
+
+    def prepare_reference(self, adata: ad.AnnData, batch_key: str, label_key: str | None,
+                          options: dict[str, Any]) -> Prepared:
+        """As :class:`VAEMethod`, with the TCR chains read (and checked) before anything is written."""
+        options = dict(options)
+        table, layout = self._read_tcr(adata, options, required=True)
+        prepared = super().prepare_reference(adata, batch_key, label_key, options)
+        self._put_tcr(prepared.adata, adata, table, prepared.options.get("clonotype_key"))
+        prepared.options.update({"tcr_layout": "auto", "clonotype_key": "tcr_clonotype"})
+        self._layout = layout
+        return prepared
+
+    def build(self, prepared: Prepared, batch_key: str, label_key: str | None, *, n_hvg: int | None,
+              random_state: int, outdir: Path, record: RunRecord) -> BuiltReference:
+        """As :class:`VAEMethod`, then the clonotype neighbour rate and the latent figure."""
+        from ..tcr import chain_counts, clonotype_neighbor_rate, read_tcr, tcr_latent_figure
+
+        built = super().build(prepared, batch_key, label_key, n_hvg=n_hvg, random_state=random_state,
+                              outdir=outdir, record=record)
+        cells = prepared.adata
+        clones = cells.obs["tcr_clonotype"].astype(str).to_numpy()
+        rate = clonotype_neighbor_rate(built.latent, clones)
+        summary = {"layout": getattr(self, "_layout", "auto"),
+                   **chain_counts(read_tcr(cells, "scaml", report=False)),
+                   "n_clonotypes": int(pd.unique(clones).size),
+                   "clonotype_neighbor_rate_15nn": None if np.isnan(rate) else round(rate, 4)}
+        record.data["tcr"] = summary
+        info(f"clonotype neighbour rate of the joint latent (15 nearest neighbours): {rate:.3f}")
+        with record.timer("tcr_figure"):
+            tcr_latent_figure(built.latent, clones, outdir / "figures" / "tcr_latent_umap.png",
+                              clusters=None if label_key is None else cells.obs[label_key].astype(str).to_numpy(),
+                              cluster_name=label_key or "cluster", random_state=random_state,
+                              title="MVTCR reference: joint expression + TCR latent (UMAP)")
+        built.manifest["tcr"] = summary
+        return built
+
+    def prepare_query(self, query: ad.AnnData, reference: ReferenceDir, options: dict[str, Any]) -> Prepared:
+        """As :class:`VAEMethod`, with the query's TCR chains (a query without any is mapped by expression)."""
+        options = dict(options)
+        table, _ = self._read_tcr(query, options, required=False)
+        prepared = super().prepare_query(query, reference, options)
+        self._put_tcr(prepared.adata, query, table, None)
+        return prepared
+
+    def _query_outputs(self, qmodel: Any, query: ad.AnnData, result: MappedQuery, record: RunRecord) -> None:
+        """The query's clonotypes (``obs["tcr_clonotype"]``) and clonotype neighbour rate in the shared latent."""
+        from ..tcr import clonotype_neighbor_rate
+
+        clones = query.obs["tcr_clonotype"].astype(str).to_numpy()
+        result.obs["tcr_clonotype"] = clones
+        if query.n_obs > 2:
+            rate = clonotype_neighbor_rate(result.latent, clones)
+            record.data["tcr"] = {"clonotype_neighbor_rate_15nn": None if np.isnan(rate) else round(rate, 4)}
+            info(f"clonotype neighbour rate of the query in the joint latent (15 nearest neighbours): {rate:.3f}")
 
 
 # ----------------------------------------------------------------------------- Symphony
@@ -425,6 +612,8 @@ METHODS: dict[str, MappingMethod] = {
     "scanvi": VAEMethod("scanvi", "SCANVI", needs_labels=True),
     "peakvi": VAEMethod("peakvi", "PEAKVI", peaks=True),
     "poissonvi": VAEMethod("poissonvi", "POISSONVI", peaks=True),
+    "totalvi": TotalVIMethod(),
+    "mvtcr": TCRMethod(),
     "symphony": SymphonyMethod(),
 }
 

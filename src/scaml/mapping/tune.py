@@ -278,13 +278,14 @@ def run_trial(task: _Task, params: dict[str, Any]) -> dict[str, Any]:
 
 def _check_request(method_name: str, label_key: str | None, n_trials: int, timeout: float | None,
                    mixing_weight: float, label_metric: str) -> Any:
-    from .methods import VAEMethod, get_method
+    from .methods import METHODS, VAEMethod, get_method
 
     method = get_method(method_name)
     if not isinstance(method, VAEMethod):
         raise ScamlError(
             f"method {method.name!r} has no hyperparameters to tune (it trains no network); --tune applies to "
-            "scvi, trvae and scanvi: drop --tune, or use --method scvi."
+            f"the VAE methods ({', '.join(n for n, m in METHODS.items() if isinstance(m, VAEMethod))}): drop --tune, "
+            "or use --method scvi."
         )
     if isinstance(n_trials, bool) or int(n_trials) != n_trials or int(n_trials) < 1:
         raise ScamlError(f"the number of tuning trials must be a whole number >= 1; got {n_trials} (--tune N).")
@@ -480,7 +481,7 @@ def tune_reference(
     Parameters
     ----------
     adata, method, batch_key, label_key, out, overwrite, n_hvg, unlabeled_category
-        As in :func:`scaml.mapping.build_reference` (``method``: scvi, trvae or scanvi; ``label_key``
+        As in :func:`scaml.mapping.build_reference` (``method``: a VAE method, e.g. scvi, trvae or scanvi; ``label_key``
         is required).
     n_trials
         Trials of the search (at least 1; trial 1 is scaml's defaults when ``include_defaults``).

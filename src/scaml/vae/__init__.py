@@ -16,6 +16,8 @@ Examples
 from __future__ import annotations
 
 from .model import PEAKVI, POISSONVI, SCANVI, SCVI, TRVAE, BaseVAE, load_model
+from .mvtcr import MVTCR
 from .surgery import load_query
+from .totalvi import TOTALVI
 
-__all__ = ["SCVI", "TRVAE", "SCANVI", "PEAKVI", "POISSONVI", "BaseVAE", "load_model", "load_query"]
+__all__ = ["SCVI", "TRVAE", "SCANVI", "PEAKVI", "POISSONVI", "BaseVAE", "load_model", "load_query", "MVTCR", "TOTALVI"]
