@@ -13,12 +13,14 @@ normalise to 1e4 + log1p, 2,000 seurat HVGs per batch, scale clipped at 10, 30 P
 
 Each path runs in its own child process (so that each peak RSS is its own); the script prints
 seconds, peak RSS, and the agreement of the two results (same cells and HVGs; per-PC Pearson r).
-``--skip-memory`` runs the chunked path only (sizes the in-memory path cannot hold).
+``--skip-memory`` runs the chunked path only (sizes the in-memory path cannot hold). ``--integrate``
+adds the whole ``scaml integrate --chunked --no-metrics`` run (Harmony, neighbours, UMAPs, Leiden at one
+resolution, markers on the per-cluster sample, the chunk-wise integrated.h5ad) with its step timings.
 
 Usage::
 
     python benchmarks/bench_chunked.py --cells 200000 --genes 5000
-    python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB
+    python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB --integrate
 """
 
 from __future__ import annotations
@@ -125,9 +127,24 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -
     return result
 
 
+def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None) -> dict:
+    from scaml.pipeline import integrate
+
+    start = time.perf_counter()
+    adata = integrate(path, "batch", out, chunked=True, max_memory=max_memory, dask=dask, evaluate=False,
+                      resolutions=[0.5], overwrite=True)
+    seconds = time.perf_counter() - start
+    run = json.loads((Path(out) / "run.json").read_text())
+    steps = run.get("timings_seconds") or run.get("timings") or {}
+    return {"seconds": seconds, "n_cells": int(adata.n_obs), "steps": steps,
+            "clusters": int(adata.obs["leiden"].nunique())}
+
+
 def child(args: argparse.Namespace) -> None:
     if args.child == "memory":
         result = run_memory(args.path, args.result)
+    elif args.child == "integrate":
+        result = run_integrate(args.path, args.result, args.max_memory, args.dask)
     else:
         result = run_chunked(args.path, args.result, args.max_memory, args.dask)
     from scaml.chunked.engine import peak_rss_mib
@@ -158,6 +175,7 @@ def main() -> None:
     p.add_argument("--max-memory", default=None, help="budget of the chunked path (default: a quarter of RAM)")
     p.add_argument("--dask", default=None, help="run the chunked passes on a Dask scheduler, or 'local'")
     p.add_argument("--skip-memory", action="store_true", help="chunked path only")
+    p.add_argument("--integrate", action="store_true", help="also the whole scaml integrate --chunked run")
     p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -177,6 +195,8 @@ def main() -> None:
         if not args.skip_memory:
             runs["memory"] = launch("memory", path, folder / "memory.npz", args)
         runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args)
+        if args.integrate:
+            runs["integrate --chunked"] = launch("integrate", path, folder / "integrate_out", args)
         print("\n| path | seconds | peak RSS (MiB) | notes |\n|---|---|---|---|")
         for name, r in runs.items():
             if "failed" in r:
@@ -188,10 +208,15 @@ def main() -> None:
                         f"{r['plan']['budget_mib']:.0f} MiB")
                 if "worker_peak_rss_mib" in r:
                     note += f"; worker peaks {sorted(round(v) for v in r['worker_peak_rss_mib'].values())} MiB"
+            if name == "integrate --chunked":
+                note = f"{r['n_cells']:,} cells after QC, {r['clusters']} clusters"
             print(f"| {name} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {note} |")
         if "chunked" in runs and "passes" in runs["chunked"]:
             print("\nchunked passes: " + "; ".join(f"{q['pass']} {q['seconds']:.1f} s (peak {q['peak_rss_mib']:.0f} MiB)"
                                                   for q in runs["chunked"]["passes"]))
+        steps = runs.get("integrate --chunked", {}).get("steps")
+        if steps:
+            print("integrate steps (s): " + "; ".join(f"{k} {v:.1f}" for k, v in steps.items()))
         ok = all("failed" not in r for r in runs.values())
         if "memory" in runs and ok:
             m, c = np.load(folder / "memory.npz"), np.load(folder / "chunked.npz")
