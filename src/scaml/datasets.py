@@ -166,6 +166,34 @@ def _type_name(index: int) -> str:
     return f"type_{letters[index % 26]}{'' if index < 26 else index // 26}"
 
 
+def _profile_counts(rng: np.random.Generator, totals: np.ndarray, type_idx: np.ndarray, batch_idx: np.ndarray,
+                    type_log: np.ndarray, batch_log: np.ndarray, chunk_cells: int) -> sp.csr_matrix:
+    """Each cell's Poisson total spread over the features by its type x batch log-profile (multinomial draws).
+
+    ``type_log`` is types x features and ``batch_log`` batches x features (log weights, added);
+    cells are drawn in runs of ``chunk_cells`` so that only one run's draws are in memory at once.
+    """
+    n_cells, n_features = totals.size, type_log.shape[1]
+    n_batches = batch_log.shape[0]
+    group = type_idx * n_batches + batch_idx
+    rows_parts, cols_parts = [], []
+    for g in np.unique(group):
+        cells = np.flatnonzero(group == g)
+        logits = type_log[g // n_batches] + batch_log[g % n_batches]
+        cdf = np.cumsum(np.exp(logits - logits.max()))
+        for lo in range(0, cells.size, chunk_cells):
+            chunk = cells[lo:lo + chunk_cells]
+            n = totals[chunk]
+            draws = np.searchsorted(cdf, rng.random(int(n.sum())) * cdf[-1], side="right")
+            rows_parts.append(np.repeat(chunk, n))
+            cols_parts.append(np.minimum(draws, n_features - 1))
+    rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, dtype=np.int64)
+    cols = np.concatenate(cols_parts) if cols_parts else np.zeros(0, dtype=np.int64)
+    X = sp.coo_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_cells, n_features)).tocsr()
+    X.sum_duplicates()
+    return X
+
+
 def simulate_atac(
     n_cells: int = 3000,
     n_peaks: int = 5000,
@@ -246,22 +274,7 @@ def simulate_atac(
     depth_factor = np.exp(rng.normal(0.0, depth_sd, size=n_cells) + batch_depth[batch_idx])
     # each cell's counts: a Poisson total, spread over the peaks by its type x batch accessibility profile
     totals = rng.poisson(mean_depth * depth_factor)
-    group = type_idx * n_batches + batch_idx
-    rows_parts, cols_parts = [], []
-    for g in np.unique(group):
-        cells = np.flatnonzero(group == g)
-        logits = type_log[g // n_batches] + batch_log[g % n_batches]
-        cdf = np.cumsum(np.exp(logits - logits.max()))
-        for lo in range(0, cells.size, chunk_cells):
-            chunk = cells[lo:lo + chunk_cells]
-            n = totals[chunk]
-            draws = np.searchsorted(cdf, rng.random(int(n.sum())) * cdf[-1], side="right")
-            rows_parts.append(np.repeat(chunk, n))
-            cols_parts.append(np.minimum(draws, n_peaks - 1))
-    rows = np.concatenate(rows_parts) if rows_parts else np.zeros(0, dtype=np.int64)
-    cols = np.concatenate(cols_parts) if cols_parts else np.zeros(0, dtype=np.int64)
-    X = sp.coo_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_cells, n_peaks)).tocsr()
-    X.sum_duplicates()
+    X = _profile_counts(rng, totals, type_idx, batch_idx, type_log, batch_log, chunk_cells)
 
     chrom_idx = np.sort(rng.integers(0, n_chromosomes, size=n_peaks))
     starts = np.empty(n_peaks, dtype=np.int64)
@@ -407,21 +420,7 @@ def simulate_rna_atac(
         batch_log = rng.normal(0.0, 0.2, size=(n_batches, profiles.shape[1]))
         depth_factor = np.exp(rng.normal(0.0, 0.4, size=n_cells) + rng.normal(0.0, 0.2, size=n_batches)[batch_idx])
         totals = rng.poisson(depth * depth_factor)
-        rows, cols = [], []
-        group = type_idx * n_batches + batch_idx
-        for g in np.unique(group):
-            cells = np.flatnonzero(group == g)
-            logits = profiles[g // n_batches] + batch_log[g % n_batches]
-            cdf = np.cumsum(np.exp(logits - logits.max()))
-            for lo in range(0, cells.size, chunk_cells):
-                chunk = cells[lo:lo + chunk_cells]
-                n = totals[chunk]
-                hits = np.searchsorted(cdf, rng.random(int(n.sum())) * cdf[-1], side="right")
-                rows.append(np.repeat(chunk, n))
-                cols.append(np.minimum(hits, profiles.shape[1] - 1))
-        X = sp.coo_matrix((np.ones(int(totals.sum()), dtype=np.float32), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(n_cells, profiles.shape[1])).tocsr()
-        X.sum_duplicates()
+        X = _profile_counts(rng, totals, type_idx, batch_idx, profiles, batch_log, chunk_cells)
         obs = pd.DataFrame({"batch": pd.Categorical([f"{prefix}_batch{b + 1}" for b in batch_idx]),
                             "cell_type": pd.Categorical([_type_name(t) for t in type_idx])},
                            index=[f"{prefix}_cell{i:06d}" for i in range(n_cells)])

@@ -456,6 +456,28 @@ class ConditionalVAE(nn.Module):
     def latent_mean(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.encoder(x, cond)[0]
 
+    def count_nll(self, out: torch.Tensor, pi: torch.Tensor | None, x: torch.Tensor, cond: torch.Tensor,
+                  log_library: torch.Tensor, log_factorial: torch.Tensor | None,
+                  nz: NonZeros | None) -> torch.Tensor:
+        """Mean over cells of the NB / ZINB negative log likelihood of counts ``x``.
+
+        The mean is ``library * softmax(out)``; ``pi`` the zero-inflation logits (None: NB).
+        ``log_factorial`` (per cell, sum of ``lgamma(x + 1)``) completes the likelihood; it is a
+        constant and changes no gradient.
+        """
+        log_theta = self.log_theta_for(cond)
+        theta = torch.exp(log_theta)
+        # log(mu / theta) with mu = library * softmax(out): one cells x genes pass
+        log_ratio = torch.log_softmax(out, dim=-1) + (log_library[:, None] - log_theta)
+        if pi is None:
+            ll = nb_log_likelihood_ratio(x, log_ratio, theta, nz)
+        else:
+            ll = zinb_log_likelihood_ratio(x, log_ratio, theta, pi, nz)
+        nll = -ll / x.shape[0]
+        if log_factorial is not None:
+            nll = nll + log_factorial.mean()
+        return nll
+
     def classify(self, z: torch.Tensor) -> torch.Tensor:
         assert self.classifier is not None
         return self.classifier(z)
@@ -546,18 +568,8 @@ class ConditionalVAE(nn.Module):
         out, pi, h1 = self.decoder(z, cond)
         n_cells = x.shape[0]
         if self.count_model:
-            log_theta = self.log_theta_for(cond)
-            theta = torch.exp(log_theta)
-            # log(mu / theta) with mu = library * softmax(out): one cells x genes pass
-            log_ratio = torch.log_softmax(out, dim=-1) + (log_library[:, None] - log_theta)
-            if pi is None:
-                ll = nb_log_likelihood_ratio(x, log_ratio, theta, nz)
-            else:
-                ll = zinb_log_likelihood_ratio(x, log_ratio, theta, pi, nz)
-            recon_mean = -ll / n_cells
-            if log_factorial is not None:
-                # a constant: makes the loss the full negative log likelihood
-                recon_mean = recon_mean + log_factorial.mean()
+            assert log_library is not None
+            recon_mean = self.count_nll(out, pi, x, cond, log_library, log_factorial, nz)
         elif self.cfg.gene_likelihood == "poisson":
             # PoissonVI: rate = library x softmax(decoder output); the rates of a cell sum to its library
             log_rate = torch.log_softmax(out, dim=-1) + log_library[:, None]

@@ -46,8 +46,6 @@ from .modules import (
     ModuleConfig,
     NonZeros,
     kl_standard_normal,
-    nb_log_likelihood_ratio,
-    zinb_log_likelihood_ratio,
 )
 from .training import split_validation
 
@@ -210,21 +208,6 @@ class MVTCRModule(ConditionalVAE):
         return self.posterior(x, cond, tcr_cdr3, tcr_genes, tcr_chains, modality)[0]
 
     # --------------------------------------------------------------- reconstruction
-    def _expression_nll(self, out: torch.Tensor, pi: torch.Tensor | None, x: torch.Tensor, cond: torch.Tensor,
-                        log_library: torch.Tensor, log_factorial: torch.Tensor | None,
-                        nz: NonZeros | None) -> torch.Tensor:
-        log_theta = self.log_theta_for(cond)
-        theta = torch.exp(log_theta)
-        log_ratio = torch.log_softmax(out, dim=-1) + (log_library[:, None] - log_theta)
-        if pi is None:
-            ll = nb_log_likelihood_ratio(x, log_ratio, theta, nz)
-        else:
-            ll = zinb_log_likelihood_ratio(x, log_ratio, theta, pi, nz)
-        nll = -ll / x.shape[0]
-        if log_factorial is not None:
-            nll = nll + log_factorial.mean()
-        return nll
-
     def tcr_nll(self, z: torch.Tensor, tcr_cdr3: torch.Tensor, tcr_genes: torch.Tensor,
                 tcr_chains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per cell: the CDR3 cross-entropy (summed over positions of the present chains) and the V / J one."""
@@ -264,7 +247,7 @@ class MVTCRModule(ConditionalVAE):
         z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) if self.training else mean
         out, pi, _ = self.decoder(z, cond)
         assert log_library is not None
-        recon = self._expression_nll(out, pi, x, cond, log_library, log_factorial, nz)
+        recon = self.count_nll(out, pi, x, cond, log_library, log_factorial, nz)
         kl = kl_standard_normal(mean, log_var).mean()
         total = recon + kl_weight * kl
         parts = {"reconstruction": recon.detach(), "kl": kl.detach()}

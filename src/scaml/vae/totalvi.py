@@ -43,8 +43,6 @@ from .modules import (
     ConditionalVAE,
     ModuleConfig,
     kl_standard_normal,
-    nb_log_likelihood_ratio,
-    zinb_log_likelihood_ratio,
 )
 
 __all__ = ["TOTALVI", "TotalVAE"]
@@ -241,17 +239,8 @@ class TotalVAE(ConditionalVAE):
         z = mean + std * torch.randn_like(std) if self.training else mean
         # RNA: NB / ZINB with the observed library, as SCVI
         out, pi, _ = self.decoder(z, cond)
-        log_theta = self.log_theta_for(cond)
-        theta = torch.exp(log_theta)
         assert log_library is not None
-        log_ratio = torch.log_softmax(out, dim=-1) + (log_library[:, None] - log_theta)
-        if pi is None:
-            ll = nb_log_likelihood_ratio(x, log_ratio, theta, nz)
-        else:
-            ll = zinb_log_likelihood_ratio(x, log_ratio, theta, pi, nz)
-        rna = -ll / n_cells
-        if log_factorial is not None:
-            rna = rna + log_factorial.mean()
+        rna = self.count_nll(out, pi, x, cond, log_library, log_factorial, nz)
         # proteins: background / foreground NB mixture, masked where a batch did not measure a protein
         p = self.protein_decoder(z, cond)
         back_scale = p["back_scale"]
