@@ -114,6 +114,32 @@ def test_airr_obsm_layout_with_and_without_chain_indices(cells):
         assert (table.fillna("-") == truth.fillna("-")).all().all()
 
 
+def test_airr_obsm_as_awkward_arrays_through_h5ad(cells, tmp_path):
+    """scirpy >= 0.13 stores obsm["airr"] and obsm["chain_indices"] as awkward arrays; they survive an h5ad round trip."""
+    ak = pytest.importorskip("awkward")
+    truth = _truth(cells)
+    chains_per_cell, indices = [], []
+    for _, r in truth.iterrows():
+        chains, idx = [], {"VJ": [], "VDJ": [], "multichain": False}
+        for locus, name, arm in (("TRA", "alpha", "VJ"), ("TRB", "beta", "VDJ")):
+            if r[f"tcr_{name}_cdr3"] is not None:
+                idx[arm].append(len(chains))
+                chains.append({"locus": locus, "junction_aa": r[f"tcr_{name}_cdr3"], "v_call": r[f"tcr_{name}_v"],
+                               "j_call": r[f"tcr_{name}_j"], "productive": True, "duplicate_count": 5})
+        chains_per_cell.append(chains)
+        indices.append(idx)
+    adata = ad.AnnData(obs=pd.DataFrame(index=cells.obs_names))
+    adata.obsm["airr"] = ak.Array(chains_per_cell)
+    adata.obsm["chain_indices"] = ak.Array(indices)
+    adata.write_h5ad(tmp_path / "airr.h5ad")
+    back = ad.read_h5ad(tmp_path / "airr.h5ad")
+    assert isinstance(back.obsm["airr"], ak.Array)
+    for obj in (adata, back):
+        table = tcr.read_tcr(obj, report=False)
+        assert table.attrs["layout"] == "airr"
+        assert (table.fillna("-") == truth.fillna("-")).all().all()
+
+
 def test_contigs_joined_by_barcode(cells, tmp_path):
     truth = _truth(cells)
     path = tmp_path / "filtered_contig_annotations.csv"
