@@ -3,8 +3,11 @@
 ``from scaml.mapping import build_reference, map_query`` is the entry point. The package:
 
 - :mod:`~scaml.mapping.api`: :func:`build_reference` and :func:`map_query`;
-- :mod:`~scaml.mapping.methods`: the methods (``scvi``, ``trvae``, ``scanvi``, ``symphony``) as
-  objects with the same ``prepare`` / ``build`` / ``map`` steps, and their registry :data:`METHODS`;
+- :mod:`~scaml.mapping.methods`: the methods (``scvi``, ``trvae``, ``scanvi``, ``peakvi``, ``poissonvi``,
+  ``totalvi``, ``mvtcr``, ``symphony``) as objects with the same ``prepare`` / ``build`` / ``map`` steps,
+  and their registry :data:`METHODS`;
+- :mod:`~scaml.mapping.atac_query`: ATAC cells mapped onto an RNA reference through their gene activity
+  (``map_query(..., modality="atac", genes=...)``);
 - :mod:`~scaml.mapping.refdir`: the reference-directory format (one versioned reader / writer),
   on :mod:`scaml.manifest`, the versioned-manifest check every scaml format shares;
 - :mod:`~scaml.mapping.transfer`: weighted kNN label transfer with uncertainty;

@@ -74,7 +74,8 @@ def build_reference(
         ``"scvi"``, ``"trvae"``, ``"scanvi"``, ``"peakvi"``, ``"poissonvi"`` (conditional VAEs,
         :mod:`scaml.vae`; the last two on scATAC-seq peak counts, every peak used) or
         ``"symphony"`` (a Harmony reference, :mod:`scaml.mapping.symphony`); ``"totalvi"``: CITE-seq
-        RNA + protein counts (``obsm["protein_expression"]``, :class:`scaml.vae.TOTALVI`).
+        RNA + protein counts (``obsm["protein_expression"]``, :class:`scaml.vae.TOTALVI`); ``"mvtcr"``:
+        T cells with paired TCR chains in ``obs`` / ``obsm["airr"]`` or ``contigs=`` (:class:`scaml.vae.MVTCR`).
     batch_key
         ``obs`` column with the reference's batches (the conditions).
     label_key
