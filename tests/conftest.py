@@ -47,3 +47,27 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def cli_build_and_map_at_scale(tmp_path: Path, adata, method: str) -> dict:
+    """``reference build --method METHOD`` on every batch but ``batch4`` (>= 20,000 cells), ``map`` of batch4.
+
+    Two epochs each, one thread, no UMAP; returns the mapping's metrics.json.
+    """
+    import json
+
+    from scaml.cli import main
+
+    ref = adata[adata.obs["batch"] != "batch4"].copy()
+    assert ref.n_obs >= 20_000
+    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query.h5ad"
+    ref.write_h5ad(ref_path)
+    adata[adata.obs["batch"] == "batch4"].copy().write_h5ad(query_path)
+    out = tmp_path / "refdir"
+    assert main(["reference", "build", str(ref_path), "--method", method, "--batch-key", "batch",
+                 "--label-key", "cell_type", "--out", str(out), "--max-epochs", "2", "--batch-size", "512",
+                 "--threads", "1", "--quiet"]) == 0
+    assert main(["map", "--reference", str(out), "--query", str(query_path), "--out", str(tmp_path / "map"),
+                 "--label-key", "cell_type", "--max-epochs", "2", "--threads", "1", "--no-umap",
+                 "--quiet"]) == 0
+    return json.loads((tmp_path / "map" / "metrics.json").read_text())

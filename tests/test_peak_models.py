@@ -11,6 +11,7 @@ import json
 import anndata as ad
 import numpy as np
 import pytest
+from conftest import cli_build_and_map_at_scale
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -119,18 +120,6 @@ def test_cli_reference_build_peakvi_and_map(peaks, tmp_path):
 def test_cli_poissonvi_at_scale(tmp_path):
     """``reference build --method poissonvi`` + ``map`` on a >= 20,000-cell reference (few peaks, 2 epochs)."""
     adata = simulate_atac(28_000, 200, n_batches=4, n_cell_types=4, mean_depth=100.0, random_state=1)
-    ref = adata[adata.obs["batch"] != "batch4"].copy()
-    assert ref.n_obs >= 20_000
-    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query.h5ad"
-    ref.write_h5ad(ref_path)
-    adata[adata.obs["batch"] == "batch4"].copy().write_h5ad(query_path)
-    out = tmp_path / "refdir"
-    assert main(["reference", "build", str(ref_path), "--method", "poissonvi", "--batch-key", "batch",
-                 "--label-key", "cell_type", "--out", str(out), "--max-epochs", "2", "--batch-size", "512",
-                 "--threads", "1", "--quiet"]) == 0
-    assert main(["map", "--reference", str(out), "--query", str(query_path), "--out", str(tmp_path / "map"),
-                 "--label-key", "cell_type", "--max-epochs", "2", "--threads", "1", "--no-umap",
-                 "--quiet"]) == 0
-    metrics = json.loads((tmp_path / "map" / "metrics.json").read_text())
+    metrics = cli_build_and_map_at_scale(tmp_path, adata, "poissonvi")
     print("poissonvi at scale:", metrics["weighted_knn"])
     assert metrics["weighted_knn"]["accuracy"] > 0.7

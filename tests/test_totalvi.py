@@ -9,7 +9,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import shared_file
+from conftest import cli_build_and_map_at_scale, shared_file
 from sklearn.neighbors import KNeighborsClassifier
 
 from scaml.cli import main
@@ -193,19 +193,7 @@ def test_cli_totalvi_at_scale(tmp_path):
     start = time.perf_counter()
     adata = simulate_cite(27_000, 200, 10, n_batches=4, n_cell_types=4, n_missing=2, missing_batch="batch2",
                           mean_library_size=1500, random_state=1)
-    ref = adata[adata.obs["batch"] != "batch4"].copy()
-    assert ref.n_obs >= 20_000
-    ref_path, query_path = tmp_path / "ref.h5ad", tmp_path / "query.h5ad"
-    ref.write_h5ad(ref_path)
-    adata[adata.obs["batch"] == "batch4"].copy().write_h5ad(query_path)
-    out = tmp_path / "refdir"
-    assert main(["reference", "build", str(ref_path), "--method", "totalvi", "--batch-key", "batch",
-                 "--label-key", "cell_type", "--out", str(out), "--max-epochs", "2", "--batch-size", "512",
-                 "--threads", "1", "--quiet"]) == 0
-    assert main(["map", "--reference", str(out), "--query", str(query_path), "--out", str(tmp_path / "map"),
-                 "--label-key", "cell_type", "--max-epochs", "2", "--threads", "1", "--no-umap",
-                 "--quiet"]) == 0
-    metrics = json.loads((tmp_path / "map" / "metrics.json").read_text())
+    metrics = cli_build_and_map_at_scale(tmp_path, adata, "totalvi")
     print(f"totalvi at scale: {metrics['weighted_knn']} in {time.perf_counter() - start:.1f} s")
     assert metrics["weighted_knn"]["accuracy"] > 0.7
 
