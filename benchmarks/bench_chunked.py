@@ -15,7 +15,9 @@ Each path runs in its own child process (so that each peak RSS is its own); the 
 seconds, peak RSS, and the agreement of the two results (same cells and HVGs; per-PC Pearson r).
 ``--skip-memory`` runs the chunked path only (sizes the in-memory path cannot hold). ``--integrate``
 adds the whole ``scaml integrate --chunked --no-metrics`` run (Harmony, neighbours, UMAPs, Leiden at one
-resolution, markers on the per-cluster sample, the chunk-wise integrated.h5ad) with its step timings.
+resolution, markers on the per-cluster sample, the chunk-wise integrated.h5ad) with its step timings;
+``--integrate-only`` runs that alone, and ``--metrics`` keeps the metrics (computed on the UMAP sample
+above 200,000 cells).
 
 Usage::
 
@@ -127,24 +129,31 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -
     return result
 
 
-def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None) -> dict:
+def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None, metrics: bool) -> dict:
     from scaml.pipeline import integrate
 
     start = time.perf_counter()
-    adata = integrate(path, "batch", out, chunked=True, max_memory=max_memory, dask=dask, evaluate=False,
-                      resolutions=[0.5], overwrite=True)
+    adata = integrate(path, "batch", out, chunked=True, max_memory=max_memory, dask=dask, evaluate=metrics,
+                      label_key="cell_type" if metrics else None, resolutions=[0.5], overwrite=True)
     seconds = time.perf_counter() - start
     run = json.loads((Path(out) / "run.json").read_text())
     steps = run.get("timings_seconds") or run.get("timings") or {}
-    return {"seconds": seconds, "n_cells": int(adata.n_obs), "steps": steps,
-            "clusters": int(adata.obs["leiden"].nunique())}
+    result = {"seconds": seconds, "n_cells": int(adata.n_obs), "steps": steps,
+              "clusters": int(adata.obs["leiden"].nunique()), "umap_sample": run["data"].get("umap_sample")}
+    if metrics:
+        import pandas as pd
+
+        table = pd.read_csv(Path(out) / "metrics.csv")
+        result["metrics"] = table[[c for c in ("embedding", "ilisi", "clisi", "ari", "kbet_acceptance")
+                                   if c in table.columns]].to_dict(orient="records")
+    return result
 
 
 def child(args: argparse.Namespace) -> None:
     if args.child == "memory":
         result = run_memory(args.path, args.result)
     elif args.child == "integrate":
-        result = run_integrate(args.path, args.result, args.max_memory, args.dask)
+        result = run_integrate(args.path, args.result, args.max_memory, args.dask, args.metrics)
     else:
         result = run_chunked(args.path, args.result, args.max_memory, args.dask)
     from scaml.chunked.engine import peak_rss_mib
@@ -159,6 +168,8 @@ def launch(mode: str, path: Path, result: Path, args: argparse.Namespace) -> dic
         cmd += ["--max-memory", args.max_memory]
     if args.dask:
         cmd += ["--dask", args.dask]
+    if args.metrics:
+        cmd += ["--metrics"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -176,6 +187,9 @@ def main() -> None:
     p.add_argument("--dask", default=None, help="run the chunked passes on a Dask scheduler, or 'local'")
     p.add_argument("--skip-memory", action="store_true", help="chunked path only")
     p.add_argument("--integrate", action="store_true", help="also the whole scaml integrate --chunked run")
+    p.add_argument("--integrate-only", action="store_true", help="only the whole integrate --chunked run")
+    p.add_argument("--metrics", action="store_true",
+                   help="integrate with the metrics (on the UMAP sample above 200,000 cells) instead of --no-metrics")
     p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -194,8 +208,9 @@ def main() -> None:
         runs = {}
         if not args.skip_memory:
             runs["memory"] = launch("memory", path, folder / "memory.npz", args)
-        runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args)
-        if args.integrate:
+        if not args.integrate_only:
+            runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args)
+        if args.integrate or args.integrate_only:
             runs["integrate --chunked"] = launch("integrate", path, folder / "integrate_out", args)
         print("\n| path | seconds | peak RSS (MiB) | notes |\n|---|---|---|---|")
         for name, r in runs.items():
@@ -217,6 +232,13 @@ def main() -> None:
         steps = runs.get("integrate --chunked", {}).get("steps")
         if steps:
             print("integrate steps (s): " + "; ".join(f"{k} {v:.1f}" for k, v in steps.items()))
+            done = runs["integrate --chunked"]
+            if done.get("umap_sample"):
+                print(f"UMAPs and metrics on a sample of {done['umap_sample']['cells']:,} of "
+                      f"{done['umap_sample']['of']:,} cells")
+            for row in done.get("metrics") or []:
+                print("metrics (sample): " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in row.items()))
         ok = all("failed" not in r for r in runs.values())
         if "memory" in runs and ok:
             m, c = np.load(folder / "memory.npz"), np.load(folder / "chunked.npz")

@@ -64,11 +64,12 @@ def integrated(big) -> Path:
 
 
 def test_integrate_chunked_at_20k_cells(big, integrated):
-    """The chunked path through the CLI (5 chunks, no metrics): the same cells, HVGs and clusters as in memory."""
+    """The chunked path through the CLI (5 chunks, UMAPs and metrics on an 8,000-cell sample, as a million
+    cells would run): the same cells, HVGs and clusters as in memory."""
     out = big["folder"] / "integrate_chunked"
     _scaml("integrate", big["reference"], "--batch-key", "batch", "--label-key", "cell_type", "--out", out,
            "--min-genes", "20", "--max-pct-mito", "60", "--n-hvg", "250", "--n-pcs", "20", "--resolutions", "0.1", "0.3",
-           "--chunked", "--chunk-cells", "5000", "--no-metrics")
+           "--chunked", "--chunk-cells", "5000", "--umap-max-cells", "8000")
     chunked, memory = ad.read_h5ad(out / "integrated.h5ad"), ad.read_h5ad(integrated / "integrated.h5ad")
     assert chunked.n_obs == memory.n_obs >= 20_000
     assert np.array_equal(chunked.var["highly_variable"].to_numpy(), memory.var["highly_variable"].to_numpy())
@@ -80,6 +81,13 @@ def test_integrate_chunked_at_20k_cells(big, integrated):
     run = _json(out / "run.json")
     assert run["data"]["chunked"]["n_chunks"] == 5 and run["data"]["chunked"]["engine"] == "in-process"
     assert abs(chunked.X[:50] - memory.X[:50]).max() < 1e-4
+    # the sampled UMAP: every cell has coordinates, 8,000 were laid out, the Leiden graph has every cell
+    assert int(chunked.obs["umap_sample"].sum()) == 8000 == run["data"]["umap_sample"]["cells"]
+    assert np.isfinite(chunked.obsm["X_umap"]).all() and np.isfinite(chunked.obsm["X_umap_uncorrected"]).all()
+    assert chunked.obsp["connectivities"].shape == (chunked.n_obs, chunked.n_obs)
+    assert adjusted_rand_score(chunked.obs["cell_type"], chunked.obs["leiden_0.1"]) > 0.9
+    metrics = pd.read_csv(out / "metrics.csv", index_col="embedding")  # on the sample
+    assert metrics.loc["X_pca_harmony", "ilisi"] > metrics.loc["X_pca", "ilisi"]
 
 
 def test_integrate_at_20k_cells(integrated):

@@ -30,6 +30,7 @@ from .io import (
 )
 from .neighbors import DEFAULT_K, Neighbors
 from .runinfo import RunRecord
+from .umap_sample import UMAP_MAX_CELLS, draw_sample
 
 DEFAULT_RESOLUTIONS = (0.3, 0.5, 0.8)
 
@@ -66,6 +67,7 @@ def integrate(
     client: Any = None,
     dask: str | None = None,
     protein_model: Literal["clr", "totalvi"] = "clr",
+    umap_max_cells: int | None = None,
 ) -> ad.AnnData:
     """Run the whole integration pipeline and, with ``out``, write every output.
 
@@ -141,6 +143,11 @@ def integrate(
         ``obsm["denoised_protein"]`` when it has one); ``"totalvi"`` the denoised proteins of a
         :class:`scaml.vae.TOTALVI` trained on the QC'd cells (``obsm["denoised_protein"]``,
         ``obsm["protein_foreground_probability"]``, ``obsm["X_totalvi"]``). The titles say which.
+    umap_max_cells
+        Above this many cells (default :data:`scaml.umap_sample.UMAP_MAX_CELLS`, 200,000; 0: never) the
+        UMAPs are laid out on a seeded random sample of this size, the other cells placed at the weighted
+        mean of their nearest sample cells (``obs["umap_sample"]`` marks the sample), the integration
+        figure shows the sample, and the metrics are computed on it. The Leiden graph is always of all cells.
 
     Returns
     -------
@@ -163,7 +170,7 @@ def integrate(
                                               for k, v in atac_settings.items()},
     }
     params.update({"chunked": chunked, "max_memory": max_memory, "chunk_cells": chunk_cells,
-                   "dask": dask if client is None else "client"})
+                   "dask": dask if client is None else "client", "umap_max_cells": umap_max_cells})
     record = RunRecord("integrate", parameters=params)
 
     input_path = None if isinstance(data, ad.AnnData) else Path(data)
@@ -222,12 +229,18 @@ def integrate(
                                    batch_keys=batch_keys, random_state=random_state)
     adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state) if batch_keys else basis
     # one neighbour search per embedding, shared by the kNN graph and the metrics (LISI needs the most)
-    searches = _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state,
-                                 k=max(DEFAULT_K, n_neighbors - 1) if evaluate else n_neighbors - 1)
+    umap_sample = draw_sample(adata.n_obs, UMAP_MAX_CELLS if umap_max_cells is None else umap_max_cells,
+                              random_state)
+    search_k = max(DEFAULT_K, n_neighbors - 1) if evaluate else n_neighbors - 1
+    if umap_sample is None:
+        searches = _graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state, k=search_k)
+    else:
+        searches = _sampled_graphs_and_umaps(adata, record, basis, adjusted, n_neighbors, random_state,
+                                             k=search_k, sample=umap_sample)
     _leiden(adata, record, resolutions, chosen, random_state)
     samples = None
     if cells is not None:
-        samples = _chunked_samples(adata, record, cells, random_state)
+        samples = _chunked_samples(adata, record, cells, random_state, pool=umap_sample)
         marker_genes = _markers(samples[0], record)
         if "rank_genes_groups" in samples[0].uns:
             adata.uns["rank_genes_groups"] = samples[0].uns["rank_genes_groups"]
@@ -243,13 +256,15 @@ def integrate(
     metrics_table: pd.DataFrame | None = None
     if evaluate:
         with record.timer("metrics"):
-            metrics_table = _evaluate(adata, batch_keys[0], label_key, [basis, adjusted], random_state, searches)
+            metrics_table = _evaluate(adata if umap_sample is None else _light_subset(adata, umap_sample),
+                                      batch_keys[0], label_key, [basis, adjusted], random_state, searches,
+                                      sampled_from=None if umap_sample is None else adata.n_obs)
 
     if outdir is not None:
         if cells is not None:
             record.data["chunked"] = {**cells.plan.to_dict(), **cells.engine.summary()}
         _write_outputs(adata, outdir, record, batch_keys[0] if batch_keys else None, adjusted, markers,
-                       marker_genes, metrics_table, cells=cells, samples=samples)
+                       marker_genes, metrics_table, cells=cells, samples=samples, umap_sample=umap_sample)
         if modality_used == "atac" and atac_settings.get("genes") is not None:
             _write_gene_activity(adata, outdir, record, atac_settings["genes"])
         from .report import maybe_write_report
@@ -377,6 +392,53 @@ def _graphs_and_umaps(adata: ad.AnnData, record: RunRecord, basis: str, adjusted
     return searches
 
 
+def _sampled_graphs_and_umaps(adata: ad.AnnData, record: RunRecord, basis: str, adjusted: str, n_neighbors: int,
+                              random_state: int, *, k: int, sample: np.ndarray) -> dict[str, Neighbors]:
+    """Large data: the full kNN graph of the corrected embedding (Leiden) and UMAPs laid out on a sample.
+
+    Returns the sample's own searches (positions within the sample, ``k`` neighbours) for the metrics,
+    which are then computed on the sample.
+    """
+    from .neighbors import compute_neighbors, neighbors_graph
+    from .umap_sample import sampled_umap
+
+    n, m = adata.n_obs, int(sample.size)
+    info(f"{n:,} cells: UMAPs laid out on a random sample of {m:,} (the others placed by their nearest sample "
+         "cells; --umap-max-cells 0 for all); the Leiden graph uses every cell")
+    searches: dict[str, Neighbors] = {}
+    passes = [(basis, "X_umap_uncorrected", "neighbors_umap_uncorrected"), (adjusted, "X_umap", "neighbors_umap")]
+    if adjusted == basis:
+        passes = passes[1:]
+    full = None
+    for key, umap_key, timer in passes:
+        with record.timer(timer):
+            if key == adjusted:
+                full = compute_neighbors(adata.obsm[key], n_neighbors - 1, random_state=random_state)
+                neighbors_graph(adata, key, n_neighbors, random_state=random_state, neighbors=full)
+            layout = sampled_umap(adata.obsm[key], sample, n_neighbors=n_neighbors, k=k, random_state=random_state)
+            adata.obsm[umap_key] = layout.coords
+            searches[key] = layout.neighbors
+    in_sample = np.zeros(n, dtype=bool)
+    in_sample[sample] = True
+    adata.obs["umap_sample"] = in_sample
+    assert full is not None
+    record.data["neighbors"] = {"n_neighbors": int(n_neighbors), "search": full.method, "k_searched": int(full.k)}
+    record.data["umap_sample"] = {"cells": m, "of": n, "placed_by_nearest_sample_cells": 10,
+                                  "used_for": ["UMAP layout", "integration figure", "metrics"]}
+    return searches
+
+
+def _light_subset(adata: ad.AnnData, positions: np.ndarray) -> ad.AnnData:
+    """obs, obsm and the colours of some cells (no expression): the metrics and figures of a sample."""
+    sub = ad.AnnData(obs=adata.obs.iloc[positions].copy())
+    for key, value in adata.obsm.items():
+        sub.obsm[key] = np.asarray(value)[positions]
+    for key, value in adata.uns.items():
+        if key.endswith("_colors"):
+            sub.uns[key] = value
+    return sub
+
+
 def _leiden(adata: ad.AnnData, record: RunRecord, resolutions: list[float], chosen: float,
             random_state: int) -> None:
     """Leiden clusters at every resolution (``obs["leiden_<res>"]``); the chosen one copied to ``obs["leiden"]``."""
@@ -431,8 +493,11 @@ def _top_markers(adata: ad.AnnData, per_cluster: int = 1, limit: int = 12) -> li
 
 
 def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddings: list[str],
-              random_state: int, searches: dict[str, Neighbors]) -> pd.DataFrame:
-    """Batch mixing (and bio conservation with labels) of the embeddings, reusing the pipeline's searches."""
+              random_state: int, searches: dict[str, Neighbors], sampled_from: int | None = None) -> pd.DataFrame:
+    """Batch mixing (and bio conservation with labels) of the embeddings, reusing the pipeline's searches.
+
+    ``sampled_from``: ``adata`` is the UMAP sample of that many cells (the notes say so).
+    """
     from .metrics import evaluate_embeddings
 
     # silhouettes are O(N^2): above 20,000 cells they use a stratified sample (the table's notes say so)
@@ -440,30 +505,41 @@ def _evaluate(adata: ad.AnnData, batch_key: str, label_key: str | None, embeddin
     table = evaluate_embeddings(adata, batch_key=batch_key, label_key=label_key, embeddings=embeddings,
                                 reference=embeddings[0], random_state=random_state,
                                 asw_max_cells=asw_max_cells, neighbors=searches)
+    if sampled_from is not None:
+        note = f"computed on the random sample of {adata.n_obs} of {sampled_from} cells that the UMAPs lay out"
+        table["notes"] = [f"{note}; {n}" if n else note for n in table["notes"].fillna("")]
     return table
 
 
 def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key: str | None, adjusted: str,
                    markers: Sequence[str] | None, marker_genes: list[str], metrics_table: pd.DataFrame | None,
-                   *, cells: Any = None, samples: tuple[ad.AnnData, ad.AnnData] | None = None) -> None:
+                   *, cells: Any = None, samples: tuple[ad.AnnData, ad.AnnData] | None = None,
+                   umap_sample: np.ndarray | None = None) -> None:
     """Figures, integrated.h5ad, summary.json and run.json.
 
     ``cells`` / ``samples`` (the chunked path): the marker figures use the sampled cells' expression
-    and integrated.h5ad streams its matrices from the input file.
+    and integrated.h5ad streams its matrices from the input file. ``umap_sample``: the UMAP figures
+    show the laid-out sample only.
     """
     from . import plotting
 
     marker_data, figure_data = samples if samples is not None else (adata, adata)
+    panel_data, panel_note = adata, None
+    if umap_sample is not None:
+        panel_data = _light_subset(adata, umap_sample)
+        panel_note = f"UMAPs of a random sample of {umap_sample.size:,} of {adata.n_obs:,} cells"
+        if samples is None:
+            figure_data = adata[umap_sample]
 
     figures = outdir / "figures"
     with record.timer("figures"):
         if batch_key is not None:
             label = "LSI" if record.data.get("modality") == "atac" else "PCA"
-            plotting.plot_integration_panels(adata, batch_key, figures / "umap_integration_check.png",
-                                             uncorrected_label=label)
+            plotting.plot_integration_panels(panel_data, batch_key, figures / "umap_integration_check.png",
+                                             uncorrected_label=label, note=panel_note)
             plotting.plot_objective(adata.uns["harmony"]["objective_harmony"], figures / "harmony_objective.png")
         else:
-            _plot_clusters_only(adata, figures / "umap_clusters.png", record.data.get("modality"))
+            _plot_clusters_only(panel_data, figures / "umap_clusters.png", record.data.get("modality"))
         genes = list(markers) if markers else marker_genes
         missing = [g for g in genes if g not in adata.var_names]
         if missing:
@@ -590,12 +666,17 @@ def _record_chunked(adata: ad.AnnData, record: RunRecord, cells: Any, batch_keys
     return "X_pca"
 
 
-def _chunked_samples(adata: ad.AnnData, record: RunRecord, cells: Any, random_state: int) -> tuple[ad.AnnData, ad.AnnData]:
-    """Expression of a per-cluster sample (Wilcoxon markers) and of a random sample (marker UMAPs), from the file."""
+def _chunked_samples(adata: ad.AnnData, record: RunRecord, cells: Any, random_state: int,
+                     pool: np.ndarray | None = None) -> tuple[ad.AnnData, ad.AnnData]:
+    """Expression of a per-cluster sample (Wilcoxon markers) and of a random sample (marker UMAPs), from the file.
+
+    ``pool``: the marker-UMAP cells are drawn from these positions (the laid-out UMAP sample).
+    """
     from .chunked.samples import expression_samples
 
     with record.timer("read_samples"):
-        marker_data, figure_data, sampled = expression_samples(cells, adata, "leiden", random_state=random_state)
+        marker_data, figure_data, sampled = expression_samples(cells, adata, "leiden", random_state=random_state,
+                                                               pool=pool)
     record.data["samples"] = sampled
     info(f"markers on a per-cluster sample of {sampled['marker_cells']} cells (at most "
          f"{sampled['marker_cells_per_cluster']} per cluster); marker UMAPs on {sampled['figure_cells']} cells")

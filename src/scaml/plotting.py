@@ -82,10 +82,12 @@ def plot_integration_panels(
     corrected: str = "X_umap",
     uncorrected: str = "X_umap_uncorrected",
     uncorrected_label: str = "PCA",
+    note: str | None = None,
 ) -> Path:
     """The three-panel evaluation figure: corrected UMAP by batch, by cluster, and uncorrected UMAP by batch.
 
-    ``uncorrected_label`` names the uncorrected embedding in the third title (``"PCA"``, ``"LSI"``).
+    ``uncorrected_label`` names the uncorrected embedding in the third title (``"PCA"``, ``"LSI"``);
+    ``note`` (e.g. that the UMAPs are of a sample) is added under the figure title.
     """
     fig, axes = plt.subplots(1, 3, figsize=(19, 5.6))
     fig.subplots_adjust(wspace=0.55)
@@ -96,8 +98,8 @@ def plot_integration_panels(
     axes[1].get_legend() and axes[1].get_legend().remove()
     scatter_categories(axes[2], adata.obsm[uncorrected], adata.obs[batch_key],
                        title=f"Uncorrected ({uncorrected_label}): {batch_key}")
-    fig.suptitle("Batch correction check: batches should mix after Harmony, clusters should stay distinct",
-                 fontsize=13, y=1.02)
+    title = "Batch correction check: batches should mix after Harmony, clusters should stay distinct"
+    fig.suptitle(title if note is None else f"{title}\n({note})", fontsize=13, y=1.02 if note is None else 1.07)
     return save_figure(fig, path)
 
 

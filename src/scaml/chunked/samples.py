@@ -36,8 +36,12 @@ def stratified_positions(labels: Any, per_group: int, random_state: int = 0) -> 
 
 def expression_samples(cells: ChunkedCells, adata: ad.AnnData, cluster_key: str = "leiden", *,
                        per_cluster: int = MARKER_CELLS_PER_CLUSTER, figure_cells: int = FIGURE_CELLS,
-                       random_state: int = 0) -> tuple[ad.AnnData, ad.AnnData, dict[str, Any]]:
+                       random_state: int = 0, pool: np.ndarray | None = None,
+                       ) -> tuple[ad.AnnData, ad.AnnData, dict[str, Any]]:
     """Log-normalised expression of a per-cluster sample (markers) and of a random sample (figures), read in one go.
+
+    ``pool``: positions the figure cells are drawn from (default: all cells), e.g. the cells a
+    sampled UMAP laid out.
 
     Returns
     -------
@@ -47,7 +51,9 @@ def expression_samples(cells: ChunkedCells, adata: ad.AnnData, cluster_key: str 
     n = adata.n_obs
     marker_pos = stratified_positions(adata.obs[cluster_key].to_numpy(), per_cluster, random_state)
     rng = np.random.default_rng(random_state + 1)
-    figure_pos = np.arange(n) if n <= figure_cells else np.sort(rng.choice(n, figure_cells, replace=False))
+    candidates = np.arange(n) if pool is None else np.asarray(pool, dtype=np.int64)
+    figure_pos = (candidates if candidates.size <= figure_cells
+                  else np.sort(rng.choice(candidates, figure_cells, replace=False)))
     union = np.union1d(marker_pos, figure_pos)
     X = cells.read_cells(union)
     where = {int(p): i for i, p in enumerate(union)}

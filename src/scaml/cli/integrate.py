@@ -85,6 +85,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                      help="run the chunked passes on a dask.distributed scheduler (tcp://host:8786, started with "
                      "'dask scheduler' and 'dask worker', or by dask-jobqueue / dask-kubernetes), or 'local' "
                      "for a LocalCluster on this machine")
+    big.add_argument("--umap-max-cells", type=int, default=None, metavar="N",
+                     help="above N cells (default 200000) the UMAPs are laid out on a random sample of N cells, "
+                     "the others placed by their nearest sample cells; the figure and the metrics use the "
+                     "sample, Leiden all cells. 0: lay out every cell")
     p.add_argument("--no-metrics", action="store_true", help="skip the integration metrics")
     p.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     p.set_defaults(func=run)
@@ -110,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
                      "depth_threshold": args.depth_threshold, "fragments": args.fragments, "genes": args.genes},
         chunked=True if args.dask is not None and args.chunked is None else args.chunked,
         max_memory=args.max_memory, chunk_cells=args.chunk_cells, dask=args.dask,
-        protein_model=args.protein_model,
+        protein_model=args.protein_model, umap_max_cells=args.umap_max_cells,
     )
     return 0
