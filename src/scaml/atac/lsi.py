@@ -15,7 +15,8 @@ from ..errors import ScamlError
 DEPTH_CORRELATION_MAX = 0.75
 
 
-def tfidf(counts: Any, *, binarize: bool = False, scale_factor: float = 1e4) -> sp.csr_matrix:
+def tfidf(counts: Any, *, binarize: bool = False, scale_factor: float = 1e4,
+          idf: np.ndarray | None = None) -> sp.csr_matrix:
     """Signac's log-TF-IDF (``RunTFIDF(method = 1)``): ``log1p(TF * IDF * scale_factor)``.
 
     TF is a cell's count of a peak divided by the cell's total; IDF is the number of cells divided
@@ -29,6 +30,9 @@ def tfidf(counts: Any, *, binarize: bool = False, scale_factor: float = 1e4) -> 
         Count a peak once per cell (accessible or not) before TF-IDF.
     scale_factor
         Signac's ``scale.factor`` (default 10,000).
+    idf
+        The IDF of each peak when ``counts`` is a chunk of a larger matrix (:func:`inverse_document_frequency`
+        of the whole); None computes it from ``counts``.
 
     Returns
     -------
@@ -40,13 +44,25 @@ def tfidf(counts: Any, *, binarize: bool = False, scale_factor: float = 1e4) -> 
     if binarize:
         X.data[:] = 1.0
     cell_totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
-    peak_totals = np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
     inv_cell = np.divide(1.0, cell_totals, out=np.zeros_like(cell_totals), where=cell_totals > 0)
-    idf = np.divide(X.shape[0], peak_totals, out=np.zeros_like(peak_totals), where=peak_totals > 0)
+    if idf is None:
+        idf = inverse_document_frequency(np.asarray(X.sum(axis=0), dtype=np.float64).ravel(), X.shape[0])
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     values = X.data.astype(np.float64) * inv_cell[rows] * idf[X.indices] * scale_factor
     X.data = np.log1p(values).astype(np.float32)
     return X
+
+
+def inverse_document_frequency(peak_totals: np.ndarray, n_cells: int) -> np.ndarray:
+    """Signac's IDF: the number of cells over each peak's total (0 for a peak with no counts)."""
+    totals = np.asarray(peak_totals, dtype=np.float64)
+    return np.divide(n_cells, totals, out=np.zeros_like(totals), where=totals > 0)
+
+
+def scale_components(embedding: np.ndarray) -> np.ndarray:
+    """Each component centred and scaled to unit standard deviation over cells (Signac's ``RunSVD``)."""
+    sd = embedding.std(axis=0)
+    return (embedding - embedding.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
 @dataclass(frozen=True)
@@ -132,8 +148,7 @@ def lsi(
     svd = TruncatedSVD(n_components=n_components, algorithm="randomized", n_iter=7, random_state=random_state)
     embedding = svd.fit_transform(normalized)  # = U * S
     if scale_embeddings:
-        sd = embedding.std(axis=0)
-        embedding = (embedding - embedding.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        embedding = scale_components(embedding)
     return (np.ascontiguousarray(embedding, dtype=np.float32), svd.components_.T.astype(np.float32),
             svd.singular_values_.astype(np.float64))
 
@@ -180,12 +195,26 @@ def run_lsi(
         adata.layers["counts"] = sp.csr_matrix(counts, dtype=np.float32, copy=True)
     depth = np.asarray(counts.sum(axis=1)).ravel()
     normalized = tfidf(counts, binarize=binarize)
-    extra = 1 if depth_threshold is not None else 0
-    n_fit = min(n_components + extra, min(adata.shape) - 1)
+    n_fit = lsi_components_fitted(n_components, depth_threshold, min(adata.shape))
     embedding, loadings, singular = lsi(normalized, n_fit, random_state=random_state)
+    adata.X = normalized
+    return store_lsi(adata, embedding, loadings, singular, depth, n_components=n_components, binarize=binarize,
+                     depth_threshold=depth_threshold, random_state=random_state, key_added=key_added)
+
+
+def lsi_components_fitted(n_components: int, depth_threshold: float | None, smallest_dim: int) -> int:
+    """Components to fit: one more than kept when the depth check may drop one (at most ``smallest_dim - 1``)."""
+    extra = 1 if depth_threshold is not None else 0
+    return min(n_components + extra, smallest_dim - 1)
+
+
+def store_lsi(adata: ad.AnnData, embedding: np.ndarray, loadings: np.ndarray, singular: np.ndarray,
+              depth: np.ndarray, *, n_components: int, binarize: bool, depth_threshold: float | None,
+              random_state: int, key_added: str = "X_lsi") -> DepthCheck | None:
+    """The depth check on a fitted LSI, then ``obsm[key_added]``, ``varm["LSI"]`` and ``uns["lsi"]`` (see :func:`run_lsi`)."""
+    n_fit = embedding.shape[1]
     check = depth_check(embedding, depth, depth_threshold) if depth_threshold is not None else None
     keep = [i for i in range(n_fit) if check is None or i not in check.dropped][:n_components]
-    adata.X = normalized
     adata.obsm[key_added] = np.ascontiguousarray(embedding[:, keep])
     adata.varm["LSI"] = loadings[:, keep]
     adata.uns["lsi"] = {

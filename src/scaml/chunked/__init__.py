@@ -2,8 +2,8 @@
 
 Modules, each depending only on those before it: ``source`` (reading a run of rows of an h5ad /
 zarr file), ``engine`` (mapping a pass over the chunks here or on a dask.distributed cluster),
-``passes`` (one chunk's work in each pass) and ``preprocess`` (QC -> normalise -> HVG -> PCA, and
-the chunk-wise output file).
+``passes`` (one chunk's work in each pass), ``preprocess`` (QC -> normalise -> HVG -> PCA, and
+the chunk-wise output file) and ``peaks`` (scATAC-seq: QC -> TF-IDF -> LSI -> depth check).
 
 Examples
 --------
@@ -15,8 +15,9 @@ Examples
 from __future__ import annotations
 
 from .engine import Engine, connect, describe_client
+from .peaks import ChunkedPeaks, preprocess_peaks_chunked
 from .preprocess import ChunkedCells, ChunkPlan, plan_chunks, preprocess_chunked, write_chunked_h5ad
 from .source import CellSource, open_cells
 
-__all__ = ["CellSource", "ChunkPlan", "ChunkedCells", "Engine", "connect", "describe_client", "open_cells",
-           "plan_chunks", "preprocess_chunked", "write_chunked_h5ad"]
+__all__ = ["CellSource", "ChunkPlan", "ChunkedCells", "ChunkedPeaks", "Engine", "connect", "describe_client",
+           "open_cells", "plan_chunks", "preprocess_chunked", "preprocess_peaks_chunked", "write_chunked_h5ad"]

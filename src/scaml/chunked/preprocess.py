@@ -170,6 +170,16 @@ class ChunkedCells:
             return log_normalize(M, TARGET_SUM)
         return sp.csr_matrix(M, dtype=np.float32)
 
+    def output_chunks(self):
+        """(log-normalised, counts) of every chunk's kept cells, in order, through the engine."""
+        sc = self.scaling
+        items = list(zip(self.ranges(), [self.keep[a:b] for a, b in self.ranges()], strict=True))
+        for _, lognorm, counts in self.engine.map(
+            "write integrated.h5ad", _project_item, items, self.source, self.genes, sc["hvg"], sc["mean"],
+            sc["std"], sc["center"], sc["components"], True,
+        ):
+            yield lognorm, counts
+
 
 def preprocess_chunked(
     path: str | os.PathLike | CellSource,
@@ -371,8 +381,9 @@ def _project_item(item: tuple, source: CellSource, genes: np.ndarray, hvg: np.nd
                                 components, with_matrices)
 
 
-def write_chunked_h5ad(cells: ChunkedCells, adata: ad.AnnData, path: str | os.PathLike) -> Path:
-    """Write ``adata`` (no X) with X (log-normalised) and ``layers["counts"]`` streamed from the file, atomically.
+def write_chunked_h5ad(cells: Any, adata: ad.AnnData, path: str | os.PathLike) -> Path:
+    """Write ``adata`` (no X) with X (log-normalised; TF-IDF for peaks) and ``layers["counts"]`` streamed from the
+    file, atomically. ``cells``: a :class:`ChunkedCells` or :class:`~scaml.chunked.peaks.ChunkedPeaks`.
 
     The matrices are appended chunk by chunk (CSR, float32); memory stays within the chunk budget.
     """
@@ -384,8 +395,6 @@ def write_chunked_h5ad(cells: ChunkedCells, adata: ad.AnnData, path: str | os.Pa
     out = adata.copy() if adata.X is not None else adata
     out.X = None
     h5ad_safe(out)
-    sc = cells.scaling
-    items = list(zip(cells.ranges(), [cells.keep[a:b] for a, b in cells.ranges()], strict=True))
 
     def _write(tmp: str) -> None:
         out.write_h5ad(tmp)
@@ -395,10 +404,7 @@ def write_chunked_h5ad(cells: ChunkedCells, adata: ad.AnnData, path: str | os.Pa
                 del f["X"]
             layers = f.require_group("layers")
             started = False
-            for _, lognorm, counts in cells.engine.map(
-                "write integrated.h5ad", _project_item, items, cells.source, cells.genes, sc["hvg"], sc["mean"],
-                sc["std"], sc["center"], sc["components"], True,
-            ):
+            for lognorm, counts in cells.output_chunks():
                 if lognorm.shape[0] == 0:
                     continue
                 if not started:

@@ -1,0 +1,423 @@
+"""scATAC-seq peaks in chunks of cells: QC -> TF-IDF -> LSI -> depth check, within a memory budget.
+
+The same rules and numbers as the in-memory ATAC path (:func:`scaml.atac.qc_filter_peaks`,
+:func:`scaml.atac.tfidf`, :func:`scaml.atac.lsi`: scikit-learn's randomized ``TruncatedSVD``, and
+the depth check):
+
+1. **QC pass**: per-cell counts in peaks and accessible peaks, the cell rules, each peak's number
+   of kept cells (the ``min_cells`` peak rule);
+2. **IDF pass**: each kept peak's total over the kept cells (Signac's IDF) and each cell's depth;
+3. **SVD passes**: the randomized SVD of scikit-learn (Halko et al.), step for step, on the TF-IDF
+   matrix that is recomputed chunk by chunk and never held: every product ``X @ Q`` (the chunk's
+   rows) and ``X^T @ P`` (summed over chunks) is one pass; with 7 power iterations, 17 passes. The
+   random start, the LU / QR normalisations, the transposition rule (``cells < peaks``) and the
+   signs are scikit-learn's, so the components agree with the in-memory LSI to rounding.
+
+Only per-cell vectors (the ``cells x (n_components + 10)`` range basis), per-peak vectors and the
+loadings are in memory, never the peak matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from .._utils import info
+from ..atac.features import add_peak_coordinates
+from ..atac.lsi import (
+    DEPTH_CORRELATION_MAX,
+    DepthCheck,
+    inverse_document_frequency,
+    lsi_components_fitted,
+    scale_components,
+    store_lsi,
+    tfidf,
+)
+from ..errors import ScamlError
+from ..harmony.stream import parse_memory
+from ..preprocess import unique_names
+from .engine import Engine
+from .passes import count_problem
+from .preprocess import MIN_CHUNK_CELLS, ChunkPlan, default_budget
+from .source import CellSource, open_cells, row_ranges
+
+#: scikit-learn TruncatedSVD's settings used by :func:`scaml.atac.lsi`.
+N_ITER = 7
+N_OVERSAMPLES = 10
+
+
+@dataclass(frozen=True)
+class PeakQCRules:
+    """The cell rules of :func:`scaml.atac.qc_filter_peaks`."""
+
+    min_counts: int = 50
+    min_peaks: int = 20
+    max_counts: int | None = None
+
+
+def plan_peak_chunks(source: CellSource, n_basis: int, *, max_memory: Any = None,
+                     chunk_cells: int | None = None) -> ChunkPlan:
+    """Rows per chunk for a memory budget: about 40 bytes per stored value (CSR counts, TF-IDF and their
+    float64 temporaries) and ``12 * n_basis`` per cell in a chunk; fixed: the per-cell range basis and
+    a few per-peak ``n_basis`` blocks.
+
+    Raises
+    ------
+    ScamlError
+        The budget does not hold the fixed part and one chunk of :data:`MIN_CHUNK_CELLS` cells.
+    """
+    budget = default_budget() if max_memory is None else parse_memory(max_memory, "--max-memory")
+    nnz_per_cell = source.nnz / max(source.n_cells, 1)
+    per_cell = int(40 * nnz_per_cell + 12 * n_basis + 64)
+    fixed = int(3 * 8 * n_basis * source.n_cells + 4 * 8 * n_basis * source.n_genes + 32 * source.n_cells)
+    if chunk_cells is None:
+        room = budget - fixed
+        if room < per_cell * MIN_CHUNK_CELLS:
+            need = fixed + per_cell * MIN_CHUNK_CELLS
+            raise ScamlError(
+                f"--max-memory {budget / 2**20:.0f} MB does not hold the LSI of {source.n_cells} cells x "
+                f"{source.n_genes} peaks in chunks of {MIN_CHUNK_CELLS} cells: give at least {math.ceil(need / 2**20)} "
+                f"MB, e.g. --max-memory {max(1, math.ceil(need / 2**30))}GB."
+            )
+        chunk_cells = int(min(room // per_cell, source.n_cells, 200_000))
+    chunk_cells = max(1, min(int(chunk_cells), source.n_cells))
+    return ChunkPlan(chunk_cells, budget, per_cell, fixed, math.ceil(source.n_cells / chunk_cells))
+
+
+# ----------------------------------------------------------------------------- one chunk's work
+
+def _rows(rows: tuple[int, int], source: CellSource) -> sp.csr_matrix:
+    block = source.read_rows(*rows)
+    return block if sp.issparse(block) else sp.csr_matrix(block)
+
+
+def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> dict:
+    """Per-cell counts in peaks, accessible peaks and pass/fail; per-peak number of kept cells."""
+    X = _rows(rows, source)
+    problem = count_problem(X)
+    total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
+    seen = X.copy()
+    seen.data = (seen.data > 0).astype(np.float32)
+    n_peaks = np.asarray(seen.sum(axis=1)).ravel().astype(np.int64)
+    keep = np.ones(X.shape[0], dtype=bool)
+    removed = {}
+    checks = [("min_counts", total >= rules.min_counts), ("min_peaks", n_peaks >= rules.min_peaks)]
+    if rules.max_counts is not None:
+        checks.append(("max_counts", total <= rules.max_counts))
+    for name, ok in checks:  # a cell is counted by the first rule it fails, as in memory
+        removed[name] = int((keep & ~ok).sum())
+        keep &= ok
+    kept = seen[keep]
+    peak_cells = np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes).astype(np.int64)
+    return {"total_counts": total, "n_peaks_by_counts": n_peaks, "keep": keep, "peak_cells": peak_cells,
+            "removed": removed, "problem": None if problem is None else (rows, problem)}
+
+
+def _kept(item: tuple, source: CellSource, peaks: np.ndarray) -> sp.csr_matrix:
+    rows, keep = item[0], item[1]
+    return _rows(rows, source)[keep][:, peaks]
+
+
+def _binary(counts: sp.csr_matrix, binarize: bool) -> sp.csr_matrix:
+    X = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    X.eliminate_zeros()
+    if binarize:
+        X.data[:] = 1.0
+    return X
+
+
+def idf_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each kept cell's counts in the kept peaks (the depth) and each kept peak's total over the kept
+    cells (binarised first when asked: the IDF)."""
+    counts = _kept(item, source, peaks)
+    depth = np.asarray(counts.sum(axis=1, dtype=np.float64)).ravel()
+    X = _binary(counts, binarize)
+    return depth, np.asarray(X.sum(axis=0), dtype=np.float64).ravel()
+
+
+def times_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool, idf: np.ndarray,
+                Q: np.ndarray) -> np.ndarray:
+    """The chunk's rows of ``TF-IDF @ Q`` (float32, as scikit-learn computes on a float32 matrix)."""
+    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf)
+    return np.asarray(X @ Q, dtype=np.float32)
+
+
+def transpose_times_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool,
+                          idf: np.ndarray) -> np.ndarray:
+    """The chunk's share of ``TF-IDF^T @ P`` (``item`` carries the chunk's rows of P), summed in float64."""
+    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf)
+    P = item[2]
+    return np.asarray(X.T @ P, dtype=np.float64)
+
+
+def matrices_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool,
+                   idf: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The chunk's TF-IDF and raw counts over the kept peaks (for integrated.h5ad)."""
+    counts = _kept(item, source, peaks)
+    return tfidf(counts, binarize=binarize, idf=idf), sp.csr_matrix(counts, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- the randomized SVD
+
+class _ChunkedOperator:
+    """The TF-IDF matrix as two chunked products, counted by the engine's passes."""
+
+    def __init__(self, engine: Engine, items: list[tuple], source: CellSource, peaks: np.ndarray,
+                 binarize: bool, idf: np.ndarray, n_cells: int) -> None:
+        self.engine, self.items, self.source = engine, items, source
+        self.peaks, self.binarize, self.idf = peaks, binarize, idf
+        self.shape = (n_cells, peaks.size)
+        self.sizes = [int(item[1].sum()) for item in items]
+        self.n_products = 0
+
+    def times(self, Q: np.ndarray) -> np.ndarray:
+        """``X @ Q`` (cells x l)."""
+        self.n_products += 1
+        Q = np.ascontiguousarray(Q, dtype=np.float32)
+        parts = list(self.engine.map(f"LSI product {self.n_products}", times_chunk, self.items, self.source,
+                                     self.peaks, self.binarize, self.idf, Q))
+        return np.concatenate(parts) if parts else np.zeros((0, Q.shape[1]), np.float32)
+
+    def transpose_times(self, P: np.ndarray) -> np.ndarray:
+        """``X^T @ P`` (peaks x l), P split by chunk."""
+        self.n_products += 1
+        P = np.asarray(P, dtype=np.float32)
+        bounds = np.concatenate([[0], np.cumsum(self.sizes)])
+        items = [(*item, P[bounds[i]:bounds[i + 1]]) for i, item in enumerate(self.items)]
+        total = np.zeros((self.shape[1], P.shape[1]))
+        for part in self.engine.map(f"LSI product {self.n_products}", transpose_times_chunk, items, self.source,
+                                    self.peaks, self.binarize, self.idf):
+            total += part
+        return total.astype(np.float32)
+
+
+def _svd_flip_v(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``svd_flip(u_based_decision=False)``: each row of Vt has its largest |value| positive."""
+    signs = np.sign(Vt[np.arange(Vt.shape[0]), np.argmax(np.abs(Vt), axis=1)])
+    signs[signs == 0] = 1.0
+    return U * signs, Vt * signs[:, None]
+
+
+def randomized_lsi(op: _ChunkedOperator, n_components: int, random_state: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``X @ V``, the loadings V and the singular values of the TF-IDF matrix X, as scikit-learn's randomized
+    TruncatedSVD computes them.
+
+    scikit-learn factorises ``A = X`` when there are at least as many cells as peaks and ``A = X^T``
+    otherwise; the range finder multiplies by ``A`` and ``A^T`` alternately (LU-normalised; QR at the
+    end), and ``B = Q^T A`` is decomposed in memory.
+    """
+    from scipy import linalg
+
+    n_cells, n_peaks = op.shape
+    size = n_components + N_OVERSAMPLES
+    transpose = n_cells < n_peaks
+    A, At = (op.transpose_times, op.times) if transpose else (op.times, op.transpose_times)
+    rng = np.random.RandomState(random_state)
+    Q = rng.normal(size=(n_cells if transpose else n_peaks, size)).astype(np.float32)
+    for _ in range(N_ITER):
+        Q, _ = linalg.lu(A(Q), permute_l=True, check_finite=False)
+        Q, _ = linalg.lu(At(Q), permute_l=True, check_finite=False)
+    Q, _ = linalg.qr(A(Q), mode="economic", check_finite=False)
+    B = At(Q).T  # Q^T A
+    Uhat, s, Vt = linalg.svd(B, full_matrices=False, lapack_driver="gesdd")
+    U = Q @ Uhat
+    if transpose:
+        U, Vt = Vt[:n_components].T, U[:, :n_components].T
+    else:
+        U, Vt = U[:, :n_components], Vt[:n_components]
+    s = s[:n_components]
+    U, Vt = _svd_flip_v(U, Vt)
+    loadings = np.ascontiguousarray(Vt.T, dtype=np.float32)
+    # scikit-learn's randomized fit_transform returns X @ V (not U * S): one more pass
+    return op.times(loadings), loadings, s.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- the whole path
+
+@dataclass
+class ChunkedPeaks:
+    """The result of :func:`preprocess_peaks_chunked`; the same interface as :class:`~scaml.chunked.ChunkedCells`.
+
+    Attributes
+    ----------
+    adata
+        The kept cells (``obs``: ``total_counts``, ``n_peaks_by_counts``), kept peaks (``var``:
+        ``chrom`` / ``start`` / ``end``, ``n_cells_by_counts``), ``obsm["X_lsi"]``, ``varm["LSI"]``,
+        ``uns["lsi"]``; no X.
+    source, keep, genes, plan, engine, qc_removed
+        The input file, the kept cells (mask) and peaks (indices), the chunking, the engine, the QC counts.
+    idf, binarize, depth
+        What the TF-IDF of a chunk needs; the depth check.
+    """
+
+    adata: ad.AnnData
+    source: CellSource
+    keep: np.ndarray
+    genes: np.ndarray
+    plan: ChunkPlan
+    engine: Engine
+    qc_removed: dict[str, int] = field(default_factory=dict)
+    idf: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    binarize: bool = False
+    depth: DepthCheck | None = None
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return row_ranges(self.source.n_cells, self.plan.chunk_cells)
+
+    def items(self) -> list[tuple]:
+        return [((a, b), self.keep[a:b]) for a, b in self.ranges()]
+
+    def read_cells(self, positions: np.ndarray, *, lognorm: bool = True) -> sp.csr_matrix:
+        """TF-IDF (or, ``lognorm=False``, raw counts) of kept cells (positions among them, any order) over the kept peaks."""
+        positions = np.asarray(positions, dtype=np.int64)
+        wanted = np.flatnonzero(self.keep)[positions]
+        order = np.argsort(wanted, kind="stable")
+        blocks = []
+        for a, b in self.ranges():
+            lo, hi = np.searchsorted(wanted[order], [a, b])
+            if hi > lo:
+                blocks.append(_rows((a, b), self.source)[wanted[order][lo:hi] - a][:, self.genes])
+        M = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, self.genes.size), dtype=np.float32)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(order.size)
+        M = M[inverse]
+        return tfidf(M, binarize=self.binarize, idf=self.idf) if lognorm else sp.csr_matrix(M, dtype=np.float32)
+
+    def output_chunks(self):
+        """(normalised, counts) of every chunk, in order, through the engine."""
+        yield from self.engine.map("write integrated.h5ad", matrices_chunk, self.items(), self.source,
+                                   self.genes, self.binarize, self.idf)
+
+
+def preprocess_peaks_chunked(
+    path: str | os.PathLike | CellSource,
+    *,
+    layer: str | None = None,
+    min_counts: int = 50,
+    min_peaks: int = 20,
+    max_counts: int | None = None,
+    min_cells: int = 3,
+    binarize: bool = False,
+    n_components: int = 30,
+    depth_threshold: float | None = DEPTH_CORRELATION_MAX,
+    random_state: int = 0,
+    max_memory: Any = None,
+    chunk_cells: int | None = None,
+    client: Any = None,
+    show_progress: bool = True,
+) -> ChunkedPeaks:
+    """ATAC QC, TF-IDF, LSI and the depth check of a file's peak counts, chunk by chunk.
+
+    Parameters
+    ----------
+    path
+        An ``.h5ad`` or ``.zarr`` AnnData of peak counts in X (or ``layers[layer]``), stored by row,
+        features named ``chr-start-end`` or ``chr:start-end``.
+    min_counts, min_peaks, max_counts, min_cells
+        The rules of :func:`scaml.atac.qc_filter_peaks` (``min_cells``: cells a peak is seen in).
+    binarize
+        Binarise the counts before TF-IDF.
+    n_components
+        LSI components kept (one more is fitted when the depth check may drop one).
+    depth_threshold
+        |r| with depth above which the most depth-correlated component is dropped (None: keep all).
+    random_state
+        Seed of the randomized SVD.
+    max_memory, chunk_cells, client, show_progress
+        As :func:`scaml.chunked.preprocess_chunked`.
+
+    Returns
+    -------
+    ChunkedPeaks
+
+    Raises
+    ------
+    ScamlError
+        Feature names that are not peaks, values that are not counts, a budget too small for one chunk,
+        QC that keeps no cell or peak, or too few cells / peaks for ``n_components``.
+    """
+    source = path if isinstance(path, CellSource) else open_cells(path, layer)
+    obs = source.read_frame("obs")
+    var = source.read_frame("var")
+    if len(obs) != source.n_cells or len(var) != source.n_genes:
+        raise ScamlError(f"{source.path!r}: obs / var ({len(obs)} x {len(var)}) do not match the matrix "
+                         f"({source.n_cells} x {source.n_genes}); the file is damaged.")
+    peaks_meta = ad.AnnData(var=var)
+    add_peak_coordinates(peaks_meta)  # refuses names that are not peaks, before any pass
+    var = peaks_meta.var
+    n_fit = lsi_components_fitted(n_components, depth_threshold, min(source.n_cells, source.n_genes))
+    plan = plan_peak_chunks(source, n_fit + N_OVERSAMPLES, max_memory=max_memory, chunk_cells=chunk_cells)
+    engine = Engine(client, show=show_progress)
+    engine.say_where()
+    info(f"chunked ATAC preprocessing of {source.n_cells} cells x {source.n_genes} peaks: {plan.n_chunks} chunks of "
+         f"{plan.chunk_cells} cells (budget {plan.budget_bytes / 2**30:.2f} GiB)")
+    ranges = row_ranges(source.n_cells, plan.chunk_cells)
+
+    # 1. QC
+    rules = PeakQCRules(min_counts=min_counts, min_peaks=min_peaks, max_counts=max_counts)
+    totals, n_peaks, keeps = [], [], []
+    peak_cells = np.zeros(source.n_genes, dtype=np.int64)
+    removed = {f"cells_removed_{name}": 0 for name in ("min_counts", "min_peaks")}
+    if max_counts is not None:
+        removed["cells_removed_max_counts"] = 0
+    for part in engine.map("ATAC QC", qc_chunk, ranges, source, rules):
+        if part["problem"] is not None:
+            (a, b), problem = part["problem"]
+            raise ScamlError(f"the ATAC path needs peak counts but {source.key} of {source.path!r} is not a count "
+                             f"matrix: cells {a}-{b} hold {problem}. Put the raw peak counts in X or a layer (--layer).")
+        totals.append(part["total_counts"])
+        n_peaks.append(part["n_peaks_by_counts"])
+        keeps.append(part["keep"])
+        peak_cells += part["peak_cells"]
+        for name, count in part["removed"].items():
+            removed[f"cells_removed_{name}"] += count
+    keep = np.concatenate(keeps)
+    total = np.concatenate(totals)
+    if not keep.any():
+        raise ScamlError(f"ATAC QC removed every cell ({removed}; median counts per cell {np.median(total):.0f}, median "
+                         f"peaks {np.median(np.concatenate(n_peaks)):.0f}); lower --min-counts (now {min_counts}) or "
+                         f"--min-peaks (now {min_peaks}).")
+    peak_keep = peak_cells >= min_cells
+    removed["peaks_removed_min_cells"] = int((~peak_keep).sum())
+    if not peak_keep.any():
+        raise ScamlError(f"no peak is seen in {min_cells} cells; lower --min-cells (now {min_cells}).")
+    peaks = np.flatnonzero(peak_keep)
+    n_kept = int(keep.sum())
+    info(f"ATAC QC kept {n_kept} cells and {peaks.size} peaks ({removed})")
+    n_fit = lsi_components_fitted(n_components, depth_threshold, min(n_kept, peaks.size))
+    if n_fit < 2:
+        raise ScamlError(f"LSI needs more cells and peaks: {n_kept} cells and {peaks.size} peaks are left after QC.")
+    items = [((a, b), keep[a:b]) for a, b in ranges]
+
+    # 2. IDF over the kept cells and peaks
+    peak_totals = np.zeros(peaks.size)
+    depths = []
+    for depth_part, part in engine.map("ATAC IDF", idf_chunk, items, source, peaks, binarize):
+        depths.append(depth_part)
+        peak_totals += part
+    depth = np.concatenate(depths)
+    idf = inverse_document_frequency(peak_totals, n_kept)
+
+    # 3. the randomized SVD; 4. depth check (depth: counts in the kept peaks, as in memory)
+    op = _ChunkedOperator(engine, items, source, peaks, binarize, idf, n_kept)
+    embedding, loadings, singular = randomized_lsi(op, n_fit, random_state)
+    embedding = scale_components(embedding).astype(np.float32)
+    obs_kept = obs.iloc[np.flatnonzero(keep)].copy()
+    obs_kept["total_counts"] = total[keep]
+    obs_kept["n_peaks_by_counts"] = np.concatenate(n_peaks)[keep]
+    var_kept = var.iloc[peaks].copy()
+    var_kept.index = pd.Index(unique_names(var_kept.index, peaks.size))
+    var_kept["n_cells_by_counts"] = peak_cells[peaks]
+    adata = ad.AnnData(obs=obs_kept, var=var_kept)
+    check = store_lsi(adata, embedding, loadings, singular, depth, n_components=n_components, binarize=binarize,
+                      depth_threshold=depth_threshold, random_state=random_state)
+    adata.uns["lsi"]["chunked_products"] = op.n_products
+    return ChunkedPeaks(adata, source, keep, peaks, plan, engine, removed, idf, bool(binarize), check)
