@@ -19,7 +19,6 @@ loadings are in memory, never the peak matrix.
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +44,7 @@ from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
 from .engine import Engine
 from .passes import count_problem
-from .preprocess import MIN_CHUNK_CELLS, ChunkPlan, default_budget
+from .preprocess import MIN_CHUNK_CELLS, ChunkPlan, budget_plan, default_budget, gather_rows
 from .source import CellSource, open_cells, row_ranges
 
 #: scikit-learn TruncatedSVD's settings used by :func:`scaml.atac.lsi`.
@@ -77,18 +76,8 @@ def plan_peak_chunks(source: CellSource, n_basis: int, *, max_memory: Any = None
     nnz_per_cell = source.nnz / max(source.n_cells, 1)
     per_cell = int(40 * nnz_per_cell + 12 * n_basis + 64)
     fixed = int(3 * 8 * n_basis * source.n_cells + 4 * 8 * n_basis * source.n_genes + 32 * source.n_cells)
-    if chunk_cells is None:
-        room = budget - fixed
-        if room < per_cell * MIN_CHUNK_CELLS:
-            need = fixed + per_cell * MIN_CHUNK_CELLS
-            raise ScamlError(
-                f"--max-memory {budget / 2**20:.0f} MB does not hold the LSI of {source.n_cells} cells x "
-                f"{source.n_genes} peaks in chunks of {MIN_CHUNK_CELLS} cells: give at least {math.ceil(need / 2**20)} "
-                f"MB, e.g. --max-memory {max(1, math.ceil(need / 2**30))}GB."
-            )
-        chunk_cells = int(min(room // per_cell, source.n_cells, 200_000))
-    chunk_cells = max(1, min(int(chunk_cells), source.n_cells))
-    return ChunkPlan(chunk_cells, budget, per_cell, fixed, math.ceil(source.n_cells / chunk_cells))
+    what = f"the LSI of {source.n_cells} cells x {source.n_genes} peaks in chunks of {MIN_CHUNK_CELLS} cells"
+    return budget_plan(source.n_cells, budget, per_cell, fixed, chunk_cells, what)
 
 
 # ----------------------------------------------------------------------------- one chunk's work
@@ -277,18 +266,7 @@ class ChunkedPeaks:
 
     def read_cells(self, positions: np.ndarray, *, lognorm: bool = True) -> sp.csr_matrix:
         """TF-IDF (or, ``lognorm=False``, raw counts) of kept cells (positions among them, any order) over the kept peaks."""
-        positions = np.asarray(positions, dtype=np.int64)
-        wanted = np.flatnonzero(self.keep)[positions]
-        order = np.argsort(wanted, kind="stable")
-        blocks = []
-        for a, b in self.ranges():
-            lo, hi = np.searchsorted(wanted[order], [a, b])
-            if hi > lo:
-                blocks.append(_rows((a, b), self.source)[wanted[order][lo:hi] - a][:, self.genes])
-        M = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, self.genes.size), dtype=np.float32)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        M = M[inverse]
+        M = gather_rows(self.source, self.keep, self.genes, self.ranges(), positions)
         return tfidf(M, binarize=self.binarize, idf=self.idf) if lognorm else sp.csr_matrix(M, dtype=np.float32)
 
     def output_chunks(self):

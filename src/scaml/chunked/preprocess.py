@@ -98,18 +98,25 @@ def plan_chunks(source: CellSource, n_hvg: int, *, max_memory: Any = None, chunk
     nnz_per_cell = source.nnz / max(source.n_cells, 1)
     per_cell = int(48 * nnz_per_cell + 24 * n_hvg + 64)
     fixed = int(3 * 8 * n_hvg * n_hvg + 4 * 8 * max(n_batches, 1) * source.n_genes + 16 * source.n_cells)
+    what = (f"one chunk of {MIN_CHUNK_CELLS} cells ({source.nnz / max(source.n_cells, 1):.0f} stored values per "
+            f"cell, {n_hvg} HVGs)")
+    return budget_plan(source.n_cells, budget, per_cell, fixed, chunk_cells, what)
+
+
+def budget_plan(n_cells: int, budget: int, per_cell: int, fixed: int, chunk_cells: int | None, what: str) -> ChunkPlan:
+    """The chunking of ``n_cells`` cells: ``chunk_cells`` when given, else as many as the budget holds (at most
+    200,000); ``what`` names what one chunk of :data:`MIN_CHUNK_CELLS` cells is in the too-small-budget error."""
     if chunk_cells is None:
         room = budget - fixed
         if room < per_cell * MIN_CHUNK_CELLS:
             need = fixed + per_cell * MIN_CHUNK_CELLS
             raise ScamlError(
-                f"--max-memory {budget / 2**20:.0f} MB does not hold one chunk of {MIN_CHUNK_CELLS} cells "
-                f"({source.nnz / max(source.n_cells, 1):.0f} stored values per cell, {n_hvg} HVGs): give at least "
+                f"--max-memory {budget / 2**20:.0f} MB does not hold {what}: give at least "
                 f"{math.ceil(need / 2**20)} MB, e.g. --max-memory {max(1, math.ceil(need / 2**30))}GB."
             )
-        chunk_cells = int(min(room // per_cell, source.n_cells, 200_000))
-    chunk_cells = max(1, min(int(chunk_cells), source.n_cells))
-    return ChunkPlan(chunk_cells, budget, per_cell, fixed, math.ceil(source.n_cells / chunk_cells))
+        chunk_cells = int(min(room // per_cell, n_cells, 200_000))
+    chunk_cells = max(1, min(int(chunk_cells), n_cells))
+    return ChunkPlan(chunk_cells, budget, per_cell, fixed, math.ceil(n_cells / chunk_cells))
 
 
 @dataclass
@@ -147,23 +154,7 @@ class ChunkedCells:
 
     def read_cells(self, positions: np.ndarray, *, lognorm: bool = True) -> sp.csr_matrix:
         """Rows of kept cells (positions among the kept cells, any order) over the kept genes, log-normalised or raw."""
-        positions = np.asarray(positions, dtype=np.int64)
-        kept_rows = np.flatnonzero(self.keep)
-        wanted = kept_rows[positions]
-        order = np.argsort(wanted, kind="stable")
-        blocks = []
-        for a, b in self.ranges():
-            lo, hi = np.searchsorted(wanted[order], [a, b])
-            if hi <= lo:
-                continue
-            take = wanted[order][lo:hi] - a
-            X = self.source.read_rows(a, b)
-            X = (X if sp.issparse(X) else sp.csr_matrix(X))[take][:, self.genes]
-            blocks.append(X)
-        M = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, self.genes.size), dtype=np.float32)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(order.size)
-        M = M[inverse]
+        M = gather_rows(self.source, self.keep, self.genes, self.ranges(), positions)
         if lognorm:
             from ..preprocess import log_normalize
 
@@ -179,6 +170,25 @@ class ChunkedCells:
             sc["std"], sc["center"], sc["components"], True,
         ):
             yield lognorm, counts
+
+
+def gather_rows(source: CellSource, keep: np.ndarray, features: np.ndarray, ranges: list[tuple[int, int]],
+                positions: np.ndarray) -> sp.csr_matrix:
+    """Raw rows of kept cells (``positions`` among the kept cells, any order) over ``features``, read chunk by chunk."""
+    positions = np.asarray(positions, dtype=np.int64)
+    wanted = np.flatnonzero(keep)[positions]
+    order = np.argsort(wanted, kind="stable")
+    blocks = []
+    for a, b in ranges:
+        lo, hi = np.searchsorted(wanted[order], [a, b])
+        if hi <= lo:
+            continue
+        X = source.read_rows(a, b)
+        blocks.append((X if sp.issparse(X) else sp.csr_matrix(X))[wanted[order][lo:hi] - a][:, features])
+    M = sp.vstack(blocks).tocsr() if blocks else sp.csr_matrix((0, features.size), dtype=np.float32)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(order.size)
+    return M[inverse]
 
 
 def preprocess_chunked(
