@@ -194,17 +194,16 @@ def integrate(
 
     cells = None
     if use_chunks:
-        from .chunked import preprocess_chunked
-
+        modality_used = _chunked_modality(source, modality)
         with record.timer("chunked_preprocessing"):
-            cells = preprocess_chunked(source, batch_key=batch_keys[0] if batch_keys else None,
-                                       mito_prefix=mito_prefix, min_genes=min_genes, max_genes=max_genes,
-                                       max_pct_mito=max_pct_mito, min_cells=min_cells, n_top_genes=n_top_genes,
-                                       n_pcs=n_pcs, max_memory=max_memory, chunk_cells=chunk_cells, client=client)
+            cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, mito_prefix=mito_prefix,
+                                        min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
+                                        min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
+                                        max_memory=max_memory, chunk_cells=chunk_cells, client=client,
+                                        random_state=random_state)
         adata = cells.adata
         _check_keys(adata, batch_keys, label_key)
         record.data["before_qc"] = {"n_cells": cells.source.n_cells, "n_genes": cells.source.n_genes}
-        modality_used = "rna"
     else:
         with record.timer("read"):
             adata = data.copy() if isinstance(data, ad.AnnData) else _read(input_path, modality)
@@ -617,8 +616,6 @@ def _chunked_source(chunked: bool | None, input_path: Path | None, *, modality: 
     why_not = None
     if input_path is None:
         why_not = "the input is an in-memory AnnData (give a .h5ad or .zarr file)"
-    elif modality == "atac":
-        why_not = "the chunked path covers RNA counts so far (--modality atac runs in memory)"
     elif use_rep is not None:
         why_not = "--use-rep starts from an embedding (nothing to preprocess)"
     elif input_kind == "normalized":
@@ -652,17 +649,69 @@ def _chunked_source(chunked: bool | None, input_path: Path | None, *, modality: 
     return source
 
 
+def _chunked_modality(source: Any, modality: str) -> str:
+    """``"rna"`` or ``"atac"`` for a chunked input: as given, or (``"auto"``) ATAC when its features are named like peaks."""
+    if modality not in ("auto", "rna", "atac"):
+        raise ScamlError(f"unknown modality {modality!r}; use auto, rna or atac.")
+    if modality != "auto":
+        return modality
+    from .atac import looks_like_peaks
+
+    if looks_like_peaks(source.read_frame("var").index):
+        info("the features are named like peaks (chr-start-end): running the ATAC path "
+             "(pass --modality rna to treat them as genes)")
+        return "atac"
+    return "rna"
+
+
+def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_settings: dict[str, Any], *,
+                        mito_prefix: Sequence[str], min_genes: int, max_genes: int | None, max_pct_mito: float | None,
+                        min_cells: int, n_top_genes: int, n_pcs: int, max_memory: Any, chunk_cells: int | None,
+                        client: Any, random_state: int) -> Any:
+    """QC -> normalise -> HVG -> PCA (RNA) or QC -> TF-IDF -> LSI (ATAC) over the file's chunks."""
+    if modality == "atac":
+        from .chunked import preprocess_peaks_chunked
+
+        for option, flag in (("fragments", "--fragments"), ("genes", "--genes"), ("min_fragments", "--min-fragments")):
+            if atac_settings.get(option) is not None:
+                raise ScamlError(f"{flag} is not available in the chunked ATAC path yet; run without --chunked "
+                                 f"(--no-chunked) or drop {flag}.")
+        return preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),
+                                        min_peaks=int(atac_settings["min_peaks"]),
+                                        max_counts=atac_settings["max_counts"], min_cells=min_cells,
+                                        binarize=bool(atac_settings["binarize"]), n_components=n_pcs,
+                                        depth_threshold=atac_settings["depth_threshold"], random_state=random_state,
+                                        max_memory=max_memory, chunk_cells=chunk_cells, client=client)
+    from .chunked import preprocess_chunked
+
+    return preprocess_chunked(source, batch_key=batch_keys[0] if batch_keys else None, mito_prefix=mito_prefix,
+                              min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
+                              min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs, max_memory=max_memory,
+                              chunk_cells=chunk_cells, client=client)
+
+
 def _record_chunked(adata: ad.AnnData, record: RunRecord, cells: Any, batch_keys: list[str]) -> str:
-    """The chunked path's QC / HVG results in run.json (the work was done by :func:`scaml.chunked.preprocess_chunked`)."""
+    """The chunked path's QC / HVG (or LSI) results in run.json; returns the embedding to correct."""
     for key in batch_keys:
         check_obs_key(adata, key, flag="--batch-key", min_levels=2)
     record.data["input_assumed"] = "counts"
     record.data["expression_source"] = cells.source.key
     record.data["qc_removed"] = cells.qc_removed
-    record.data["n_hvg"] = int(adata.var["highly_variable"].sum())
     record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
-    record.data["skipped_steps"] = []
     record.data["chunking"] = cells.plan.to_dict()
+    if "X_lsi" in adata.obsm:
+        check = cells.depth
+        lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]), "binarize": cells.binarize}
+        if check is not None:
+            info(check.describe())
+            lsi_info.update({"depth_correlation": [round(float(r), 4) for r in check.correlations],
+                             "depth_component_dropped": int(check.dropped[0] + 1) if check.dropped else None,
+                             "depth_threshold": check.threshold, "depth_check": check.describe()})
+        record.data["lsi"] = lsi_info
+        record.data["skipped_steps"] = ["hvg", "pca"]
+        return "X_lsi"
+    record.data["n_hvg"] = int(adata.var["highly_variable"].sum())
+    record.data["skipped_steps"] = []
     return "X_pca"
 
 
