@@ -125,8 +125,8 @@ def integrate(
         annotation: TSS enrichment with fragments, and ``gene_activity.h5ad`` in ``out``).
         ``min_cells`` above is the minimum number of cells per peak.
     chunked
-        Preprocess the file in chunks of cells (:mod:`scaml.chunked`: QC, normalisation, HVG and PCA
-        never hold the count matrix; markers on a per-cluster sample; ``integrated.h5ad`` written chunk
+        Preprocess the file in chunks of cells (:mod:`scaml.chunked`: QC, normalisation, HVG and PCA, or
+        for peaks QC, TF-IDF and LSI, never hold the count matrix; markers on a per-cluster sample; ``integrated.h5ad`` written chunk
         by chunk). None (default): chunked when the input is an h5ad / zarr file whose in-memory
         processing would exceed ``max_memory``. The numbers are those of the in-memory path.
     max_memory

@@ -73,8 +73,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     big = p.add_argument_group("atlas scale (h5ad / zarr larger than memory)")
     chunk = big.add_mutually_exclusive_group()
     chunk.add_argument("--chunked", dest="chunked", action="store_const", const=True, default=None,
-                       help="preprocess in chunks of cells (QC, normalise, HVG, PCA never hold the counts; markers "
-                       "on a per-cluster sample). Default: when the file would not fit in --max-memory")
+                       help="preprocess in chunks of cells (QC, normalise, HVG, PCA; for peaks QC, TF-IDF, LSI: the "
+                       "counts are never held; markers on a per-cluster sample). Default: when the file would not "
+                       "fit in --max-memory")
     chunk.add_argument("--no-chunked", dest="chunked", action="store_const", const=False,
                        help="read the whole input into memory whatever its size")
     big.add_argument("--max-memory", default=None, metavar="SIZE",
