@@ -700,14 +700,7 @@ def _record_chunked(adata: ad.AnnData, record: RunRecord, cells: Any, batch_keys
     record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
     record.data["chunking"] = cells.plan.to_dict()
     if "X_lsi" in adata.obsm:
-        check = cells.depth
-        lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]), "binarize": cells.binarize}
-        if check is not None:
-            info(check.describe())
-            lsi_info.update({"depth_correlation": [round(float(r), 4) for r in check.correlations],
-                             "depth_component_dropped": int(check.dropped[0] + 1) if check.dropped else None,
-                             "depth_threshold": check.threshold, "depth_check": check.describe()})
-        record.data["lsi"] = lsi_info
+        record.data["lsi"] = _lsi_record(adata, cells.depth, cells.binarize)
         record.data["skipped_steps"] = ["hvg", "pca"]
         return "X_lsi"
     record.data["n_hvg"] = int(adata.var["highly_variable"].sum())
@@ -834,17 +827,21 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
     with record.timer("tfidf_lsi"):
         check = atac.run_lsi(adata, n_components, binarize=bool(settings["binarize"]),
                              depth_threshold=settings["depth_threshold"], random_state=random_state)
-    lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]),
-                                "binarize": bool(settings["binarize"])}
+    record.data["lsi"] = _lsi_record(adata, check, bool(settings["binarize"]))
+    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    record.data["skipped_steps"] = ["hvg", "pca"]
+    return "X_lsi"
+
+
+def _lsi_record(adata: ad.AnnData, check: Any, binarize: bool) -> dict[str, Any]:
+    """run.json's ``lsi`` entry (components, binarisation, the depth check), the depth check said in the log."""
+    lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]), "binarize": bool(binarize)}
     if check is not None:
         info(check.describe())
         lsi_info.update({"depth_correlation": [round(float(r), 4) for r in check.correlations],
                          "depth_component_dropped": int(check.dropped[0] + 1) if check.dropped else None,
                          "depth_threshold": check.threshold, "depth_check": check.describe()})
-    record.data["lsi"] = lsi_info
-    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
-    record.data["skipped_steps"] = ["hvg", "pca"]
-    return "X_lsi"
+    return lsi_info
 
 
 def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: Any) -> None:
