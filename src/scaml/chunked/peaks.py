@@ -44,8 +44,15 @@ from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
 from .engine import Engine
 from .passes import count_problem
-from .preprocess import MIN_CHUNK_CELLS, ChunkPlan, budget_plan, default_budget, gather_rows
-from .source import CellSource, open_cells, row_ranges
+from .preprocess import (
+    MIN_CHUNK_CELLS,
+    ChunkPlan,
+    budget_plan,
+    default_budget,
+    gather_rows,
+    open_with_tables,
+)
+from .source import CellSource, row_ranges
 
 #: scikit-learn TruncatedSVD's settings used by :func:`scaml.atac.lsi`.
 N_ITER = 7
@@ -322,12 +329,7 @@ def preprocess_peaks_chunked(
         Feature names that are not peaks, values that are not counts, a budget too small for one chunk,
         QC that keeps no cell or peak, or too few cells / peaks for ``n_components``.
     """
-    source = path if isinstance(path, CellSource) else open_cells(path, layer)
-    obs = source.read_frame("obs")
-    var = source.read_frame("var")
-    if len(obs) != source.n_cells or len(var) != source.n_genes:
-        raise ScamlError(f"{source.path!r}: obs / var ({len(obs)} x {len(var)}) do not match the matrix "
-                         f"({source.n_cells} x {source.n_genes}); the file is damaged.")
+    source, obs, var = open_with_tables(path, layer)
     peaks_meta = ad.AnnData(var=var)
     add_peak_coordinates(peaks_meta)  # refuses names that are not peaks, before any pass
     var = peaks_meta.var

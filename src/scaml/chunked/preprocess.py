@@ -191,6 +191,18 @@ def gather_rows(source: CellSource, keep: np.ndarray, features: np.ndarray, rang
     return M[inverse]
 
 
+def open_with_tables(path: str | os.PathLike | CellSource, layer: str | None = None
+                     ) -> tuple[CellSource, pd.DataFrame, pd.DataFrame]:
+    """The file's matrix (a :class:`CellSource`), obs and var, checked to match (a damaged file is refused)."""
+    source = path if isinstance(path, CellSource) else open_cells(path, layer)
+    obs = source.read_frame("obs")
+    var = source.read_frame("var")
+    if len(obs) != source.n_cells or len(var) != source.n_genes:
+        raise ScamlError(f"{source.path!r}: obs / var ({len(obs)} x {len(var)}) do not match the matrix "
+                         f"({source.n_cells} x {source.n_genes}); the file is damaged.")
+    return source, obs, var
+
+
 def preprocess_chunked(
     path: str | os.PathLike | CellSource,
     *,
@@ -240,12 +252,7 @@ def preprocess_chunked(
         A damaged or truncated file, values that are not counts, a budget too small for one chunk,
         QC that keeps no cell or gene, or too few cells / genes for ``n_pcs``.
     """
-    source = path if isinstance(path, CellSource) else open_cells(path, layer)
-    obs = source.read_frame("obs")
-    var = source.read_frame("var")
-    if len(obs) != source.n_cells or len(var) != source.n_genes:
-        raise ScamlError(f"{source.path!r}: obs / var ({len(obs)} x {len(var)}) do not match the matrix "
-                         f"({source.n_cells} x {source.n_genes}); the file is damaged.")
+    source, obs, var = open_with_tables(path, layer)
     if batch_key is not None and batch_key not in obs.columns:
         raise ScamlError(f"obs has no column {batch_key!r} (--batch-key); columns: {list(obs.columns)[:20]}.")
     batch_labels = None if batch_key is None else obs[batch_key].astype(str).to_numpy()
