@@ -20,8 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/scaml demo --out scaml-demo --overwrite
 
+# The tests run in TEST_WORKERS processes (pytest-xdist), each with single-threaded BLAS / OpenMP,
+# so that two workers share a 2-core machine without oversubscribing it.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+		$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

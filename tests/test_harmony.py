@@ -412,3 +412,16 @@ def test_harmony_integrate_writes_h5ad(blobs, tmp_path):
     back = ad.read_h5ad(tmp_path / "out.h5ad")
     np.testing.assert_array_equal(back.obsm["X_pca_harmony"], adata.obsm["X_pca_harmony"])
     assert back.uns["harmony"]["params"]["random_state"] == "None"
+
+
+def test_thread_pool_gives_the_one_thread_result(blobs):
+    """The numpy backend splits cells x K work over a thread pool as wide as BLAS's threads: same numbers."""
+    from threadpoolctl import threadpool_limits
+
+    X, meta = blobs
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=1)
+    with threadpool_limits(limits=2, user_api="blas"):
+        two = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=1)
+    assert one.n_iter == two.n_iter
+    np.testing.assert_allclose(two.Z_corr, one.Z_corr, rtol=1e-6, atol=1e-8)
