@@ -259,10 +259,11 @@ def run_scaml(method: str, ref, query, args, workdir: Path, seed: int = 0) -> li
 
     trains = METHODS[method].accepts("max_epochs", "map")  # Symphony does not train: no epochs, no training options
     train = {"early_stopping": False, "n_threads": args.threads, "verbose": False} if trains else None
+    options = {k: v for k, v in getattr(args, "model_params", {}).items() if METHODS[method].accepts(k)}
     start = time.perf_counter()
     ref_dir = build_reference(ref, method, "batch", "cell_type", workdir / f"scaml_{method}_ref_{seed}",
                               overwrite=True, random_state=seed, max_epochs=args.ref_epochs if trains else None,
-                              n_hvg=None if trains else args.n_hvg, train_params=train)
+                              n_hvg=None if trains else args.n_hvg, train_params=train, **options)
     mapped = map_query(ref_dir, query, workdir / f"scaml_{method}_map_{seed}", overwrite=True,
                        label_key="cell_type", max_epochs=args.query_epochs if trains else None,
                        unknown_threshold=1.0, random_state=seed, train_params=train, umap=False)
@@ -437,7 +438,11 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-10k", action="store_true", help="skip the 10k-cell Symphony timing")
     parser.add_argument("--csv", default=None, help="also write the per-seed rows to this CSV")
+    parser.add_argument("--model-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of scaml's VAE methods that take it (JSON value), e.g. "
+                             "classifier_layers=1; repeatable")
     args = parser.parse_args(argv)
+    args.model_params = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.model_param)}
     if args.peer_worker is not None:
         print(json.dumps(_peer_worker(json.loads(args.peer_worker))))
         return 0

@@ -224,8 +224,10 @@ def test_save_load_roundtrip_and_old_directories(tmp_path, split, reference):
     old = tmp_path / "old"
     reference.save(old)
     config = json.loads((old / "config.json").read_text())
-    del config["module"]["label_generative"]
-    config["params"].pop("n_samples_per_label")
+    for key in ("label_generative", "classifier_layers", "classifier_dropout"):
+        del config["module"][key]
+    for key in ("n_samples_per_label", "classifier_layers", "classifier_dropout"):
+        config["params"].pop(key)
     (old / "config.json").write_text(json.dumps(config))
     state = torch.load(old / "model.pt", weights_only=True)
     torch.save({k: v for k, v in state.items() if not k.startswith(("encoder_z2.", "decoder_z1."))},
@@ -234,6 +236,30 @@ def test_save_load_roundtrip_and_old_directories(tmp_path, split, reference):
     assert not legacy.module.cfg.label_generative and legacy.module.decoder_z1 is None
     np.testing.assert_array_equal(legacy.predict(ref)[0], p1)
     load_query(legacy, query).train(max_epochs=2, verbose=False)
+
+
+def test_classifier_depth_and_dropout(tmp_path, split):
+    from scaml.vae import SCANVI, load_model
+
+    ref, _ = split
+    model = SCANVI(ref, "batch", label_key="cell_type", n_latent=8, hidden_layers=(32,),
+                   classifier_layers=2, classifier_dropout=0.2)
+    linear = [m for m in model.module.classifier if isinstance(m, torch.nn.Linear)]
+    dropout = [m for m in model.module.classifier if isinstance(m, torch.nn.Dropout)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(8, 32), (32, 32), (32, 4)]
+    assert [m.p for m in dropout] == [0.2, 0.2]
+    model.train(max_epochs=20, verbose=False)
+    labels, _ = model.predict(ref)
+    assert (labels == ref.obs["cell_type"].astype(str).to_numpy()).mean() > 0.8
+    loaded = load_model(model.save(tmp_path / "deep"), device="cpu")
+    np.testing.assert_array_equal(loaded.predict(ref)[0], labels)  # eval mode: dropout off, same labels
+    # the default: one hidden layer, no dropout (the classifier of earlier SCANVI directories)
+    plain = SCANVI(ref, "batch", label_key="cell_type", n_latent=8, hidden_layers=(32,))
+    assert sum(isinstance(m, torch.nn.Linear) for m in plain.module.classifier) == 2
+    assert not any(isinstance(m, torch.nn.Dropout) for m in plain.module.classifier)
+    for bad in ({"classifier_layers": 0}, {"classifier_layers": 1.5}, {"classifier_dropout": 1.0}):
+        with pytest.raises(ScamlError, match=next(iter(bad))):
+            SCANVI(ref, "batch", label_key="cell_type", **bad)
 
 
 def test_from_scvi_model(split):

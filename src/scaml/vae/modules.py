@@ -48,6 +48,10 @@ class ModuleConfig:
     mmd_beta: float = 0.0
     n_labels: int = 0
     classification_ratio: float = 50.0
+    #: hidden layers of the classifier q(y | z1) (each as wide as the last hidden layer)
+    classifier_layers: int = 1
+    #: dropout after each hidden layer of the classifier (0: none, as SCANVI models saved before it)
+    classifier_dropout: float = 0.0
     #: scANVI's generative model z1 | z2, y (False: a classifier on z1 only, as SCANVI models saved before it)
     label_generative: bool = False
     #: settings of a model that extends the network (e.g. a second modality's sizes), saved with the rest
@@ -104,6 +108,21 @@ def _norm(n: int, layer_norm: bool, batch_norm: bool) -> nn.Module:
     if layer_norm:
         return nn.LayerNorm(n, elementwise_affine=False)
     return nn.Identity()
+
+
+def label_classifier(cfg: ModuleConfig) -> nn.Sequential:
+    """scANVI's classifier q(y | z1): ``cfg.classifier_layers`` x (linear -> layer norm -> ReLU
+    [-> dropout]), each as wide as the last hidden layer, then a linear layer to the label logits."""
+    width = cfg.hidden_layers[-1]
+    layers: list[nn.Module] = []
+    n_in = cfg.n_latent
+    for _ in range(max(1, int(cfg.classifier_layers))):
+        layers += [nn.Linear(n_in, width), nn.LayerNorm(width, elementwise_affine=False), nn.ReLU()]
+        if cfg.classifier_dropout > 0:
+            layers.append(nn.Dropout(cfg.classifier_dropout))
+        n_in = width
+    layers.append(nn.Linear(n_in, cfg.n_labels))
+    return nn.Sequential(*layers)
 
 
 class ConditionalMLP(nn.Module):
@@ -393,12 +412,7 @@ class ConditionalVAE(nn.Module):
         else:
             self.log_theta = nn.ParameterList()
         if cfg.n_labels > 0:
-            self.classifier: nn.Module | None = nn.Sequential(
-                nn.Linear(cfg.n_latent, cfg.hidden_layers[-1]),
-                nn.LayerNorm(cfg.hidden_layers[-1], elementwise_affine=False),
-                nn.ReLU(),
-                nn.Linear(cfg.hidden_layers[-1], cfg.n_labels),
-            )
+            self.classifier: nn.Module | None = label_classifier(cfg)
         else:
             self.classifier = None
         if cfg.label_generative:
