@@ -377,11 +377,13 @@ def test_harmony_integrate(blobs):
 
 
 def test_soft_assignment_paths_agree():
-    """The kernel without row shift (moderate sigma) equals the shifted one, per-cluster sigma too."""
+    """The kernel without row shift (moderate sigma) equals the shifted one, per-cluster sigma too;
+    cell pieces (4,096 rows) and blocks of groups give the right per-group sums."""
     from scaml.harmony.core import _NumpyBackend
 
     rng = np.random.default_rng(0)
-    Z = rng.normal(size=(500, 8)).astype(np.float32)
+    n = 9000
+    Z = rng.normal(size=(n, 8)).astype(np.float32)
     Z /= np.linalg.norm(Z, axis=1, keepdims=True)
     Y = rng.normal(size=(8, 6))
     Y /= np.linalg.norm(Y, axis=0, keepdims=True)
@@ -389,14 +391,27 @@ def test_soft_assignment_paths_agree():
     scale = 2.0 / sigma
     be = _NumpyBackend("float32")
     Ys = be.small(Y * scale)
-    fast, safe = be.empty((500, 6)), be.empty((500, 6))
-    be.cold_start(Z, Ys, None, fast, np.exp(-scale))
-    be.cold_start(Z, Ys, -scale, safe, np.ones(6))
+    blocks = [([(0, 200), (200, 5000)], None, [200, 4800]), ([(5000, n)], None, [n - 5000])]
+    fast, safe = be.empty((n, 6)), be.empty((n, 6))
+    fast_sums = be.cold_start(fast, Z, Ys, None, blocks, np.exp(-scale))
+    safe_sums = be.cold_start(safe, Z, Ys, -scale, blocks, np.ones(6))
     logits = -2.0 * (1.0 - Z.astype(np.float64) @ Y) / sigma
     expected = np.exp(logits - logits.max(axis=1, keepdims=True))
     expected /= expected.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(fast, expected, rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(safe, expected, rtol=1e-4, atol=1e-7)
+    for sums in (fast_sums, safe_sums):
+        for (ranges, _, _), got in zip(blocks, sums, strict=True):
+            want = np.stack([expected[a:b].sum(axis=0) for a, b in ranges])
+            np.testing.assert_allclose(got, want, rtol=1e-4)
+    # a block update with per-group penalties: kernel x penalty, normalised per cell
+    pen = rng.uniform(0.2, 3.0, size=(2, 6))
+    sums = be.block_update(fast, Z, Ys, None, blocks[0][0], blocks[0][2], pen * np.exp(-scale))
+    for g, (a, b) in enumerate(blocks[0][0]):
+        want = expected[a:b] * pen[g]
+        want /= want.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(fast[a:b], want, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(sums[g], want.sum(axis=0), rtol=1e-4)
 
 
 def test_harmony_integrate_writes_h5ad(blobs, tmp_path):

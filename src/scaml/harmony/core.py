@@ -80,6 +80,9 @@ from ..errors import ScamlError
 
 _WINDOW = 3  # k-means convergence window (R harmony)
 _CHUNK = 1 << 14  # rows per chunk for cells x K elementwise work
+#: rows per piece of the soft assignment (numpy): a 4,096 x 100 float32 piece (1.6 MB) stays in a
+#: core's L2 cache through its GEMM, exp and normalisation, which run ~1.5x faster than on 25k-row pieces
+_PIECE = 1 << 12
 
 
 # ----------------------------------------------------------------------------- design
@@ -677,48 +680,59 @@ class _NumpyBackend:
         return out
 
     def _assign(self, R, Z_cos, Ys, offset, a, b, pen) -> np.ndarray:
-        """``R[a:b] = normalise_rows(exp(...) * pen)`` in place; returns the column sums."""
-        t = self._soft(Z_cos[a:b], Ys, offset, R[a:b])
-        if pen is not None:
-            t *= pen
+        """``R[a:b] = normalise_rows(exp(...) * pen)`` in place; returns the column sums.
+
+        On the fast path (no ``offset``) ``pen`` (K,) enters the exponent as ``log pen`` (one
+        pass fewer), the rows are scaled by their reciprocal sums and the column sums come from
+        one GEMV of those reciprocals with the kernel.
+        """
+        t = R[a:b]
+        if offset is None:
+            np.matmul(Z_cos[a:b], Ys, out=t)
+            t += np.log(pen)
+            np.exp(t, out=t)
+            inv = t.sum(axis=1)
+            np.maximum(inv, self.tiny, out=inv)
+            np.reciprocal(inv, out=inv)
+            sums = inv @ t
+            t *= inv[:, None]
+            return sums
+        self._soft(Z_cos[a:b], Ys, offset, t)
+        t *= pen
         rs = t.sum(axis=1, keepdims=True)
         np.maximum(rs, self.tiny, out=rs)
         t /= rs
         return t.sum(axis=0)
 
-    def cold_start(self, Z_cos, Ys, offset, R, factor) -> None:
-        """``R = softmax_rows(-dist / sigma)`` (the plain soft assignment), in parallel row pieces;
-        ``factor`` (K,) multiplies the kernel before normalising (the fast path's ``exp(-2 / sigma)``)."""
+    def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens) -> list[np.ndarray]:
+        """Re-assign the cells of each block (row ranges, one per group) with its per-group
+        penalties ``pens[j]`` (groups x K) in one parallel map of cache-sized row pieces; return
+        each block's new per-group sums (groups x K, float64)."""
         off = None if offset is None else self.small(offset)
-        fac = self.small(factor)
-        size = min(_CHUNK, -(-R.shape[0] // self.n_workers))
-        self._map(
-            lambda ab: self._assign(R, Z_cos, Ys, off, ab[0], ab[1], fac),
-            self._pieces(0, R.shape[0], size),
-        )
+        pens = [self.small(p) for p in pens]
+        tasks = [
+            (j, i, a, b)
+            for j, (ranges, _, _) in enumerate(blocks)
+            for i, (a0, b0) in enumerate(ranges)
+            for a, b in self._pieces(a0, b0, _PIECE)
+        ]
+        parts = self._map(lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]]), tasks)
+        sums = [np.zeros((len(ranges), R.shape[1])) for ranges, _, _ in blocks]
+        for (j, i, _, _), part in zip(tasks, parts, strict=True):
+            sums[j][i] += part
+        return sums
 
-    def range_sums(self, X, ranges) -> np.ndarray:
-        """Column sums of ``X[a:b]`` for each ``(a, b)`` in ``ranges`` (float64, one row per range)."""
-        return np.stack([X[a:b].sum(axis=0) for a, b in ranges]).astype(np.float64)
-
-    def block_sums(self, R, blocks) -> list[np.ndarray]:
-        """Per block, the column sums of R over each of its row ranges."""
-        return self._map(lambda blk: self.range_sums(R, blk[0]), blocks)
+    def cold_start(self, R, Z_cos, Ys, offset, blocks, factor) -> list[np.ndarray]:
+        """``R = softmax_rows(-dist / sigma)`` (the plain soft assignment) block by block, ``factor``
+        (K,) multiplying the kernel before normalising (the fast path's ``exp(-2 / sigma)``);
+        returns each block's per-group sums of the new ``R``."""
+        pens = [np.tile(factor, (len(ranges), 1)) for ranges, _, _ in blocks]
+        return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens)
 
     def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups) -> np.ndarray:
         """Re-assign the cells of one block (row ranges, one per group) with the per-group penalties;
         return their new per-group sums."""
-        off = None if offset is None else self.small(offset)
-        pen = self.small(pen_groups)
-        size = -(-int(np.sum(counts)) // self.n_workers)
-        tasks = [
-            (i, a, b) for i, (a0, b0) in enumerate(ranges) for a, b in self._pieces(a0, b0, size)
-        ]
-        parts = self._map(lambda t: self._assign(R, Z_cos, Ys, off, t[1], t[2], pen[t[0]]), tasks)
-        sums = np.zeros((len(ranges), R.shape[1]))
-        for (i, _, _), part in zip(tasks, parts, strict=True):
-            sums[i] += part
-        return sums
+        return self.assign_blocks(R, Z_cos, Ys, offset, [(ranges, None, counts)], [pen_groups])[0]
 
     def objective_terms(
         self, R: np.ndarray, Z_cos: np.ndarray, Y: np.ndarray
@@ -744,8 +758,7 @@ class _NumpyBackend:
 
     def ridge_sums(self, R, Z_orig, segments, G) -> tuple[np.ndarray, np.ndarray]:
         """Per group g: ``sum R[g]`` (G x K) and ``Z_orig[g]^T R[g]`` (G x d x K), float64."""
-        size = min(_CHUNK, -(-R.shape[0] // self.n_workers))
-        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, size)]
+        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, _PIECE)]
 
         def piece(t):
             _, a, b = t
@@ -762,8 +775,7 @@ class _NumpyBackend:
         """``Z_orig[seg] - R[seg] @ V[g]`` for every segment of group g (V: G x K x d), row-normalised
         if asked, written to ``out`` (at ``out[rows[a:b]]`` when ``rows`` is given)."""
         V = self.small(V)
-        size = min(_CHUNK, -(-R.shape[0] // self.n_workers))
-        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, size)]
+        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, _PIECE)]
 
         def piece(task):
             g, a, b = task
@@ -898,13 +910,14 @@ class _TorchBackend:
             t.sub_(t.amax(dim=1, keepdim=True))
         return t.exp_()
 
-    def cold_start(self, Z_cos, Ys, offset, R, factor) -> None:
+    def cold_start(self, R, Z_cos, Ys, offset, blocks, factor) -> list[np.ndarray]:
         off = None if offset is None else self.small(offset)
         fac = self.small(factor)
         for s in range(0, R.shape[0], _CHUNK):
             o = self._soft(Z_cos[s : s + _CHUNK], Ys, off, R[s : s + _CHUNK])
             o.mul_(fac)
             o.div_(o.sum(dim=1, keepdim=True).clamp_min_(self.tiny))
+        return self.block_sums(R, blocks)
 
     def range_sums(self, X, ranges) -> np.ndarray:
         out = self.torch.stack([X[a:b].sum(dim=0) for a, b in ranges])
@@ -1373,8 +1386,7 @@ def soft_assign(fit: HarmonyFit) -> None:
     """``R = softmax(-dist / sigma)`` without the diversity penalty, then ``O``, ``N_k`` and the
     per-block sums (R harmony recomputes the distances at the start of each clustering)."""
     be, layout = fit.be, fit.layout
-    be.cold_start(fit.Z_cos, fit.Ys, fit.offset, fit.R, fit.kernel_factor)
-    cache = be.block_sums(fit.R, layout.blocks)
+    cache = be.cold_start(fit.R, fit.Z_cos, fit.Ys, fit.offset, layout.blocks, fit.kernel_factor)
     gs = np.zeros((layout.G, fit.K))
     for (_, gids, _), sums in zip(layout.blocks, cache, strict=True):
         gs[gids] += sums
