@@ -1,8 +1,9 @@
-"""`scaml integrate --modality atac` once at a real size: >= 20,000 simulated cells, through the command line.
+"""`scaml integrate --modality atac` at a real size: >= 20,000 simulated cells, through the command line,
+in memory and chunked (``--chunked``, the peak matrix read in 4,000-cell chunks).
 
-Small peak panel and depth so that it stays within about a minute on 2 cores; the assertions check that the
-run finished, wrote its outputs, dropped the depth component and mixed the batches on data whose truth is
-known.
+Small peak panel and depth so that each run stays within about a minute on 2 cores; the assertions check that
+the run finished, wrote its outputs, dropped the depth component and mixed the batches on data whose truth is
+known, and that the chunked run gives the in-memory LSI, Harmony and clusters.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,3 +41,21 @@ def test_integrate_atac_at_20k_cells(tmp_path):
     metrics = pd.read_csv(out / "metrics.csv").set_index("embedding")
     assert metrics.loc["X_lsi_harmony", "ilisi"] > metrics.loc["X_lsi", "ilisi"]
     assert metrics.loc["X_lsi_harmony", "ari"] > 0.5
+
+    # the chunked path on the same file: the same LSI (up to sign, fixed by svd_flip), Harmony and clusters
+    from sklearn.metrics import adjusted_rand_score
+
+    chunked_out = tmp_path / "chunked"
+    code = main(["integrate", str(path), "--modality", "atac", "--batch-key", "batch", "--label-key", "cell_type",
+                 "--out", str(chunked_out), "--n-pcs", "20", "--min-counts", "50", "--resolutions", "0.5",
+                 "--chunked", "--chunk-cells", "4000", "--no-metrics", "--quiet"])
+    assert code == 0
+    chunked_run = json.loads((chunked_out / "run.json").read_text())
+    assert chunked_run["data"]["chunked"]["n_chunks"] >= 5
+    assert chunked_run["data"]["lsi"]["depth_check"] == run["data"]["lsi"]["depth_check"]
+    chunked = ad.read_h5ad(chunked_out / "integrated.h5ad", backed="r")
+    assert list(chunked.obs_names) == list(result.obs_names)
+    for key in ("X_lsi", "X_lsi_harmony"):
+        A, B = np.asarray(result.obsm[key]), np.asarray(chunked.obsm[key])
+        assert min(np.corrcoef(A[:, i], B[:, i])[0, 1] for i in range(A.shape[1])) > 0.999, key
+    assert adjusted_rand_score(result.obs["leiden"], chunked.obs["leiden"]) > 0.9
