@@ -19,10 +19,19 @@ resolution, markers on the per-cluster sample, the chunk-wise integrated.h5ad) w
 ``--integrate-only`` runs that alone, and ``--metrics`` keeps the metrics (computed on the UMAP sample
 above 200,000 cells).
 
+``--modality atac`` does the same for scATAC-seq peaks: ``--genes`` is then the number of peaks and
+``--library`` the mean fragments in peaks per cell of scaml's ``simulate_atac`` (4 batches, 8 types;
+every 50,000-cell chunk takes the first chunk's peak names). The in-memory path is
+:func:`scaml.atac.qc_filter_peaks` (min 50 counts / 20 peaks per cell, peaks in >= 3 cells) +
+:func:`scaml.atac.run_lsi` (log-TF-IDF, 30 LSI components after the depth check); the chunked path
+is :func:`scaml.chunked.preprocess_peaks_chunked` with the same rules. Agreement: per-component r
+of the two LSI embeddings (``HVG flags`` then count the kept peaks).
+
 Usage::
 
     python benchmarks/bench_chunked.py --cells 200000 --genes 5000
     python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB --integrate
+    python benchmarks/bench_chunked.py --modality atac --cells 200000 --genes 50000 --library 3000
 """
 
 from __future__ import annotations
@@ -48,15 +57,16 @@ import numpy as np  # noqa: E402
 SIM_CHUNK = 50_000
 
 
-def write_simulation(path: Path, n_cells: int, n_genes: int, library: float) -> int:
-    """Write the simulated counts to ``path`` chunk by chunk; return the number of stored values."""
+def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, modality: str = "rna") -> int:
+    """Write the simulated counts (genes, or peaks with ``modality="atac"``) to ``path`` chunk by chunk;
+    return the number of stored values."""
     import anndata as ad
     import h5py
     import pandas as pd
     import scipy.sparse as sp
     from anndata.io import sparse_dataset, write_elem
 
-    from scaml.datasets import simulate
+    from scaml.datasets import simulate, simulate_atac
 
     obs = []
     first = None
@@ -64,8 +74,12 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float) -> 
     nnz = 0
     for i, a in enumerate(range(0, n_cells, SIM_CHUNK)):
         m = min(SIM_CHUNK, n_cells - a)
-        part = simulate(n_cells=m, n_genes=n_genes, n_batches=4, n_cell_types=8, mean_library_size=library,
-                        random_state=100 + i)
+        if modality == "atac":
+            part = simulate_atac(n_cells=m, n_peaks=n_genes, n_batches=4, n_cell_types=8, mean_depth=library,
+                                 random_state=100 + i)
+        else:
+            part = simulate(n_cells=m, n_genes=n_genes, n_batches=4, n_cell_types=8, mean_library_size=library,
+                            random_state=100 + i)
         X = sp.csr_matrix(part.X, dtype=np.float32)
         nnz += X.nnz
         names = part.obs_names.astype(str)
@@ -93,13 +107,25 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float) -> 
     return nnz
 
 
-def run_memory(path: str, out: str) -> dict:
+ATAC_QC = {"min_counts": 50, "min_peaks": 20, "min_cells": 3}
+
+
+def run_memory(path: str, out: str, modality: str = "rna") -> dict:
     import anndata as ad
 
     from scaml import preprocess as pp
 
     start = time.perf_counter()
     adata = ad.read_h5ad(path)
+    if modality == "atac":
+        from scaml.atac import qc_filter_peaks, run_lsi
+
+        qc_filter_peaks(adata, **ATAC_QC)
+        run_lsi(adata, 30)
+        seconds = time.perf_counter() - start
+        np.savez(out, pca=adata.obsm["X_lsi"], hvg=np.ones(adata.n_vars, dtype=bool),
+                 cells=adata.obs_names.to_numpy().astype(str))
+        return {"seconds": seconds}
     pp.qc_filter(adata)
     pp.normalize_log1p(adata)
     pp.select_hvg(adata, 2000, batch_key="batch")
@@ -110,16 +136,24 @@ def run_memory(path: str, out: str) -> dict:
     return {"seconds": seconds}
 
 
-def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -> dict:
-    from scaml.chunked import connect, preprocess_chunked
+def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, modality: str = "rna") -> dict:
+    from scaml.chunked import connect, preprocess_chunked, preprocess_peaks_chunked
 
     client = connect(dask) if dask else None
     start = time.perf_counter()
-    cells = preprocess_chunked(path, batch_key="batch", n_top_genes=2000, n_pcs=30, max_memory=max_memory,
-                               client=client, show_progress=False)
+    if modality == "atac":
+        cells = preprocess_peaks_chunked(path, **ATAC_QC, n_components=30, max_memory=max_memory, client=client,
+                                         show_progress=False)
+    else:
+        cells = preprocess_chunked(path, batch_key="batch", n_top_genes=2000, n_pcs=30, max_memory=max_memory,
+                                   client=client, show_progress=False)
     seconds = time.perf_counter() - start
     a = cells.adata
-    np.savez(out, pca=a.obsm["X_pca"], hvg=a.var["highly_variable"].to_numpy(), cells=a.obs_names.to_numpy().astype(str))
+    if modality == "atac":
+        np.savez(out, pca=a.obsm["X_lsi"], hvg=np.ones(a.n_vars, dtype=bool), cells=a.obs_names.to_numpy().astype(str))
+    else:
+        np.savez(out, pca=a.obsm["X_pca"], hvg=a.var["highly_variable"].to_numpy(),
+                 cells=a.obs_names.to_numpy().astype(str))
     result = {"seconds": seconds, "plan": cells.plan.to_dict(), "passes": cells.engine.records}
     if client is not None:
         from scaml.chunked.engine import peak_rss_mib
@@ -129,12 +163,16 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None) -
     return result
 
 
-def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None, metrics: bool) -> dict:
+def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None, metrics: bool,
+                  modality: str = "rna") -> dict:
     from scaml.pipeline import integrate
 
     start = time.perf_counter()
+    extra = {"modality": "atac", "min_cells": ATAC_QC["min_cells"], "n_pcs": 30,
+             "atac_params": {"min_counts": ATAC_QC["min_counts"], "min_peaks": ATAC_QC["min_peaks"]}} \
+        if modality == "atac" else {}
     adata = integrate(path, "batch", out, chunked=True, max_memory=max_memory, dask=dask, evaluate=metrics,
-                      label_key="cell_type" if metrics else None, resolutions=[0.5], overwrite=True)
+                      label_key="cell_type" if metrics else None, resolutions=[0.5], overwrite=True, **extra)
     seconds = time.perf_counter() - start
     run = json.loads((Path(out) / "run.json").read_text())
     steps = run.get("timings_seconds") or run.get("timings") or {}
@@ -151,11 +189,11 @@ def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None,
 
 def child(args: argparse.Namespace) -> None:
     if args.child == "memory":
-        result = run_memory(args.path, args.result)
+        result = run_memory(args.path, args.result, args.modality)
     elif args.child == "integrate":
-        result = run_integrate(args.path, args.result, args.max_memory, args.dask, args.metrics)
+        result = run_integrate(args.path, args.result, args.max_memory, args.dask, args.metrics, args.modality)
     else:
-        result = run_chunked(args.path, args.result, args.max_memory, args.dask)
+        result = run_chunked(args.path, args.result, args.max_memory, args.dask, args.modality)
     from scaml.chunked.engine import peak_rss_mib
 
     result["peak_rss_mib"] = peak_rss_mib()  # VmHWM: this child's own peak, not the parent's at the fork
@@ -163,7 +201,8 @@ def child(args: argparse.Namespace) -> None:
 
 
 def launch(mode: str, path: Path, result: Path, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--result", str(result)]
+    cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--result", str(result),
+           "--modality", args.modality]
     if args.max_memory:
         cmd += ["--max-memory", args.max_memory]
     if args.dask:
@@ -181,7 +220,9 @@ def launch(mode: str, path: Path, result: Path, args: argparse.Namespace) -> dic
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=200_000)
-    p.add_argument("--genes", type=int, default=5000)
+    p.add_argument("--modality", choices=["rna", "atac"], default="rna",
+                   help="rna: gene counts (scaml.datasets.simulate); atac: peak counts (simulate_atac)")
+    p.add_argument("--genes", type=int, default=5000, help="genes (rna) or peaks (atac)")
     p.add_argument("--library", type=float, default=4000.0, help="mean counts per cell of the simulation")
     p.add_argument("--max-memory", default=None, help="budget of the chunked path (default: a quarter of RAM)")
     p.add_argument("--dask", default=None, help="run the chunked passes on a Dask scheduler, or 'local'")
@@ -202,8 +243,9 @@ def main() -> None:
     try:
         path = folder / "cells.h5ad"
         start = time.perf_counter()
-        nnz = write_simulation(path, args.cells, args.genes, args.library)
-        print(f"{args.cells:,} cells x {args.genes:,} genes, {nnz:,} stored counts "
+        nnz = write_simulation(path, args.cells, args.genes, args.library, args.modality)
+        print(f"{args.cells:,} cells x {args.genes:,} {'peaks' if args.modality == 'atac' else 'genes'}, "
+              f"{nnz:,} stored counts "
               f"({path.stat().st_size / 2**30:.2f} GiB on disk), written in {time.perf_counter() - start:.0f} s")
         runs = {}
         if not args.skip_memory:

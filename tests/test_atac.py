@@ -277,6 +277,9 @@ def test_integrate_atac_writes_lsi_and_harmony(atac_run):
     assert run["data"]["modality"] == "atac"
     assert run["data"]["lsi"]["depth_component_dropped"] == 1
     assert (atac_run["out"] / "figures" / "umap_integration_check.png").is_file()
+    assert (atac_run["out"] / "figures" / "marker_dotplot.png").is_file()
+    # the dot plot's cluster dendrogram is built on the corrected LSI, not on a PCA of every peak
+    assert adata.uns["dendrogram_leiden"]["use_rep"] == "X_lsi_harmony"
     assert (atac_run["out"] / "report.html").is_file()
 
 

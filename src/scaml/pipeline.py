@@ -554,7 +554,8 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
                                      title=f"Marker {what} on {where}",
                                      value_label="TF-IDF accessibility" if atac_run else "log expression")
         if "rank_genes_groups" in marker_data.uns:
-            plotting.plot_marker_dotplot(marker_data, figures / "marker_dotplot.png")
+            plotting.plot_marker_dotplot(marker_data, figures / "marker_dotplot.png",
+                                         features="peaks" if record.data.get("modality") == "atac" else "genes")
         if record.data.get("proteins"):
             from .cite.figures import protein_figures
 

@@ -158,17 +158,20 @@ def plot_gene_umaps(
 
 @styled
 def plot_marker_dotplot(adata: ad.AnnData, path: str | os.PathLike, *, groupby: str = "leiden",
-                        n_genes: int = 3, key: str = "rank_genes_groups") -> Path:
-    """scanpy's dot plot of the top ``n_genes`` Wilcoxon markers per cluster."""
+                        n_genes: int = 3, key: str = "rank_genes_groups", features: str = "genes") -> Path:
+    """scanpy's dot plot of the top ``n_genes`` Wilcoxon markers per cluster (``features``: what the
+    markers are, "genes" or "peaks", for the title)."""
     import scanpy as sc
 
     dendrogram_key = f"dendrogram_{groupby}"
     if dendrogram_key not in adata.uns:
-        rep = "X_pca_harmony" if "X_pca_harmony" in adata.obsm else None
+        # the corrected embedding (RNA or ATAC); without one scanpy would run a PCA of X (slow on peaks)
+        rep = next((k for k in ("X_pca_harmony", "X_lsi_harmony", "X_pca", "X_lsi") if k in adata.obsm), None)
         sc.tl.dendrogram(adata, groupby=groupby, use_rep=rep)
+    title = {"colorbar_title": "Mean accessibility\nin group (scaled)"} if features == "peaks" else {}
     dot = sc.pl.rank_genes_groups_dotplot(adata, groupby=groupby, n_genes=n_genes, key=key,
-                                          show=False, return_fig=True, standard_scale="var")
+                                          show=False, return_fig=True, standard_scale="var", **title)
     dot.make_figure()
     fig = dot.fig
-    fig.suptitle(f"Top {n_genes} marker genes per {groupby} cluster (Wilcoxon)", y=1.02)
+    fig.suptitle(f"Top {n_genes} marker {features} per {groupby} cluster (Wilcoxon)", y=1.02)
     return save_figure(fig, path)
