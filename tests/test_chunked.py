@@ -163,6 +163,29 @@ def test_integrate_chunked_matches_in_memory(counts_file, tmp_path):
     assert back.n_obs == a.n_obs and "counts" in back.layers and "rank_genes_groups" in back.uns
 
 
+def test_harmony_streams_when_the_budget_is_small(counts_file, tmp_path, monkeypatch):
+    """integrate --chunked: Harmony in memory within the budget's share, streaming beyond it, same result."""
+    import json
+
+    from scaml import pipeline
+    from scaml.pipeline import harmony_memory_estimate, integrate
+
+    # 1M cells x 50 PCs, 100 clusters: the 689 MiB measured in memory is below the estimate
+    assert 689 * 2**20 < harmony_memory_estimate(1_000_000, 50) < 800 * 2**20
+    path, _ = counts_file
+    kw = dict(label_key="cell_type", min_genes=50, n_top_genes=300, n_pcs=15, resolutions=[0.5], evaluate=False,
+              chunked=True, chunk_cells=800)
+    a = integrate(path, "batch", tmp_path / "in_memory", **kw)
+    monkeypatch.setattr(pipeline, "HARMONY_BUDGET_SHARE", 1e-6)  # every Harmony is over this share
+    b = integrate(path, "batch", tmp_path / "streaming", **kw)
+    runs = [json.loads((tmp_path / name / "run.json").read_text())["data"]["harmony_memory"]
+            for name in ("in_memory", "streaming")]
+    assert [r["path"] for r in runs] == ["in memory", "streaming"]
+    assert a.uns["harmony"]["info"]["path"] == "in-memory" and b.uns["harmony"]["info"]["path"] != "in-memory"
+    P, Q = a.obsm["X_pca_harmony"], b.obsm["X_pca_harmony"]
+    assert np.median([np.corrcoef(P[:, i], Q[:, i])[0, 1] for i in range(P.shape[1])]) > 0.999
+
+
 def test_nan_embedding_rows_are_refused():
     from scaml.harmony import run_harmony
 

@@ -43,19 +43,44 @@ def count_problem(X: sp.csr_matrix) -> str | None:
         return None
     if float(data.min()) < 0:
         return f"a negative value ({float(data.min()):g})"
-    frac = np.abs(data - np.round(data))
-    if float(frac.max()) > 1e-6:
-        return f"a non-integer value ({float(data[int(np.argmax(frac))]):g})"
+    step = 1 << 22  # in slices: a chunk's temporaries stay small
+    for a in range(0, data.size, step):
+        part = data[a:a + step]
+        frac = np.abs(part - np.round(part))
+        if float(frac.max()) > 1e-6:
+            return f"a non-integer value ({float(part[int(np.argmax(frac))]):g})"
     return None
+
+
+def positive_counts(X: sp.csr_matrix, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per row, the stored values > 0 (features detected in a cell); with ``keep`` (a row mask), also per
+    column the kept rows where it is > 0 (cells a feature is detected in). Both int64, without a copy of X."""
+    positive = X.data > 0
+    csum = np.concatenate([[0], np.cumsum(positive, dtype=np.int64)])
+    per_row = csum[X.indptr[1:]] - csum[X.indptr[:-1]]
+    del csum
+    if keep is None:
+        return per_row, None
+    positive &= np.repeat(np.asarray(keep, dtype=bool), np.diff(X.indptr))
+    per_column = np.bincount(X.indices[positive], minlength=X.shape[1]).astype(np.int64)
+    return per_row, per_column
+
+
+def kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
+    """Counts of the chunk's kept cells over the kept features (no copy for a subset that keeps everything)."""
+    X = _csr(source.read_rows(*rows))
+    if not keep.all():
+        X = X[keep]
+    if columns.size != X.shape[1] or np.any(columns != np.arange(X.shape[1])):
+        X = X[:, columns]
+    return X
 
 
 def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np.ndarray) -> dict:
     """Per-cell ``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``, ``keep``; per-gene detected counts of kept cells."""
     X = _csr(source.read_rows(*rows))
     problem = count_problem(X)
-    detected = X.copy()
-    detected.data = (detected.data > 0).astype(np.float32)
-    n_genes = np.asarray(detected.sum(axis=1)).ravel().astype(np.int64)
+    n_genes, _ = positive_counts(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
     mt = np.asarray(X[:, mito].sum(axis=1, dtype=np.float64)).ravel() if mito.any() else np.zeros_like(total)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -67,23 +92,16 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np
         if ok is not None:
             fail[name] = int((keep & ~ok).sum())
             keep &= ok
-    kept = detected[keep]
-    gene_cells = np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes).astype(np.int64)
+    _, gene_cells = positive_counts(X, keep)
     return {"n_genes_by_counts": n_genes, "total_counts": total.astype(np.float32),
             "pct_counts_mt": pct.astype(np.float32), "keep": keep, "gene_cells": gene_cells,
             "removed": fail, "problem": None if problem is None else (rows, problem)}
 
 
-def _kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray) -> sp.csr_matrix:
-    """Counts of the chunk's kept cells over the kept genes."""
-    X = _csr(source.read_rows(*rows))
-    return X[keep][:, genes]
-
-
 def sums_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray,
                codes: np.ndarray | None, n_batches: int, target_sum: float) -> tuple[GeneSums, np.ndarray, np.ndarray]:
     """Per-batch HVG sums and per-gene sum / sum of squares of the log-normalised kept cells."""
-    lognorm = log_normalize(_kept_block(rows, source, keep, genes), target_sum)
+    lognorm = log_normalize(kept_block(rows, source, keep, genes), target_sum)
     values = lognorm.data.astype(np.float64)
     s1 = np.bincount(lognorm.indices, weights=values, minlength=lognorm.shape[1])
     s2 = np.bincount(lognorm.indices, weights=values * values, minlength=lognorm.shape[1])
@@ -102,7 +120,7 @@ def _scaled(lognorm: sp.csr_matrix, hvg: np.ndarray, mean: np.ndarray, std: np.n
 def gram_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, genes: np.ndarray, hvg: np.ndarray,
                mean: np.ndarray, std: np.ndarray, max_value: float, target_sum: float) -> tuple[int, np.ndarray, np.ndarray]:
     """Cells, column sums and cross-product ``Z^T Z`` (float64) of the scaled HVG block."""
-    lognorm = log_normalize(_kept_block(rows, source, keep, genes), target_sum)
+    lognorm = log_normalize(kept_block(rows, source, keep, genes), target_sum)
     z = _scaled(lognorm, hvg, mean, std, max_value).astype(np.float64)
     return z.shape[0], z.sum(axis=0), z.T @ z
 
@@ -112,7 +130,7 @@ def project_chunk(rows: tuple[int, int], source: CellSource, keep: np.ndarray, g
                   components: np.ndarray, with_matrices: bool) -> tuple[np.ndarray, sp.csr_matrix | None,
                                                                          sp.csr_matrix | None]:
     """The chunk's principal components (float32); with ``with_matrices`` also its log-normalised and raw counts."""
-    counts = _kept_block(rows, source, keep, genes)
+    counts = kept_block(rows, source, keep, genes)
     lognorm = log_normalize(counts, target_sum)
     z = _scaled(lognorm, hvg, mean, std, max_value).astype(np.float64)
     pcs = ((z - center) @ components).astype(np.float32)

@@ -43,7 +43,7 @@ from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
 from .engine import Engine
-from .passes import count_problem
+from .passes import count_problem, kept_block, positive_counts
 from .preprocess import (
     MIN_CHUNK_CELLS,
     ChunkPlan,
@@ -99,9 +99,7 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> d
     X = _rows(rows, source)
     problem = count_problem(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-    seen = X.copy()
-    seen.data = (seen.data > 0).astype(np.float32)
-    n_peaks = np.asarray(seen.sum(axis=1)).ravel().astype(np.int64)
+    n_peaks, _ = positive_counts(X)
     keep = np.ones(X.shape[0], dtype=bool)
     removed = {}
     checks = [("min_counts", total >= rules.min_counts), ("min_peaks", n_peaks >= rules.min_peaks)]
@@ -110,15 +108,13 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> d
     for name, ok in checks:  # a cell is counted by the first rule it fails, as in memory
         removed[name] = int((keep & ~ok).sum())
         keep &= ok
-    kept = seen[keep]
-    peak_cells = np.bincount(kept.indices, weights=kept.data, minlength=source.n_genes).astype(np.int64)
+    _, peak_cells = positive_counts(X, keep)
     return {"total_counts": total, "n_peaks_by_counts": n_peaks, "keep": keep, "peak_cells": peak_cells,
             "removed": removed, "problem": None if problem is None else (rows, problem)}
 
 
 def _kept(item: tuple, source: CellSource, peaks: np.ndarray) -> sp.csr_matrix:
-    rows, keep = item[0], item[1]
-    return _rows(rows, source)[keep][:, peaks]
+    return kept_block(item[0], source, item[1], peaks)
 
 
 def _binary(counts: sp.csr_matrix, binarize: bool) -> sp.csr_matrix:
@@ -141,14 +137,14 @@ def idf_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool
 def times_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool, idf: np.ndarray,
                 Q: np.ndarray) -> np.ndarray:
     """The chunk's rows of ``TF-IDF @ Q`` (float32, as scikit-learn computes on a float32 matrix)."""
-    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf)
+    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf, copy=False)
     return np.asarray(X @ Q, dtype=np.float32)
 
 
 def transpose_times_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool,
                           idf: np.ndarray) -> np.ndarray:
     """The chunk's share of ``TF-IDF^T @ P`` (``item`` carries the chunk's rows of P), summed in float64."""
-    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf)
+    X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf, copy=False)
     P = item[2]
     return np.asarray(X.T @ P, dtype=np.float64)
 

@@ -79,7 +79,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     chunk.add_argument("--no-chunked", dest="chunked", action="store_const", const=False,
                        help="read the whole input into memory whatever its size")
     big.add_argument("--max-memory", default=None, metavar="SIZE",
-                     help="memory budget of the chunked path, e.g. 8GB (default: a quarter of this machine's memory)")
+                     help="memory budget of the chunked path, e.g. 8GB (default: a quarter of this machine's memory); "
+                     "Harmony streams its cells when it would need more than half of it")
     big.add_argument("--chunk-cells", type=int, default=None, metavar="N",
                      help="cells per chunk instead of the budget's")
     big.add_argument("--dask", default=None, metavar="ADDRESS",

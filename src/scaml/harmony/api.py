@@ -412,7 +412,8 @@ def harmony_integrate(
     AnnData or None
         The copy when ``copy=True``; otherwise None. Writes ``obsm[adjusted_basis]`` and
         ``uns["harmony"]`` = {key, basis, adjusted_basis, params (resolved), objective_harmony,
-        n_iter, converged, seconds}.
+        n_iter, converged, seconds, info (the scalar entries of :attr:`Harmony.info`: in memory, or
+        streaming with its chunks and passes)}.
     """
     from ..io import check_obs_key, check_obsm_key, h5ad_safe_value
 
@@ -437,5 +438,7 @@ def harmony_integrate(
         "n_iter": int(result.n_iter),
         "converged": bool(result.converged),
         "seconds": round(seconds, 4),
+        # how it ran (in memory, or streaming: chunks, passes, peak): its scalar entries
+        "info": {k: v for k, v in result.info.items() if isinstance(v, (str, bool, int, float))},
     }
     return adata if copy else None
