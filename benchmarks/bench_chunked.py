@@ -32,6 +32,7 @@ Usage::
     python benchmarks/bench_chunked.py --cells 200000 --genes 5000
     python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB --integrate
     python benchmarks/bench_chunked.py --modality atac --cells 200000 --genes 50000 --library 3000
+    python benchmarks/bench_chunked.py --cells 200000 --skip-memory --max-memory 2GB --dask local --workers 1 2
 """
 
 from __future__ import annotations
@@ -136,10 +137,11 @@ def run_memory(path: str, out: str, modality: str = "rna") -> dict:
     return {"seconds": seconds}
 
 
-def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, modality: str = "rna") -> dict:
+def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, modality: str = "rna",
+                workers: int | None = None) -> dict:
     from scaml.chunked import connect, preprocess_chunked, preprocess_peaks_chunked
 
-    client = connect(dask) if dask else None
+    client = (connect(dask, n_workers=workers) if str(dask).lower() == "local" else connect(dask)) if dask else None
     start = time.perf_counter()
     if modality == "atac":
         cells = preprocess_peaks_chunked(path, **ATAC_QC, n_components=30, max_memory=max_memory, client=client,
@@ -193,16 +195,19 @@ def child(args: argparse.Namespace) -> None:
     elif args.child == "integrate":
         result = run_integrate(args.path, args.result, args.max_memory, args.dask, args.metrics, args.modality)
     else:
-        result = run_chunked(args.path, args.result, args.max_memory, args.dask, args.modality)
+        result = run_chunked(args.path, args.result, args.max_memory, args.dask, args.modality,
+                             args.workers[0] if args.workers else None)
     from scaml.chunked.engine import peak_rss_mib
 
     result["peak_rss_mib"] = peak_rss_mib()  # VmHWM: this child's own peak, not the parent's at the fork
     print("RESULT " + json.dumps(result, default=float), flush=True)
 
 
-def launch(mode: str, path: Path, result: Path, args: argparse.Namespace) -> dict:
+def launch(mode: str, path: Path, result: Path, args: argparse.Namespace, workers: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--result", str(result),
            "--modality", args.modality]
+    if workers:
+        cmd += ["--workers", str(workers)]
     if args.max_memory:
         cmd += ["--max-memory", args.max_memory]
     if args.dask:
@@ -226,6 +231,8 @@ def main() -> None:
     p.add_argument("--library", type=float, default=4000.0, help="mean counts per cell of the simulation")
     p.add_argument("--max-memory", default=None, help="budget of the chunked path (default: a quarter of RAM)")
     p.add_argument("--dask", default=None, help="run the chunked passes on a Dask scheduler, or 'local'")
+    p.add_argument("--workers", type=int, nargs="+", default=None,
+                   help="with --dask local: run the chunked path once per worker count (e.g. 1 2)")
     p.add_argument("--skip-memory", action="store_true", help="chunked path only")
     p.add_argument("--integrate", action="store_true", help="also the whole scaml integrate --chunked run")
     p.add_argument("--integrate-only", action="store_true", help="only the whole integrate --chunked run")
@@ -251,7 +258,10 @@ def main() -> None:
         if not args.skip_memory:
             runs["memory"] = launch("memory", path, folder / "memory.npz", args)
         if not args.integrate_only:
-            runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args)
+            runs["chunked"] = launch("chunked", path, folder / "chunked.npz", args,
+                                     args.workers[0] if args.workers else None)
+            for n in (args.workers or [])[1:]:
+                runs[f"chunked, {n} workers"] = launch("chunked", path, folder / f"chunked_{n}.npz", args, n)
         if args.integrate or args.integrate_only:
             runs["integrate --chunked"] = launch("integrate", path, folder / "integrate_out", args)
         print("\n| path | seconds | peak RSS (MiB) | notes |\n|---|---|---|---|")
@@ -260,7 +270,7 @@ def main() -> None:
                 print(f"| {name} | failed | | {r['failed']} |")
                 continue
             note = ""
-            if name == "chunked":
+            if name.startswith("chunked"):
                 note = (f"{r['plan']['n_chunks']} chunks of {r['plan']['chunk_cells']:,} cells, budget "
                         f"{r['plan']['budget_mib']:.0f} MiB")
                 if "worker_peak_rss_mib" in r:
