@@ -412,6 +412,15 @@ def test_soft_assignment_paths_agree():
         want /= want.sum(axis=1, keepdims=True)
         np.testing.assert_allclose(fast[a:b], want, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(sums[g], want.sum(axis=0), rtol=1e-4)
+    # a penalty that underflowed to 0 empties its cluster, silently
+    import warnings
+
+    pen[:, 2] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        be.block_update(fast, Z, Ys, None, blocks[0][0], blocks[0][2], pen * np.exp(-scale))
+    assert np.all(fast[:5000, 2] == 0)
+    np.testing.assert_allclose(fast[:5000].sum(axis=1), 1.0, rtol=1e-5)
 
 
 def test_harmony_integrate_writes_h5ad(blobs, tmp_path):

@@ -689,7 +689,8 @@ class _NumpyBackend:
         t = R[a:b]
         if offset is None:
             np.matmul(Z_cos[a:b], Ys, out=t)
-            t += np.log(pen)
+            with np.errstate(divide="ignore"):  # a penalty that underflowed to 0: log -inf, exp 0, as x 0
+                t += np.log(pen)
             np.exp(t, out=t)
             inv = t.sum(axis=1)
             np.maximum(inv, self.tiny, out=inv)
