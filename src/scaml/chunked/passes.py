@@ -52,18 +52,18 @@ def count_problem(X: sp.csr_matrix) -> str | None:
     return None
 
 
-def positive_counts(X: sp.csr_matrix, keep: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per row, the stored values > 0 (features detected in a cell); with ``keep`` (a row mask), also per
-    column the kept rows where it is > 0 (cells a feature is detected in). Both int64, without a copy of X."""
+def detected_per_row(X: sp.csr_matrix) -> np.ndarray:
+    """Per row, the stored values > 0 (the features detected in a cell), int64, without a copy of X."""
+    csum = np.concatenate([[0], np.cumsum(X.data > 0, dtype=np.int64)])
+    return csum[X.indptr[1:]] - csum[X.indptr[:-1]]
+
+
+def detected_per_column(X: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
+    """Per column, the rows kept by ``keep`` (a row mask) where it is > 0 (the cells a feature is detected
+    in), int64, without a copy of X."""
     positive = X.data > 0
-    csum = np.concatenate([[0], np.cumsum(positive, dtype=np.int64)])
-    per_row = csum[X.indptr[1:]] - csum[X.indptr[:-1]]
-    del csum
-    if keep is None:
-        return per_row, None
     positive &= np.repeat(np.asarray(keep, dtype=bool), np.diff(X.indptr))
-    per_column = np.bincount(X.indices[positive], minlength=X.shape[1]).astype(np.int64)
-    return per_row, per_column
+    return np.bincount(X.indices[positive], minlength=X.shape[1]).astype(np.int64)
 
 
 def kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
@@ -80,7 +80,7 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np
     """Per-cell ``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``, ``keep``; per-gene detected counts of kept cells."""
     X = _csr(source.read_rows(*rows))
     problem = count_problem(X)
-    n_genes, _ = positive_counts(X)
+    n_genes = detected_per_row(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
     mt = np.asarray(X[:, mito].sum(axis=1, dtype=np.float64)).ravel() if mito.any() else np.zeros_like(total)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -92,7 +92,7 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np
         if ok is not None:
             fail[name] = int((keep & ~ok).sum())
             keep &= ok
-    _, gene_cells = positive_counts(X, keep)
+    gene_cells = detected_per_column(X, keep)
     return {"n_genes_by_counts": n_genes, "total_counts": total.astype(np.float32),
             "pct_counts_mt": pct.astype(np.float32), "keep": keep, "gene_cells": gene_cells,
             "removed": fail, "problem": None if problem is None else (rows, problem)}

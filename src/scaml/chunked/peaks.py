@@ -43,7 +43,7 @@ from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
 from .engine import Engine
-from .passes import count_problem, kept_block, positive_counts
+from .passes import count_problem, detected_per_column, detected_per_row, kept_block
 from .preprocess import (
     MIN_CHUNK_CELLS,
     ChunkPlan,
@@ -99,7 +99,7 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> d
     X = _rows(rows, source)
     problem = count_problem(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
-    n_peaks, _ = positive_counts(X)
+    n_peaks = detected_per_row(X)
     keep = np.ones(X.shape[0], dtype=bool)
     removed = {}
     checks = [("min_counts", total >= rules.min_counts), ("min_peaks", n_peaks >= rules.min_peaks)]
@@ -108,7 +108,7 @@ def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> d
     for name, ok in checks:  # a cell is counted by the first rule it fails, as in memory
         removed[name] = int((keep & ~ok).sum())
         keep &= ok
-    _, peak_cells = positive_counts(X, keep)
+    peak_cells = detected_per_column(X, keep)
     return {"total_counts": total, "n_peaks_by_counts": n_peaks, "keep": keep, "peak_cells": peak_cells,
             "removed": removed, "problem": None if problem is None else (rows, problem)}
 
