@@ -164,10 +164,10 @@ def fragment_qc(
                                "median_frip": float(np.median(adata.obs["frip"]))}
     if tss is not None:
         adata.obs["tss_enrichment"] = tss_enrichment(frags, cell, adata.n_obs, tss)
-        finite = adata.obs["tss_enrichment"].to_numpy(dtype=np.float64)
-        finite = finite[~np.isnan(finite)]
+        measured = adata.obs["tss_enrichment"].to_numpy(dtype=np.float64)
+        measured = measured[~np.isnan(measured)]
         # NaN (no warning) when no cell has insertions around a TSS
-        summary["median_tss_enrichment"] = float(np.median(finite)) if finite.size else float("nan")
+        summary["median_tss_enrichment"] = float(np.median(measured)) if measured.size else float("nan")
     return summary
 
 
