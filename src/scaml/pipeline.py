@@ -379,10 +379,11 @@ def _harmony_within_budget(adata: ad.AnnData, record: RunRecord, basis: str, bud
         "in_memory_estimate_mib": round(need / 2**20, 1), "budget_share_mib": round(share / 2**20, 1),
         "path": "streaming" if streaming else "in memory",
     }
-    if streaming:
-        info(f"Harmony streams its cells ({need / 2**20:,.0f} MiB in memory would exceed "
-             f"{share / 2**20:,.0f} MiB, half the --max-memory budget)" if not given else
-             "Harmony streams its cells (harmony_params set its chunks)")
+    if given:
+        info("Harmony streams its cells (harmony_params set its chunks)")
+    elif streaming:
+        info(f"Harmony streams its cells: in memory it would take {need / 2**20:,.0f} MiB, more than its "
+             f"{share / 2**20:,.0f} MiB share of the --max-memory budget")
     return hp
 
 
