@@ -449,3 +449,25 @@ def test_thread_pool_gives_the_one_thread_result(blobs):
         two = run_harmony(X, meta, "batch", nclust=20, dtype="float64", verbose=False, random_state=1)
     assert one.n_iter == two.n_iter
     np.testing.assert_allclose(two.Z_corr, one.Z_corr, rtol=1e-6, atol=1e-8)
+
+
+def test_objective_from_the_assignment_equals_the_direct_one(blobs, monkeypatch):
+    """The clustering's objective, gathered while R is assigned, is the objective computed from R directly."""
+    from scaml.harmony import core
+
+    X, meta = blobs
+    seen = []
+    update = core.update_R
+
+    def checked(fit, rng, objective=False):
+        value = update(fit, rng, objective)
+        if value is not None:
+            seen.append((value, core.compute_objective(fit)))
+        return value
+
+    monkeypatch.setattr(core, "update_R", checked)
+    ho = run_harmony(X, meta, "batch", nclust=20, verbose=False, max_iter_harmony=3, epsilon_harmony=-np.inf)
+    assert len(seen) == 3  # one per Harmony iteration (4 rounds: no early-stop checks)
+    for value, direct in seen:
+        assert value == pytest.approx(direct, rel=1e-4, abs=1e-3)
+    assert ho.objective_harmony[1:] == pytest.approx([v for v, _ in seen])

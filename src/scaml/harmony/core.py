@@ -679,8 +679,10 @@ class _NumpyBackend:
         np.exp(out, out=out)
         return out
 
-    def _assign(self, R, Z_cos, Ys, offset, a, b, pen) -> np.ndarray:
-        """``R[a:b] = normalise_rows(exp(...) * pen)`` in place; returns the column sums.
+    def _assign(self, R, Z_cos, Ys, offset, a, b, pen, stats: bool = False):
+        """``R[a:b] = normalise_rows(exp(...) * pen)`` in place; returns the column sums (with ``stats``, on
+        the fast path, also ``sum_i R_ik S_ik`` and ``sum_i R_ik log rs_i``: S the exponent before the
+        penalty, rs the row sums; see :func:`objective_from_assignment`).
 
         On the fast path (no ``offset``) ``pen`` (K,) enters the exponent as ``log pen`` (one
         pass fewer), the rows are scaled by their reciprocal sums and the column sums come from
@@ -688,16 +690,22 @@ class _NumpyBackend:
         """
         t = R[a:b]
         if offset is None:
-            np.matmul(Z_cos[a:b], Ys, out=t)
+            S = np.matmul(Z_cos[a:b], Ys) if stats else t
+            if not stats:
+                np.matmul(Z_cos[a:b], Ys, out=t)
             with np.errstate(divide="ignore"):  # a penalty that underflowed to 0: log -inf, exp 0, as x 0
-                t += np.log(pen)
+                np.add(S, np.log(pen), out=t)
             np.exp(t, out=t)
             inv = t.sum(axis=1)
             np.maximum(inv, self.tiny, out=inv)
             np.reciprocal(inv, out=inv)
             sums = inv @ t
             t *= inv[:, None]
-            return sums
+            if not stats:
+                return sums
+            # for the objective: sum_i R_ik S_ik and sum_i R_ik log(row sum_i)
+            np.log(inv, out=inv)
+            return sums, np.einsum("ik,ik->k", t, S, dtype=np.float64), -(inv @ t).astype(np.float64)
         self._soft(Z_cos[a:b], Ys, offset, t)
         t *= pen
         rs = t.sum(axis=1, keepdims=True)
@@ -705,11 +713,13 @@ class _NumpyBackend:
         t /= rs
         return t.sum(axis=0)
 
-    def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens) -> list[np.ndarray]:
+    def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens, stats: bool = False):
         """Re-assign the cells of each block (row ranges, one per group) with its per-group
         penalties ``pens[j]`` (groups x K) in one parallel map of cache-sized row pieces; return
-        each block's new per-group sums (groups x K, float64)."""
+        each block's new per-group sums (groups x K, float64). With ``stats`` (fast path only), also
+        the objective's statistics of :meth:`_assign`, summed over the cells (two K vectors)."""
         off = None if offset is None else self.small(offset)
+        stats = stats and offset is None
         pens = [self.small(p) for p in pens]
         tasks = [
             (j, i, a, b)
@@ -717,11 +727,20 @@ class _NumpyBackend:
             for i, (a0, b0) in enumerate(ranges)
             for a, b in self._pieces(a0, b0, _PIECE)
         ]
-        parts = self._map(lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]]), tasks)
+        parts = self._map(
+            lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]], stats), tasks
+        )
         sums = [np.zeros((len(ranges), R.shape[1])) for ranges, _, _ in blocks]
-        for (j, i, _, _), part in zip(tasks, parts, strict=True):
+        if not stats:
+            for (j, i, _, _), part in zip(tasks, parts, strict=True):
+                sums[j][i] += part
+            return sums
+        rs_k, lr_k = np.zeros(R.shape[1]), np.zeros(R.shape[1])
+        for (j, i, _, _), (part, rs, lr) in zip(tasks, parts, strict=True):
             sums[j][i] += part
-        return sums
+            rs_k += rs
+            lr_k += lr
+        return sums, (rs_k, lr_k)
 
     def cold_start(self, R, Z_cos, Ys, offset, blocks, factor) -> list[np.ndarray]:
         """``R = softmax_rows(-dist / sigma)`` (the plain soft assignment) block by block, ``factor``
@@ -730,10 +749,11 @@ class _NumpyBackend:
         pens = [np.tile(factor, (len(ranges), 1)) for ranges, _, _ in blocks]
         return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens)
 
-    def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups) -> np.ndarray:
+    def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups, stats: bool = False):
         """Re-assign the cells of one block (row ranges, one per group) with the per-group penalties;
-        return their new per-group sums."""
-        return self.assign_blocks(R, Z_cos, Ys, offset, [(ranges, None, counts)], [pen_groups])[0]
+        return their new per-group sums (with ``stats`` on the fast path: and the objective's statistics)."""
+        out = self.assign_blocks(R, Z_cos, Ys, offset, [(ranges, None, counts)], [pen_groups], stats)
+        return (out[0][0], out[1]) if isinstance(out, tuple) else out[0]
 
     def objective_terms(
         self, R: np.ndarray, Z_cos: np.ndarray, Y: np.ndarray
@@ -924,7 +944,7 @@ class _TorchBackend:
         out = self.torch.stack([X[a:b].sum(dim=0) for a, b in ranges])
         return out.to(self.torch.float64).cpu().numpy()
 
-    def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups) -> np.ndarray:
+    def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups, stats: bool = False) -> np.ndarray:
         torch = self.torch
         rep = self.index(np.repeat(np.arange(len(counts)), counts))
         zb = (
@@ -1401,15 +1421,19 @@ def diversity_penalty(O: np.ndarray, E: np.ndarray, theta: np.ndarray) -> np.nda
     return ((2.0 * E + 1.0) / (O + E + 1.0)) ** theta[None, :]
 
 
-def update_R(fit: HarmonyFit, rng: np.random.Generator) -> None:  # noqa: N802 - paper notation
+def update_R(fit: HarmonyFit, rng: np.random.Generator, objective: bool = False) -> float | None:  # noqa: N802
     """One round of block updates of ``R`` with the diversity penalty, blocks in a random order.
 
     Each block is taken out of ``O`` / ``N_k``, its cells are re-assigned with the penalty of their
     batch levels (summed over the covariates of the cell, as R's ``penalty %*% Phi`` does) and the
-    block is put back.
+    block is put back. With ``objective`` the round also returns Harmony's objective after it, from
+    statistics gathered during the assignment (:func:`objective_from_assignment`) where the backend
+    gives them (numpy, fast kernel), else None.
     """
     be, layout = fit.be, fit.layout
     O, Nk = fit.O, fit.Nk
+    want = objective and be.name == "numpy" and fit.offset is None
+    rs_k, lr_k, pl_k = np.zeros(fit.K), np.zeros(fit.K), np.zeros(fit.K)
     for j in rng.permutation(len(layout.blocks)):
         ranges, gids, counts = layout.blocks[j]
         Phi_b = layout.Phi_g[gids]
@@ -1418,10 +1442,38 @@ def update_R(fit: HarmonyFit, rng: np.random.Generator) -> None:  # noqa: N802 -
         Nk -= old.sum(axis=0)
         E = np.outer(Nk, fit.Pr_b)
         pen_g = (Phi_b @ diversity_penalty(O, E, fit.theta).T) * fit.kernel_factor[None, :]
-        new = be.block_update(fit.R, fit.Z_cos, fit.Ys, fit.offset, ranges, counts, pen_g)
+        new = be.block_update(fit.R, fit.Z_cos, fit.Ys, fit.offset, ranges, counts, pen_g, want)
+        if want:
+            new, (rs, lr) = new
+            rs_k += rs
+            lr_k += lr
+            # sum over the block's cells of R_ik log pen_ik, as the kernel used it (float32)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logpen = np.log(pen_g.astype(np.float32)).astype(np.float64)
+                pl_k += np.where(new > 0, logpen * new, 0.0).sum(axis=0)
         fit.cache[j] = new
         O += (Phi_b.T @ new).T
         Nk += new.sum(axis=0)
+    return objective_from_assignment(fit, rs_k, lr_k, pl_k) if want else None
+
+
+def objective_from_assignment(fit: HarmonyFit, rs_k: np.ndarray, lr_k: np.ndarray, pl_k: np.ndarray) -> float:
+    """Harmony's objective (:func:`compute_objective`) from sums gathered while ``R`` was assigned.
+
+    On the fast kernel ``R_ik = exp(S_ik) pen_ik / rs_i`` with ``S_ik = z_i . y_k scale_k``, so
+    ``sum_i R_ik z_i . y_k = rs_k / scale_k`` (``rs_k = sum_i R_ik S_ik``) and ``sum_i R_ik log R_ik =
+    rs_k + pl_k - lr_k`` (``pl_k = sum_i R_ik log pen_ik``, ``lr_k = sum_i R_ik log rs_i``): no pass
+    over ``R`` and no cells x K x d product.
+    """
+    O, Nk, sigma, theta = fit.O, fit.Nk, fit.sigma, fit.theta
+    E = np.outer(Nk, fit.Pr_b)
+    cross = rs_k / fit.scale
+    ent = rs_k + pl_k - lr_k
+    kmeans_error = 2.0 * Nk.sum() - 2.0 * cross.sum()
+    entropy = float(sigma @ ent)
+    ratio = np.log((O + E + 1.0) / (2.0 * E + 1.0))
+    cross_entropy = float(np.sum(sigma[:, None] * O * theta[None, :] * ratio))
+    return float((kmeans_error + entropy + cross_entropy) * (2000.0 / fit.N))
 
 
 def compute_objective(fit: HarmonyFit) -> float:
@@ -1471,10 +1523,11 @@ def cluster(
     rounds = 0
     for i in range(params.max_iter_kmeans):
         rounds = i + 1
-        update_R(fit, rng)
+        need = check or i == params.max_iter_kmeans - 1
+        value = update_R(fit, rng, objective=need)
         clock.lap("clustering")
-        if check or i == params.max_iter_kmeans - 1:
-            objective_kmeans.append(compute_objective(fit))
+        if need:
+            objective_kmeans.append(compute_objective(fit) if value is None else value)
             clock.lap("objective")
         if check and i > _WINDOW and _window_converged(objective_kmeans, params.epsilon_cluster):
             break
