@@ -36,6 +36,11 @@ def _csr(block: sp.csr_matrix | np.ndarray) -> sp.csr_matrix:
     return block if sp.issparse(block) else sp.csr_matrix(block)
 
 
+def read_block(rows: tuple[int, int], source: CellSource) -> sp.csr_matrix:
+    """Rows ``rows`` of the file's matrix as CSR (a new matrix the caller may change)."""
+    return _csr(source.read_rows(*rows))
+
+
 def count_problem(X: sp.csr_matrix) -> str | None:
     """Why a block is not raw counts (negative or non-integer values), or None."""
     data = X.data
@@ -68,7 +73,7 @@ def detected_per_column(X: sp.csr_matrix, keep: np.ndarray) -> np.ndarray:
 
 def kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, columns: np.ndarray) -> sp.csr_matrix:
     """Counts of the chunk's kept cells over the kept features (no copy for a subset that keeps everything)."""
-    X = _csr(source.read_rows(*rows))
+    X = read_block(rows, source)
     if not keep.all():
         X = X[keep]
     if columns.size != X.shape[1] or np.any(columns != np.arange(X.shape[1])):
@@ -78,7 +83,7 @@ def kept_block(rows: tuple[int, int], source: CellSource, keep: np.ndarray, colu
 
 def qc_chunk(rows: tuple[int, int], source: CellSource, rules: QCRules, mito: np.ndarray) -> dict:
     """Per-cell ``n_genes_by_counts``, ``total_counts``, ``pct_counts_mt``, ``keep``; per-gene detected counts of kept cells."""
-    X = _csr(source.read_rows(*rows))
+    X = read_block(rows, source)
     problem = count_problem(X)
     n_genes = detected_per_row(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()

@@ -43,7 +43,7 @@ from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
 from .engine import Engine
-from .passes import count_problem, detected_per_column, detected_per_row, kept_block
+from .passes import count_problem, detected_per_column, detected_per_row, kept_block, read_block
 from .preprocess import (
     MIN_CHUNK_CELLS,
     ChunkPlan,
@@ -89,14 +89,9 @@ def plan_peak_chunks(source: CellSource, n_basis: int, *, max_memory: Any = None
 
 # ----------------------------------------------------------------------------- one chunk's work
 
-def _rows(rows: tuple[int, int], source: CellSource) -> sp.csr_matrix:
-    block = source.read_rows(*rows)
-    return block if sp.issparse(block) else sp.csr_matrix(block)
-
-
 def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> dict:
     """Per-cell counts in peaks, accessible peaks and pass/fail; per-peak number of kept cells."""
-    X = _rows(rows, source)
+    X = read_block(rows, source)
     problem = count_problem(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
     n_peaks = detected_per_row(X)

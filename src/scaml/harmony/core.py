@@ -690,9 +690,8 @@ class _NumpyBackend:
         """
         t = R[a:b]
         if offset is None:
-            S = np.matmul(Z_cos[a:b], Ys) if stats else t
-            if not stats:
-                np.matmul(Z_cos[a:b], Ys, out=t)
+            # the exponent before the penalty: kept apart from t only when its sums are wanted
+            S = np.matmul(Z_cos[a:b], Ys) if stats else np.matmul(Z_cos[a:b], Ys, out=t)
             with np.errstate(divide="ignore"):  # a penalty that underflowed to 0: log -inf, exp 0, as x 0
                 np.add(S, np.log(pen), out=t)
             np.exp(t, out=t)
@@ -716,8 +715,8 @@ class _NumpyBackend:
     def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens, stats: bool = False):
         """Re-assign the cells of each block (row ranges, one per group) with its per-group
         penalties ``pens[j]`` (groups x K) in one parallel map of cache-sized row pieces; return
-        each block's new per-group sums (groups x K, float64). With ``stats`` (fast path only), also
-        the objective's statistics of :meth:`_assign`, summed over the cells (two K vectors)."""
+        each block's new per-group sums (groups x K, float64) and, with ``stats`` (fast path only), the
+        objective's statistics of :meth:`_assign` summed over the cells (two K vectors; else None)."""
         off = None if offset is None else self.small(offset)
         stats = stats and offset is None
         pens = [self.small(p) for p in pens]
@@ -731,29 +730,27 @@ class _NumpyBackend:
             lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]], stats), tasks
         )
         sums = [np.zeros((len(ranges), R.shape[1])) for ranges, _, _ in blocks]
-        if not stats:
-            for (j, i, _, _), part in zip(tasks, parts, strict=True):
-                sums[j][i] += part
-            return sums
         rs_k, lr_k = np.zeros(R.shape[1]), np.zeros(R.shape[1])
-        for (j, i, _, _), (part, rs, lr) in zip(tasks, parts, strict=True):
+        for (j, i, _, _), part in zip(tasks, parts, strict=True):
+            if stats:
+                part, rs, lr = part
+                rs_k += rs
+                lr_k += lr
             sums[j][i] += part
-            rs_k += rs
-            lr_k += lr
-        return sums, (rs_k, lr_k)
+        return sums, ((rs_k, lr_k) if stats else None)
 
     def cold_start(self, R, Z_cos, Ys, offset, blocks, factor) -> list[np.ndarray]:
         """``R = softmax_rows(-dist / sigma)`` (the plain soft assignment) block by block, ``factor``
         (K,) multiplying the kernel before normalising (the fast path's ``exp(-2 / sigma)``);
         returns each block's per-group sums of the new ``R``."""
         pens = [np.tile(factor, (len(ranges), 1)) for ranges, _, _ in blocks]
-        return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens)
+        return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens)[0]
 
     def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups, stats: bool = False):
         """Re-assign the cells of one block (row ranges, one per group) with the per-group penalties;
         return their new per-group sums (with ``stats`` on the fast path: and the objective's statistics)."""
-        out = self.assign_blocks(R, Z_cos, Ys, offset, [(ranges, None, counts)], [pen_groups], stats)
-        return (out[0][0], out[1]) if isinstance(out, tuple) else out[0]
+        sums, block_stats = self.assign_blocks(R, Z_cos, Ys, offset, [(ranges, None, counts)], [pen_groups], stats)
+        return (sums[0], block_stats) if stats else sums[0]
 
     def objective_terms(
         self, R: np.ndarray, Z_cos: np.ndarray, Y: np.ndarray
@@ -1465,15 +1462,7 @@ def objective_from_assignment(fit: HarmonyFit, rs_k: np.ndarray, lr_k: np.ndarra
     rs_k + pl_k - lr_k`` (``pl_k = sum_i R_ik log pen_ik``, ``lr_k = sum_i R_ik log rs_i``): no pass
     over ``R`` and no cells x K x d product.
     """
-    O, Nk, sigma, theta = fit.O, fit.Nk, fit.sigma, fit.theta
-    E = np.outer(Nk, fit.Pr_b)
-    cross = rs_k / fit.scale
-    ent = rs_k + pl_k - lr_k
-    kmeans_error = 2.0 * Nk.sum() - 2.0 * cross.sum()
-    entropy = float(sigma @ ent)
-    ratio = np.log((O + E + 1.0) / (2.0 * E + 1.0))
-    cross_entropy = float(np.sum(sigma[:, None] * O * theta[None, :] * ratio))
-    return float((kmeans_error + entropy + cross_entropy) * (2000.0 / fit.N))
+    return _objective_value(fit, rs_k / fit.scale, rs_k + pl_k - lr_k)
 
 
 def compute_objective(fit: HarmonyFit) -> float:
@@ -1483,9 +1472,14 @@ def compute_objective(fit: HarmonyFit) -> float:
     + sum_kb sigma_k theta_b O_kb log((O_kb + E_kb + 1) / (2 E_kb + 1))``, times ``2000 / N``
     (R harmony 2.x); the k-means error is ``2 sum(R) - 2 tr(Y^T Z_cos^T R)``.
     """
+    return _objective_value(fit, *fit.be.objective_terms(fit.R, fit.Z_cos, fit.Yw))
+
+
+def _objective_value(fit: HarmonyFit, cross: np.ndarray, ent: np.ndarray) -> float:
+    """The objective from its per-cluster sums ``cross_k = sum_i R_ik z_i . y_k`` and
+    ``ent_k = sum_i R_ik log R_ik`` and the state's ``O`` / ``N_k``."""
     O, Nk, sigma, theta = fit.O, fit.Nk, fit.sigma, fit.theta
     E = np.outer(Nk, fit.Pr_b)
-    cross, ent = fit.be.objective_terms(fit.R, fit.Z_cos, fit.Yw)
     kmeans_error = 2.0 * Nk.sum() - 2.0 * cross.sum()
     entropy = float(sigma @ ent)
     ratio = np.log((O + E + 1.0) / (2.0 * E + 1.0))
