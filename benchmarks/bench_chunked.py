@@ -111,6 +111,14 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
 ATAC_QC = {"min_counts": 50, "min_peaks": 20, "min_cells": 3}
 
 
+def save_result(out: str, adata, modality: str) -> None:
+    """The embedding, the feature flags (HVGs; for peaks every kept peak) and the cells, for the agreement."""
+    atac = modality == "atac"
+    flags = np.ones(adata.n_vars, dtype=bool) if atac else adata.var["highly_variable"].to_numpy()
+    np.savez(out, pca=adata.obsm["X_lsi" if atac else "X_pca"], hvg=flags,
+             cells=adata.obs_names.to_numpy().astype(str))
+
+
 def run_memory(path: str, out: str, modality: str = "rna") -> dict:
     import anndata as ad
 
@@ -123,17 +131,13 @@ def run_memory(path: str, out: str, modality: str = "rna") -> dict:
 
         qc_filter_peaks(adata, **ATAC_QC)
         run_lsi(adata, 30)
-        seconds = time.perf_counter() - start
-        np.savez(out, pca=adata.obsm["X_lsi"], hvg=np.ones(adata.n_vars, dtype=bool),
-                 cells=adata.obs_names.to_numpy().astype(str))
-        return {"seconds": seconds}
-    pp.qc_filter(adata)
-    pp.normalize_log1p(adata)
-    pp.select_hvg(adata, 2000, batch_key="batch")
-    pp.run_pca(adata, 30)
+    else:
+        pp.qc_filter(adata)
+        pp.normalize_log1p(adata)
+        pp.select_hvg(adata, 2000, batch_key="batch")
+        pp.run_pca(adata, 30)
     seconds = time.perf_counter() - start
-    np.savez(out, pca=adata.obsm["X_pca"], hvg=adata.var["highly_variable"].to_numpy(),
-             cells=adata.obs_names.to_numpy().astype(str))
+    save_result(out, adata, modality)
     return {"seconds": seconds}
 
 
@@ -151,11 +155,7 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, m
                                    client=client, show_progress=False)
     seconds = time.perf_counter() - start
     a = cells.adata
-    if modality == "atac":
-        np.savez(out, pca=a.obsm["X_lsi"], hvg=np.ones(a.n_vars, dtype=bool), cells=a.obs_names.to_numpy().astype(str))
-    else:
-        np.savez(out, pca=a.obsm["X_pca"], hvg=a.var["highly_variable"].to_numpy(),
-                 cells=a.obs_names.to_numpy().astype(str))
+    save_result(out, a, modality)
     result = {"seconds": seconds, "plan": cells.plan.to_dict(), "passes": cells.engine.records}
     if client is not None:
         from scaml.chunked.engine import peak_rss_mib
