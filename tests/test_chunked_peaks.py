@@ -59,17 +59,75 @@ def test_chunked_peaks_refuse_bad_input(tmp_path):
         preprocess_peaks_chunked(tmp_path / "halves.h5ad", min_counts=0, min_peaks=0, show_progress=False)
 
 
+def _genes_bed(adata, path):
+    """Genes at every 5th peak (TSS in the peak's middle, alternating strands, 3 kb long), as a BED file."""
+    v = adata.var
+    lines = []
+    for j in range(0, adata.n_vars, 5):
+        strand = "+" if j % 2 == 0 else "-"
+        middle = v["start"].iloc[j] + 250  # BED starts are 0-based: the gene's first base is start + 1
+        start, end = (middle - 1, middle + 3000) if strand == "+" else (middle - 3001, middle)
+        lines.append(f"{v['chrom'].iloc[j]}\t{start}\t{end}\tG{j}\t0\t{strand}\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_chunked_fragments_qc_and_gene_activity_equal_in_memory(tmp_path):
+    """Fragments QC (n_fragments, FRiP, TSS enrichment), --min-fragments and gene activity chunk by chunk: the
+    in-memory numbers."""
+    import anndata as ad
+
+    from scaml.chunked import write_streamed_h5ad
+    from scaml.datasets import write_fragments
+
+    adata = simulate_atac(n_cells=1500, n_peaks=2000, mean_depth=300, random_state=3)
+    path = tmp_path / "peaks.h5ad"
+    adata.write_h5ad(path)
+    frag = write_fragments(adata, tmp_path / "fragments.tsv.gz", cells_without=40, random_state=1)
+    genes = atac.read_gene_annotation(_genes_bed(adata, tmp_path / "genes.bed"))
+    qc = {"min_counts": 100, "min_peaks": 20, "min_cells": 10}
+
+    memory = adata.copy()
+    atac.add_peak_coordinates(memory)
+    summary = atac.fragment_qc(memory, frag, tss=genes)
+    keep = memory.obs["n_fragments"].to_numpy() >= 250
+    memory = memory[keep].copy()
+    removed = {"cells_removed_min_fragments": int((~keep).sum()), **atac.qc_filter_peaks(memory, **qc)}
+
+    chunked = preprocess_peaks_chunked(path, n_components=10, chunk_cells=200, show_progress=False,
+                                       fragments=frag, tss=genes, min_fragments=250, **qc)
+    assert chunked.fragments_qc == summary and summary["cells_with_fragments"] == 1460
+    assert chunked.qc_removed == removed and removed["cells_removed_min_fragments"] > 40
+    assert list(chunked.adata.obs_names) == list(memory.obs_names)
+    for column in ("n_fragments", "frip", "tss_enrichment"):
+        np.testing.assert_allclose(chunked.adata.obs[column], memory.obs[column], rtol=1e-12, err_msg=column)
+    assert 0.7 < np.median(memory.obs["frip"]) < 0.9 and np.nanmedian(memory.obs["tss_enrichment"]) > 1
+
+    expected = atac.gene_activity(memory, genes, layer=None)
+    genes_map = atac.peak_gene_map(chunked.adata.var, genes)
+    skeleton = ad.AnnData(obs=chunked.adata.obs, var=genes_map.var)
+    written = ad.read_h5ad(write_streamed_h5ad(skeleton, tmp_path / "activity.h5ad",
+                                               chunked.activity_chunks(genes_map.mapping)))
+    assert list(written.var_names) == list(expected.var_names) and expected.n_vars > 300
+    assert abs(written.X - expected.X).max() == 0 and abs(written.layers["counts"] - expected.X).max() == 0
+
+
 def test_integrate_chunked_atac_matches_in_memory(tmp_path):
-    """``integrate --chunked`` on peaks: the LSI, Harmony and clusters of the in-memory ATAC path."""
+    """``integrate --chunked`` on peaks with fragments and genes: the QC, LSI, Harmony, clusters and gene activity
+    of the in-memory ATAC path."""
     from sklearn.metrics import adjusted_rand_score
 
     from scaml.cli import main
+    from scaml.datasets import write_fragments
 
-    adata = simulate_atac(n_cells=2000, n_peaks=2500, n_batches=2, random_state=2)
+    adata = simulate_atac(n_cells=2000, n_peaks=2500, n_batches=2, mean_depth=600, random_state=2)
     path = tmp_path / "peaks.h5ad"
     adata.write_h5ad(path)
+    frag = write_fragments(adata, tmp_path / "fragments.tsv.gz", cells_without=30)
+    bed = _genes_bed(adata, tmp_path / "genes.bed")
     common = ["integrate", str(path), "--batch-key", "batch", "--label-key", "cell_type", "--n-pcs", "15",
-              "--resolutions", "0.3", "--no-metrics", "--quiet"]
+              "--resolutions", "0.3", "--no-metrics", "--quiet", "--fragments", str(frag), "--genes", str(bed),
+              "--min-fragments", "300"]
     assert main([*common, "--out", str(tmp_path / "memory"), "--no-chunked"]) == 0
     assert main([*common, "--out", str(tmp_path / "chunked"), "--chunked", "--chunk-cells", "300"]) == 0
     import json
@@ -84,10 +142,16 @@ def test_integrate_chunked_atac_matches_in_memory(tmp_path):
         assert min(np.corrcoef(A[:, i], B[:, i])[0, 1] for i in range(A.shape[1])) > 0.999, key
     assert adjusted_rand_score(memory.obs["leiden"], chunked.obs["leiden"]) > 0.9
     assert abs(chunked.X[:50] - memory.X[:50]).max() < 1e-4
-    run = json.loads((tmp_path / "chunked" / "run.json").read_text())
-    assert run["data"]["modality"] == "atac" and run["data"]["chunked"]["n_chunks"] == 7
-    assert run["data"]["lsi"]["depth_check"] == json.loads((tmp_path / "memory" / "run.json").read_text())[
-        "data"]["lsi"]["depth_check"]
-    # what the chunked ATAC path cannot do yet is refused in one line
-    code = main([*common, "--out", str(tmp_path / "frag"), "--chunked", "--fragments", str(path)])
-    assert code == 2
+    for column in ("n_fragments", "frip", "tss_enrichment"):
+        np.testing.assert_allclose(chunked.obs[column], memory.obs[column], rtol=1e-12, err_msg=column)
+    runs = {name: json.loads((tmp_path / name / "run.json").read_text())["data"] for name in ("memory", "chunked")}
+    assert runs["chunked"]["modality"] == "atac" and runs["chunked"]["chunked"]["n_chunks"] == 7
+    assert runs["chunked"]["lsi"]["depth_check"] == runs["memory"]["lsi"]["depth_check"]
+    for entry in ("qc_removed", "fragments_qc", "gene_activity"):
+        assert runs["chunked"][entry] == runs["memory"][entry], entry
+    assert runs["memory"]["qc_removed"]["cells_removed_min_fragments"] >= 30
+    activity = {name: ad.read_h5ad(tmp_path / name / "gene_activity.h5ad") for name in ("memory", "chunked")}
+    assert list(activity["chunked"].obs_names) == list(chunked.obs_names)
+    assert list(activity["chunked"].var_names) == list(activity["memory"].var_names)
+    assert abs(activity["chunked"].X - activity["memory"].X).max() == 0
+    assert (activity["chunked"].obs["leiden"] == chunked.obs["leiden"]).all()

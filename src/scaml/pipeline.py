@@ -196,7 +196,8 @@ def integrate(
     if use_chunks:
         modality_used = _chunked_modality(source, modality)
         with record.timer("chunked_preprocessing"):
-            cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, mito_prefix=mito_prefix,
+            cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, record,
+                                        mito_prefix=mito_prefix,
                                         min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
                                         min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
                                         max_memory=max_memory, chunk_cells=chunk_cells, client=client,
@@ -267,7 +268,7 @@ def integrate(
         _write_outputs(adata, outdir, record, batch_keys[0] if batch_keys else None, adjusted, markers,
                        marker_genes, metrics_table, cells=cells, samples=samples, umap_sample=umap_sample)
         if modality_used == "atac" and atac_settings.get("genes") is not None:
-            _write_gene_activity(adata, outdir, record, atac_settings["genes"])
+            _write_gene_activity(adata, outdir, record, atac_settings["genes"], cells)
         from .report import maybe_write_report
 
         maybe_write_report(outdir)
@@ -703,7 +704,8 @@ def _chunked_modality(source: Any, modality: str) -> str:
     return "rna"
 
 
-def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_settings: dict[str, Any], *,
+def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_settings: dict[str, Any],
+                        record: RunRecord, *,
                         mito_prefix: Sequence[str], min_genes: int, max_genes: int | None, max_pct_mito: float | None,
                         min_cells: int, n_top_genes: int, n_pcs: int, max_memory: Any, chunk_cells: int | None,
                         client: Any, random_state: int) -> Any:
@@ -711,16 +713,19 @@ def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_
     if modality == "atac":
         from .chunked import preprocess_peaks_chunked
 
-        for option, flag in (("fragments", "--fragments"), ("genes", "--genes"), ("min_fragments", "--min-fragments")):
-            if atac_settings.get(option) is not None:
-                raise ScamlError(f"{flag} is not available in the chunked ATAC path yet; run without --chunked "
-                                 f"(--no-chunked) or drop {flag}.")
-        return preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),
-                                        min_peaks=int(atac_settings["min_peaks"]),
-                                        max_counts=atac_settings["max_counts"], min_cells=min_cells,
-                                        binarize=bool(atac_settings["binarize"]), n_components=n_pcs,
-                                        depth_threshold=atac_settings["depth_threshold"], random_state=random_state,
-                                        max_memory=max_memory, chunk_cells=chunk_cells, client=client)
+        genes_table = _atac_inputs(record, atac_settings)
+        fragments = atac_settings.get("fragments")
+        cells = preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),
+                                         min_peaks=int(atac_settings["min_peaks"]),
+                                         max_counts=atac_settings["max_counts"], min_cells=min_cells,
+                                         binarize=bool(atac_settings["binarize"]), n_components=n_pcs,
+                                         depth_threshold=atac_settings["depth_threshold"], random_state=random_state,
+                                         fragments=fragments, tss=genes_table,
+                                         min_fragments=atac_settings["min_fragments"] if fragments else None,
+                                         max_memory=max_memory, chunk_cells=chunk_cells, client=client)
+        if cells.fragments_qc is not None:
+            _record_fragments(record, cells.fragments_qc)
+        return cells
     from .chunked import preprocess_chunked
 
     return preprocess_chunked(source, batch_key=batch_keys[0] if batch_keys else None, mito_prefix=mito_prefix,
@@ -835,28 +840,18 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
     atac.add_peak_coordinates(adata)
     info(f"input: {adata.n_obs} cells x {adata.n_vars} peaks on {adata.var['chrom'].nunique()} chromosomes "
          f"({source} holds counts)")
-    genes_table = None
-    if settings.get("genes") is not None:
-        genes_table = atac.read_gene_annotation(settings["genes"])
-        record.inputs["genes"] = str(settings["genes"])
+    genes_table = _atac_inputs(record, settings)
     removed: dict[str, int] = {}
     if settings.get("fragments") is not None:
-        record.inputs["fragments"] = str(settings["fragments"])
         with record.timer("fragments_qc"):
             summary = atac.fragment_qc(adata, settings["fragments"], tss=genes_table)
-        record.data["fragments_qc"] = summary
-        info(f"fragments: {summary['n_fragments_read']} fragments of {summary['cells_with_fragments']} cells; "
-             f"median FRiP {summary['median_frip']:.2f}"
-             + (f", median TSS enrichment {summary['median_tss_enrichment']:.2f}"
-                if "median_tss_enrichment" in summary else ""))
+        _record_fragments(record, summary)
         if settings.get("min_fragments") is not None:
             keep = adata.obs["n_fragments"].to_numpy() >= int(settings["min_fragments"])
             removed["cells_removed_min_fragments"] = int((~keep).sum())
             if not keep.any():
                 raise ScamlError(f"--min-fragments {settings['min_fragments']} removes every cell; lower it.")
             adata._inplace_subset_obs(keep)
-    elif settings.get("min_fragments") is not None:
-        warn("--min-fragments needs --fragments; it is ignored (--min-counts filters counts in peaks)")
     with record.timer("qc"):
         removed.update(atac.qc_filter_peaks(adata, min_counts=int(settings["min_counts"]),
                                             min_peaks=int(settings["min_peaks"]), max_counts=settings["max_counts"],
@@ -872,6 +867,30 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
     return "X_lsi"
 
 
+def _atac_inputs(record: RunRecord, settings: dict[str, Any]) -> pd.DataFrame | None:
+    """The ATAC inputs besides the peaks in run.json; the gene annotation (for TSS enrichment) when given."""
+    from .atac import read_gene_annotation
+
+    genes_table = None
+    if settings.get("genes") is not None:
+        genes_table = read_gene_annotation(settings["genes"])
+        record.inputs["genes"] = str(settings["genes"])
+    if settings.get("fragments") is not None:
+        record.inputs["fragments"] = str(settings["fragments"])
+    elif settings.get("min_fragments") is not None:
+        warn("--min-fragments needs --fragments; it is ignored (--min-counts filters counts in peaks)")
+    return genes_table
+
+
+def _record_fragments(record: RunRecord, summary: dict[str, Any]) -> None:
+    """The fragments QC summary in run.json and the log."""
+    record.data["fragments_qc"] = summary
+    info(f"fragments: {summary['n_fragments_read']} fragments of {summary['cells_with_fragments']} cells; "
+         f"median FRiP {summary['median_frip']:.2f}"
+         + (f", median TSS enrichment {summary['median_tss_enrichment']:.2f}"
+            if "median_tss_enrichment" in summary else ""))
+
+
 def _lsi_record(adata: ad.AnnData, check: Any, binarize: bool) -> dict[str, Any]:
     """run.json's ``lsi`` entry (components, binarisation, the depth check), the depth check said in the log."""
     lsi_info: dict[str, Any] = {"n_components": int(adata.obsm["X_lsi"].shape[1]), "binarize": bool(binarize)}
@@ -883,14 +902,22 @@ def _lsi_record(adata: ad.AnnData, check: Any, binarize: bool) -> dict[str, Any]
     return lsi_info
 
 
-def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: Any) -> None:
-    """Gene activity of the QC-passed cells from their peak counts, as ``gene_activity.h5ad``."""
-    from .atac import gene_activity
+def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: Any, cells: Any = None) -> None:
+    """Gene activity of the QC-passed cells from their peak counts, as ``gene_activity.h5ad``; with ``cells``
+    (the chunked path) computed and written chunk by chunk from the peak file."""
+    from .atac import gene_activity, peak_gene_map
 
     with record.timer("gene_activity"):
-        activity = gene_activity(adata, genes, layer="counts")
-        activity.obs["leiden"] = adata.obs["leiden"].to_numpy()
-        write_h5ad(activity, outdir / "gene_activity.h5ad")
+        if cells is None:
+            activity = gene_activity(adata, genes, layer="counts")
+            write_h5ad(activity, outdir / "gene_activity.h5ad")
+        else:
+            from .chunked import write_streamed_h5ad
+
+            genes_map = peak_gene_map(adata.var, genes)
+            activity = ad.AnnData(obs=adata.obs.copy(), var=genes_map.var.copy())
+            activity.uns["gene_activity"] = dict(genes_map.uns)
+            write_streamed_h5ad(activity, outdir / "gene_activity.h5ad", cells.activity_chunks(genes_map.mapping))
     record.data["gene_activity"] = {"file": "gene_activity.h5ad", "n_genes": int(activity.n_vars),
                                     **activity.uns["gene_activity"]}
     record.save(outdir)

@@ -10,12 +10,19 @@ Each module does one job and works on AnnData objects with peaks as features:
 """
 
 from .features import add_peak_coordinates, looks_like_peaks, parse_peak_names, read_peak_matrix
-from .gene_activity import gene_activity, gene_regions, read_gene_annotation
+from .gene_activity import (
+    PeakGeneMap,
+    gene_activity,
+    gene_regions,
+    peak_gene_map,
+    read_gene_annotation,
+)
 from .lsi import DEPTH_CORRELATION_MAX, DepthCheck, depth_check, lsi, run_lsi, tfidf
-from .qc import fragment_qc, qc_filter_peaks, read_fragments
+from .qc import fragment_metrics, fragment_qc, iter_fragments, qc_filter_peaks, read_fragments
 
 __all__ = [
-    "DEPTH_CORRELATION_MAX", "DepthCheck", "add_peak_coordinates", "depth_check", "fragment_qc", "gene_activity",
-    "gene_regions", "looks_like_peaks", "lsi", "parse_peak_names", "qc_filter_peaks", "read_fragments",
-    "read_gene_annotation", "read_peak_matrix", "run_lsi", "tfidf",
+    "DEPTH_CORRELATION_MAX", "DepthCheck", "PeakGeneMap", "add_peak_coordinates", "depth_check", "fragment_metrics",
+    "fragment_qc", "gene_activity", "gene_regions", "iter_fragments", "looks_like_peaks", "lsi", "parse_peak_names",
+    "peak_gene_map", "qc_filter_peaks", "read_fragments", "read_gene_annotation", "read_peak_matrix", "run_lsi",
+    "tfidf",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import anndata as ad
@@ -168,6 +169,97 @@ def _no_overlap_error(what: str, n_genes: int, qchrom: np.ndarray, gchrom: np.nd
     )
 
 
+@dataclass(frozen=True)
+class PeakGeneMap:
+    """Which peaks count towards which genes (:func:`peak_gene_map`).
+
+    Attributes
+    ----------
+    mapping
+        Peaks x genes (CSR float32, 1 where the peak overlaps the gene's region); ``counts @ mapping`` is the
+        gene activity.
+    var
+        The genes (those overlapping a peak): ``chrom``, ``start``, ``end``, ``strand``, ``n_peaks``.
+    uns
+        The parameters, as ``uns["gene_activity"]`` of :func:`gene_activity`.
+    """
+
+    mapping: sp.csr_matrix
+    var: pd.DataFrame
+    uns: dict
+
+    def annotate(self, activity: sp.spmatrix, obs: pd.DataFrame) -> ad.AnnData:
+        """The cells x genes AnnData of an activity matrix (X and ``layers["counts"]``)."""
+        out = ad.AnnData(X=activity, obs=obs.copy(), var=self.var.copy())
+        out.layers["counts"] = activity.copy()
+        out.uns["gene_activity"] = dict(self.uns)
+        return out
+
+
+def _annotation(genes_annotation: str | os.PathLike | pd.DataFrame,
+                biotypes: tuple[str, ...] | None) -> pd.DataFrame:
+    genes = genes_annotation if isinstance(genes_annotation, pd.DataFrame) else read_gene_annotation(
+        genes_annotation, biotypes=biotypes)
+    if isinstance(genes_annotation, pd.DataFrame) and biotypes is not None and "biotype" in genes:
+        genes = genes[genes["biotype"].isin(biotypes)]
+    return genes
+
+
+def _activity_var(regions: pd.DataFrame, used: np.ndarray, n_items: np.ndarray) -> pd.DataFrame:
+    var = regions.iloc[used][["chrom", "start", "end", "strand"]].copy()
+    var["n_peaks"] = n_items
+    var.index = pd.Index(regions["gene"].iloc[used].astype(str).to_numpy())
+    return var
+
+
+def _activity_uns(upstream: int, downstream: int, n_genes: int, n_used: int, biotypes: tuple[str, ...] | None,
+                  source: str) -> dict:
+    return {"upstream": int(upstream), "downstream": int(downstream), "n_genes_annotated": int(n_genes),
+            "n_genes_with_peaks": int(n_used), "biotypes": list(biotypes) if biotypes else None, "source": source}
+
+
+def peak_gene_map(
+    peaks: pd.DataFrame | pd.Index,
+    genes_annotation: str | os.PathLike | pd.DataFrame,
+    upstream: int = 2000,
+    *,
+    downstream: int = 0,
+    biotypes: tuple[str, ...] | None = None,
+    min_overlap_genes: int = 1,
+) -> PeakGeneMap:
+    """The peaks-to-genes map of :func:`gene_activity`: built once, applied to the counts of any rows (chunks).
+
+    Parameters
+    ----------
+    peaks
+        The peaks' ``chrom`` / ``start`` / ``end`` (a ``var`` table), or peak names (``chr-start-end``).
+    genes_annotation, upstream, downstream, biotypes, min_overlap_genes
+        As :func:`gene_activity`.
+
+    Returns
+    -------
+    PeakGeneMap
+    """
+    from .features import parse_peak_names
+
+    genes = _annotation(genes_annotation, biotypes)
+    regions = gene_regions(genes, upstream, downstream)
+    gchrom = _normalise_chrom(regions["chrom"].to_numpy())
+    if not isinstance(peaks, pd.DataFrame) or not {"chrom", "start", "end"} <= set(peaks.columns):
+        peaks = parse_peak_names(peaks.index if isinstance(peaks, pd.DataFrame) else peaks)
+    pchrom = _normalise_chrom(peaks["chrom"].to_numpy())
+    rows, cols = _region_overlaps(pchrom, peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64),
+                                  gchrom, regions["start"].to_numpy(np.int64), regions["end"].to_numpy(np.int64))
+    if np.unique(cols).size < min_overlap_genes:
+        raise _no_overlap_error("peak", len(genes), pchrom, gchrom)
+    mapping = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(peaks), len(genes)))
+    used = np.flatnonzero(np.asarray(mapping.sum(axis=0)).ravel() > 0)
+    mapping = sp.csr_matrix(mapping[:, used], dtype=np.float32)
+    n_items = np.asarray(mapping.sum(axis=0)).ravel().astype(np.int64)
+    return PeakGeneMap(mapping, _activity_var(regions, used, n_items),
+                       _activity_uns(upstream, downstream, len(genes), used.size, biotypes, "peaks"))
+
+
 def gene_activity(
     adata: ad.AnnData,
     genes_annotation: str | os.PathLike | pd.DataFrame,
@@ -218,46 +310,22 @@ def gene_activity(
         overlapping the region; with fragments: the fragments counted); ``obs`` is a copy of the input's;
         ``uns["gene_activity"]`` the parameters.
     """
-    from .features import parse_peak_names
-
-    genes = genes_annotation if isinstance(genes_annotation, pd.DataFrame) else read_gene_annotation(
-        genes_annotation, biotypes=biotypes)
-    if isinstance(genes_annotation, pd.DataFrame) and biotypes is not None and "biotype" in genes:
-        genes = genes[genes["biotype"].isin(biotypes)]
+    if fragments is None:
+        plan = peak_gene_map(adata.var if {"chrom", "start", "end"} <= set(adata.var.columns) else adata.var_names,
+                             genes_annotation, upstream, downstream=downstream, biotypes=biotypes,
+                             min_overlap_genes=min_overlap_genes)
+        counts = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
+        activity = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float32) @ plan.mapping, dtype=np.float32)
+        return plan.annotate(activity, adata.obs)
+    genes = _annotation(genes_annotation, biotypes)
     regions = gene_regions(genes, upstream, downstream)
     gchrom = _normalise_chrom(regions["chrom"].to_numpy())
     gstart, gend = regions["start"].to_numpy(np.int64), regions["end"].to_numpy(np.int64)
-    if fragments is None:
-        if {"chrom", "start", "end"} <= set(adata.var.columns):
-            peaks = adata.var[["chrom", "start", "end"]]
-        else:
-            peaks = parse_peak_names(adata.var_names)
-        pchrom = _normalise_chrom(peaks["chrom"].to_numpy())
-        rows, cols = _region_overlaps(pchrom, peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64),
-                                      gchrom, gstart, gend)
-        if np.unique(cols).size < min_overlap_genes:
-            raise _no_overlap_error("peak", len(genes), pchrom, gchrom)
-        mapping = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
-                                shape=(adata.n_vars, len(genes)))
-        used = np.flatnonzero(np.asarray(mapping.sum(axis=0)).ravel() > 0)
-        mapping = mapping[:, used]
-        counts = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
-        activity = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float32) @ mapping, dtype=np.float32)
-        n_items = np.asarray(mapping.sum(axis=0)).ravel().astype(np.int64)
-        source = "peaks"
-    else:
-        activity, used, n_items = _fragment_activity(adata, fragments, gchrom, gstart, gend, len(genes),
-                                                     min_overlap_genes, min_barcode_match)
-        source = "fragments"
-    var = regions.iloc[used][["chrom", "start", "end", "strand"]].copy()
-    var["n_peaks"] = n_items
-    var.index = pd.Index(regions["gene"].iloc[used].astype(str).to_numpy())
-    out = ad.AnnData(X=activity, obs=adata.obs.copy(), var=var)
-    out.layers["counts"] = activity.copy()
-    out.uns["gene_activity"] = {"upstream": int(upstream), "downstream": int(downstream),
-                                "n_genes_annotated": int(len(genes)), "n_genes_with_peaks": int(len(used)),
-                                "biotypes": list(biotypes) if biotypes else None, "source": source}
-    return out
+    activity, used, n_items = _fragment_activity(adata, fragments, gchrom, gstart, gend, len(genes),
+                                                 min_overlap_genes, min_barcode_match)
+    plan = PeakGeneMap(sp.csr_matrix((0, used.size), dtype=np.float32), _activity_var(regions, used, n_items),
+                       _activity_uns(upstream, downstream, len(genes), used.size, biotypes, "fragments"))
+    return plan.annotate(activity, adata.obs)
 
 
 def _fragment_activity(
@@ -265,27 +333,38 @@ def _fragment_activity(
     gend: np.ndarray, n_genes: int, min_overlap_genes: int, min_barcode_match: float,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Cells x genes fragment counts (each fragment once per overlapped gene region), the genes used, fragments per gene."""
-    from .qc import read_fragments
+    from .qc import iter_fragments
 
     cells = pd.Index(adata.obs_names.astype(str))
-    frags = fragments if isinstance(fragments, pd.DataFrame) else read_fragments(fragments, cells)
-    cell = cells.get_indexer(frags["barcode"].astype(str).to_numpy()) if len(frags) else np.zeros(0, dtype=np.int64)
-    keep = cell >= 0
-    matched = int(np.unique(cell[keep]).size)
+    blocks = [fragments] if isinstance(fragments, pd.DataFrame) else iter_fragments(fragments, cells)
+    activity = sp.csr_matrix((adata.n_obs, n_genes), dtype=np.float32)
+    n_items = np.zeros(n_genes, dtype=np.int64)
+    seen = np.zeros(adata.n_obs, dtype=bool)
+    chroms_seen: set[str] = set()
+    for frags in blocks:  # a file is read block by block: each block's overlaps add up
+        if not len(frags):
+            continue
+        cell = cells.get_indexer(frags["barcode"].astype(str).to_numpy())
+        keep = cell >= 0
+        frags, cell = frags[keep], cell[keep]
+        seen[cell] = True
+        fchrom = _normalise_chrom(frags["chrom"].to_numpy())
+        fstart = frags["start"].to_numpy(np.int64) + 1  # fragment files are 0-based, half-open
+        rows, cols = _region_overlaps(fchrom, fstart, frags["end"].to_numpy(np.int64), gchrom, gstart, gend)
+        activity = activity + sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (cell[rows], cols)),
+                                            shape=activity.shape)
+        n_items += np.bincount(cols, minlength=n_genes)
+        chroms_seen.update(np.unique(fchrom).tolist())
+    matched = int(seen.sum())
     if matched < max(1, min_barcode_match * adata.n_obs):
         name = "the fragments table" if isinstance(fragments, pd.DataFrame) else f"fragments file {str(fragments)!r}"
         raise ScamlError(
             f"only {matched} of {adata.n_obs} cell barcodes occur in {name} (cells e.g. {list(cells[:2])}); give "
             "the fragments file of these cells, or make the barcodes match (e.g. without a sample prefix)."
         )
-    frags, cell = frags[keep], cell[keep]
-    fchrom = _normalise_chrom(frags["chrom"].to_numpy())
-    fstart = frags["start"].to_numpy(np.int64) + 1  # fragment files are 0-based, half-open
-    rows, cols = _region_overlaps(fchrom, fstart, frags["end"].to_numpy(np.int64), gchrom, gstart, gend)
-    used, col_used = np.unique(cols, return_inverse=True)
+    used = np.flatnonzero(n_items > 0)
     if used.size < min_overlap_genes:
-        raise _no_overlap_error("fragment", n_genes, fchrom, gchrom)
-    activity = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (cell[rows], col_used)),
-                             shape=(adata.n_obs, used.size))
+        raise _no_overlap_error("fragment", n_genes, np.array(sorted(chroms_seen)), gchrom)
+    activity = sp.csr_matrix(activity[:, used], dtype=np.float32)
     activity.sum_duplicates()
-    return activity, used, np.bincount(col_used, minlength=used.size).astype(np.int64)
+    return activity, used, n_items[used]

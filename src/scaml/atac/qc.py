@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .._utils import progress
 from ..errors import ScamlError
 from ..preprocess import apply_cell_rules, keep_features_in_cells
 
@@ -72,8 +74,9 @@ def _open_text(path: Path) -> Any:
     return gzip.open(path, "rt") if magic == b"\x1f\x8b" else open(path)
 
 
-def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: int = 2_000_000) -> pd.DataFrame:
-    """Read a 10x ``fragments.tsv.gz`` (chrom, start, end, barcode, count; ``#`` header lines skipped).
+def iter_fragments(path: str | os.PathLike, barcodes: Any = None, *,
+                   chunksize: int = 1_000_000) -> Iterator[pd.DataFrame]:
+    """The fragments of a 10x ``fragments.tsv.gz`` in blocks of ``chunksize`` lines (memory bounded by the block).
 
     Parameters
     ----------
@@ -82,10 +85,10 @@ def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: 
     barcodes
         Keep only fragments of these cells (None keeps all).
     chunksize
-        Lines read at a time (bounds memory).
+        Lines read at a time.
 
-    Returns
-    -------
+    Yields
+    ------
     pandas.DataFrame
         Columns ``chrom``, ``start``, ``end`` (int64, as in the file: 0-based start), ``barcode``.
     """
@@ -93,7 +96,6 @@ def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: 
     if not path.exists():
         raise ScamlError(f"fragments file {str(path)!r} does not exist; check the path given with --fragments.")
     wanted = None if barcodes is None else pd.Index(np.asarray(barcodes).astype(str))
-    parts = []
     try:
         with _open_text(path) as handle:
             reader = pd.read_csv(handle, sep="\t", header=None, comment="#", usecols=[0, 1, 2, 3],
@@ -101,17 +103,110 @@ def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: 
                                  dtype={"chrom": str, "start": np.int64, "end": np.int64, "barcode": str},
                                  chunksize=chunksize)
             for chunk in reader:
-                if wanted is not None:
-                    chunk = chunk[chunk["barcode"].isin(wanted)]
-                parts.append(chunk)
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+                yield chunk if wanted is None else chunk[chunk["barcode"].isin(wanted)]
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
         raise ScamlError(
             f"cannot read fragments file {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
             "expected tab-separated chrom, start, end, barcode, count lines (10x fragments.tsv.gz)."
         ) from exc
+
+
+def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: int = 1_000_000) -> pd.DataFrame:
+    """Read a 10x ``fragments.tsv.gz`` (chrom, start, end, barcode, count; ``#`` header lines skipped) whole.
+
+    Parameters
+    ----------
+    path, barcodes, chunksize
+        As :func:`iter_fragments`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``chrom``, ``start``, ``end`` (int64, as in the file: 0-based start), ``barcode``.
+    """
+    parts = list(iter_fragments(path, barcodes, chunksize=chunksize))
     if not parts:
         return pd.DataFrame({"chrom": [], "start": [], "end": [], "barcode": []})
     return pd.concat(parts, ignore_index=True)
+
+
+def fragment_metrics(
+    barcodes: Any,
+    peaks: pd.DataFrame,
+    fragments: str | os.PathLike,
+    *,
+    tss: pd.DataFrame | None = None,
+    min_barcode_match: float = 0.1,
+    chunksize: int = 1_000_000,
+    show_progress: bool = True,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Per-cell fragment QC, read block by block: the file is never in memory whole.
+
+    Parameters
+    ----------
+    barcodes
+        The cells (their barcodes, in order).
+    peaks
+        The peaks' ``chrom`` / ``start`` / ``end`` (1-based), for the fraction of fragments in peaks.
+    fragments
+        Path of the fragments file (not modified).
+    tss
+        Transcription start sites (``chrom``, ``tss``), or None to skip TSS enrichment.
+    min_barcode_match
+        Refuse the file when fewer than this fraction of the cells have a fragment in it.
+    chunksize
+        Fragment lines read at a time (bounds memory).
+    show_progress
+        Show the fragments counted so far.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        One row per cell (indexed by barcode): ``n_fragments``, ``frip`` and, with ``tss``,
+        ``tss_enrichment``; and the summary of :func:`fragment_qc`.
+    """
+    cell_index = pd.Index(np.asarray(barcodes).astype(str))
+    n_cells = cell_index.size
+    n_frag = np.zeros(n_cells, dtype=np.int64)
+    n_in = np.zeros(n_cells)
+    centre, flanks = np.zeros(n_cells), np.zeros(n_cells)
+    bar = progress() if show_progress else None
+    if bar is not None:
+        bar.start()
+        task = bar.add_task("fragments QC", total=None, status="")
+    for frags in iter_fragments(fragments, cell_index, chunksize=chunksize):
+        if bar is not None:
+            bar.update(task, status=f"{int(n_frag.sum()) + len(frags):,} fragments of these cells")
+        if not len(frags):
+            continue
+        cell = cell_index.get_indexer(frags["barcode"].to_numpy())
+        n_frag += np.bincount(cell, minlength=n_cells)
+        n_in += np.bincount(cell, weights=_overlaps_any(frags, peaks).astype(np.float64), minlength=n_cells)
+        if tss is not None:
+            c, f = tss_insertions(frags, cell, n_cells, tss)
+            centre += c
+            flanks += f
+    if bar is not None:
+        bar.stop()
+    matched = int((n_frag > 0).sum())
+    if matched < max(1, min_barcode_match * n_cells):
+        raise ScamlError(
+            f"only {matched} of {n_cells} cell barcodes occur in fragments file {str(fragments)!r} "
+            f"(cells e.g. {list(cell_index[:2])}); give the fragments file of these cells, or make the "
+            "barcodes match (e.g. without a sample prefix)."
+        )
+    metrics = pd.DataFrame({"n_fragments": n_frag,
+                            "frip": np.divide(n_in, n_frag, out=np.zeros(n_cells), where=n_frag > 0)},
+                           index=cell_index)
+    summary: dict[str, Any] = {"n_fragments_read": int(n_frag.sum()), "cells_with_fragments": matched,
+                               "median_frip": float(np.median(metrics["frip"]))}
+    if tss is not None:
+        metrics["tss_enrichment"] = enrichment(centre, flanks)
+        measured = metrics["tss_enrichment"].to_numpy(dtype=np.float64)
+        measured = measured[~np.isnan(measured)]
+        # NaN (no warning) when no cell has insertions around a TSS
+        summary["median_tss_enrichment"] = float(np.median(measured)) if measured.size else float("nan")
+    return metrics, summary
 
 
 def fragment_qc(
@@ -128,6 +223,7 @@ def fragment_qc(
     ``tss`` and optionally ``strand``, e.g. from :func:`scaml.atac.gene_activity.read_gene_annotation`),
     ``obs["tss_enrichment"]`` (Signac/ArchR style): the cell's insertions (fragment ends) in the central
     100 bp of the TSS windows of +-2 kb, over the mean insertions of their outer 100 bp flanks.
+    The file is read block by block (:func:`fragment_metrics`).
 
     Parameters
     ----------
@@ -145,36 +241,22 @@ def fragment_qc(
     dict
         ``n_fragments_read``, ``cells_with_fragments`` and ``median_frip`` (and ``median_tss_enrichment``).
     """
-    frags = read_fragments(fragments, adata.obs_names)
-    matched = int(frags["barcode"].nunique()) if len(frags) else 0
-    if matched < max(1, min_barcode_match * adata.n_obs):
-        raise ScamlError(
-            f"only {matched} of {adata.n_obs} cell barcodes occur in fragments file {str(fragments)!r} "
-            f"(cells e.g. {list(adata.obs_names[:2])}); give the fragments file of these cells, or make the "
-            "barcodes match (e.g. without a sample prefix)."
-        )
-    cell_index = pd.Index(adata.obs_names.astype(str))
-    cell = cell_index.get_indexer(frags["barcode"].to_numpy())
-    n_frag = np.bincount(cell, minlength=adata.n_obs)
-    in_peak = _overlaps_any(frags, adata.var)
-    n_in = np.bincount(cell, weights=in_peak.astype(np.float64), minlength=adata.n_obs)
-    adata.obs["n_fragments"] = n_frag.astype(np.int64)
-    adata.obs["frip"] = np.divide(n_in, n_frag, out=np.zeros(adata.n_obs), where=n_frag > 0)
-    summary: dict[str, Any] = {"n_fragments_read": int(len(frags)), "cells_with_fragments": matched,
-                               "median_frip": float(np.median(adata.obs["frip"]))}
-    if tss is not None:
-        adata.obs["tss_enrichment"] = tss_enrichment(frags, cell, adata.n_obs, tss)
-        measured = adata.obs["tss_enrichment"].to_numpy(dtype=np.float64)
-        measured = measured[~np.isnan(measured)]
-        # NaN (no warning) when no cell has insertions around a TSS
-        summary["median_tss_enrichment"] = float(np.median(measured)) if measured.size else float("nan")
+    _check_coordinates(adata.var)
+    metrics, summary = fragment_metrics(adata.obs_names, adata.var, fragments, tss=tss,
+                                        min_barcode_match=min_barcode_match)
+    for column in metrics.columns:
+        adata.obs[column] = metrics[column].to_numpy()
     return summary
+
+
+def _check_coordinates(peaks: pd.DataFrame) -> None:
+    if not {"chrom", "start", "end"} <= set(peaks.columns):
+        raise ScamlError("the peaks have no var['chrom'/'start'/'end']; call scaml.atac.add_peak_coordinates first.")
 
 
 def _overlaps_any(frags: pd.DataFrame, peaks: pd.DataFrame) -> np.ndarray:
     """Whether each fragment overlaps at least one peak (per chromosome, sorted peaks, binary search)."""
-    if not {"chrom", "start", "end"} <= set(peaks.columns):
-        raise ScamlError("the peaks have no var['chrom'/'start'/'end']; call scaml.atac.add_peak_coordinates first.")
+    _check_coordinates(peaks)
     out = np.zeros(len(frags), dtype=bool)
     fchrom = frags["chrom"].to_numpy().astype(str)
     pchrom = peaks["chrom"].astype(str).to_numpy()
@@ -194,11 +276,10 @@ def _overlaps_any(frags: pd.DataFrame, peaks: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def tss_enrichment(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.DataFrame,
-                   flank: int = TSS_FLANK, background: int = TSS_BACKGROUND) -> np.ndarray:
-    """Per-cell TSS enrichment: insertions (both fragment ends) in the central 100 bp of the TSS windows,
-    divided by the mean insertions per 100 bp of the two outer background flanks. NaN for cells without
-    background insertions."""
+def tss_insertions(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.DataFrame,
+                   flank: int = TSS_FLANK, background: int = TSS_BACKGROUND) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell insertions (both fragment ends) in the central ``background`` bp of the TSS windows and in
+    their two outer ``background`` bp flanks (sums over fragments: they add up over blocks of a file)."""
     centre = np.zeros(n_cells)
     flanks = np.zeros(n_cells)
     ends = np.concatenate([frags["start"].to_numpy() + 1, frags["end"].to_numpy()])
@@ -223,7 +304,12 @@ def tss_enrichment(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.
         in_flank = (dist > flank - background) & (dist <= flank)
         centre += np.bincount(cells[k][in_centre], minlength=n_cells)
         flanks += np.bincount(cells[k][in_flank], minlength=n_cells)
-    # two flanks of `background` bp each around every TSS: mean per 100 bp = flanks / 2
+    return centre, flanks
+
+
+def enrichment(centre: np.ndarray, flanks: np.ndarray) -> np.ndarray:
+    """TSS enrichment from :func:`tss_insertions`: the centre over the mean insertions of the two flanks
+    (each as wide as the centre); NaN for cells without background insertions."""
     bg = flanks / 2.0
-    return np.divide(centre, bg, out=np.full(n_cells, np.nan), where=bg > 0)
+    return np.divide(centre, bg, out=np.full(centre.shape, np.nan), where=bg > 0)
 

@@ -16,8 +16,16 @@ from __future__ import annotations
 
 from .engine import Engine, connect, describe_client
 from .peaks import ChunkedPeaks, preprocess_peaks_chunked
-from .preprocess import ChunkedCells, ChunkPlan, plan_chunks, preprocess_chunked, write_chunked_h5ad
+from .preprocess import (
+    ChunkedCells,
+    ChunkPlan,
+    plan_chunks,
+    preprocess_chunked,
+    write_chunked_h5ad,
+    write_streamed_h5ad,
+)
 from .source import CellSource, open_cells
 
 __all__ = ["CellSource", "ChunkPlan", "ChunkedCells", "ChunkedPeaks", "Engine", "connect", "describe_client",
-           "open_cells", "plan_chunks", "preprocess_chunked", "preprocess_peaks_chunked", "write_chunked_h5ad"]
+           "open_cells", "plan_chunks", "preprocess_chunked", "preprocess_peaks_chunked", "write_chunked_h5ad",
+           "write_streamed_h5ad"]

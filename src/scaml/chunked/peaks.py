@@ -20,6 +20,7 @@ loadings are in memory, never the peak matrix.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,10 +40,11 @@ from ..atac.lsi import (
     store_lsi,
     tfidf,
 )
+from ..atac.qc import fragment_metrics
 from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
-from .engine import Engine
+from .engine import Engine, peak_rss_mib
 from .passes import count_problem, detected_per_column, detected_per_row, kept_block, read_block
 from .preprocess import (
     MIN_CHUNK_CELLS,
@@ -68,11 +70,16 @@ class PeakQCRules:
     max_counts: int | None = None
 
 
+#: Memory of one block of fragment lines (1e6 lines: the table, about 140 MiB, and its temporaries).
+FRAGMENT_BLOCK_BYTES = 400 * 2**20
+
+
 def plan_peak_chunks(source: CellSource, n_basis: int, *, max_memory: Any = None,
-                     chunk_cells: int | None = None) -> ChunkPlan:
+                     chunk_cells: int | None = None, fragments: bool = False) -> ChunkPlan:
     """Rows per chunk for a memory budget: about 40 bytes per stored value (CSR counts, TF-IDF and their
     float64 temporaries) and ``12 * n_basis`` per cell in a chunk; fixed: the per-cell range basis and
-    a few per-peak ``n_basis`` blocks.
+    a few per-peak ``n_basis`` blocks (with ``fragments``: also a block of fragment lines and the per-cell
+    fragment sums).
 
     Raises
     ------
@@ -83,19 +90,25 @@ def plan_peak_chunks(source: CellSource, n_basis: int, *, max_memory: Any = None
     nnz_per_cell = source.nnz / max(source.n_cells, 1)
     per_cell = int(40 * nnz_per_cell + 12 * n_basis + 64)
     fixed = int(3 * 8 * n_basis * source.n_cells + 4 * 8 * n_basis * source.n_genes + 32 * source.n_cells)
+    if fragments:
+        fixed += FRAGMENT_BLOCK_BYTES + 48 * source.n_cells
     what = f"the LSI of {source.n_cells} cells x {source.n_genes} peaks in chunks of {MIN_CHUNK_CELLS} cells"
     return budget_plan(source.n_cells, budget, per_cell, fixed, chunk_cells, what)
 
 
 # ----------------------------------------------------------------------------- one chunk's work
 
-def qc_chunk(rows: tuple[int, int], source: CellSource, rules: PeakQCRules) -> dict:
-    """Per-cell counts in peaks, accessible peaks and pass/fail; per-peak number of kept cells."""
+def qc_chunk(item: tuple, source: CellSource, rules: PeakQCRules) -> dict:
+    """Per-cell counts in peaks, accessible peaks and pass/fail; per-peak number of kept cells.
+
+    ``item``: the chunk's rows and the cells still in (False: removed by ``--min-fragments`` before these rules).
+    """
+    rows, allowed = item
     X = read_block(rows, source)
     problem = count_problem(X)
     total = np.asarray(X.sum(axis=1, dtype=np.float64)).ravel()
     n_peaks = detected_per_row(X)
-    keep = np.ones(X.shape[0], dtype=bool)
+    keep = allowed.copy()
     removed = {}
     checks = [("min_counts", total >= rules.min_counts), ("min_peaks", n_peaks >= rules.min_peaks)]
     if rules.max_counts is not None:
@@ -142,6 +155,13 @@ def transpose_times_chunk(item: tuple, source: CellSource, peaks: np.ndarray, bi
     X = tfidf(_kept(item, source, peaks), binarize=binarize, idf=idf, copy=False)
     P = item[2]
     return np.asarray(X.T @ P, dtype=np.float64)
+
+
+def activity_chunk(item: tuple, source: CellSource, peaks: np.ndarray, mapping: sp.csr_matrix
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """The chunk's gene activity (counts in the kept peaks @ the peaks-to-genes map), as (X, counts)."""
+    activity = sp.csr_matrix(sp.csr_matrix(_kept(item, source, peaks), dtype=np.float32) @ mapping, dtype=np.float32)
+    return activity, activity
 
 
 def matrices_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool,
@@ -243,6 +263,8 @@ class ChunkedPeaks:
         The input file, the kept cells (mask) and peaks (indices), the chunking, the engine, the QC counts.
     idf, binarize, depth
         What the TF-IDF of a chunk needs; the depth check.
+    fragments_qc
+        The summary of :func:`scaml.atac.fragment_metrics` when a fragments file was given, else None.
     """
 
     adata: ad.AnnData
@@ -255,6 +277,7 @@ class ChunkedPeaks:
     idf: np.ndarray = field(default_factory=lambda: np.zeros(0))
     binarize: bool = False
     depth: DepthCheck | None = None
+    fragments_qc: dict[str, Any] | None = None
 
     def ranges(self) -> list[tuple[int, int]]:
         return row_ranges(self.source.n_cells, self.plan.chunk_cells)
@@ -272,6 +295,12 @@ class ChunkedPeaks:
         yield from self.engine.map("write integrated.h5ad", matrices_chunk, self.items(), self.source,
                                    self.genes, self.binarize, self.idf)
 
+    def activity_chunks(self, mapping: sp.csr_matrix):
+        """(activity, activity) of every chunk's kept cells, in order: counts in the kept peaks @ ``mapping``
+        (kept peaks x genes, e.g. :func:`scaml.atac.peak_gene_map` of ``adata.var``)."""
+        yield from self.engine.map("write gene_activity.h5ad", activity_chunk, self.items(), self.source,
+                                   self.genes, mapping)
+
 
 def preprocess_peaks_chunked(
     path: str | os.PathLike | CellSource,
@@ -285,6 +314,9 @@ def preprocess_peaks_chunked(
     n_components: int = 30,
     depth_threshold: float | None = DEPTH_CORRELATION_MAX,
     random_state: int = 0,
+    fragments: str | os.PathLike | None = None,
+    tss: pd.DataFrame | None = None,
+    min_fragments: int | None = None,
     max_memory: Any = None,
     chunk_cells: int | None = None,
     client: Any = None,
@@ -307,6 +339,12 @@ def preprocess_peaks_chunked(
         |r| with depth above which the most depth-correlated component is dropped (None: keep all).
     random_state
         Seed of the randomized SVD.
+    fragments, tss
+        A 10x fragments file of these cells: ``obs`` gets ``n_fragments``, ``frip`` (over all the file's
+        peaks) and, with ``tss`` (e.g. :func:`scaml.atac.read_gene_annotation`), ``tss_enrichment``, as
+        :func:`scaml.atac.fragment_qc` in memory. The file is read in blocks, before the QC pass.
+    min_fragments
+        With ``fragments``: remove cells with fewer fragments, before the other cell rules (as in memory).
     max_memory, chunk_cells, client, show_progress
         As :func:`scaml.chunked.preprocess_chunked`.
 
@@ -325,21 +363,41 @@ def preprocess_peaks_chunked(
     add_peak_coordinates(peaks_meta)  # refuses names that are not peaks, before any pass
     var = peaks_meta.var
     n_fit = lsi_components_fitted(n_components, depth_threshold, min(source.n_cells, source.n_genes))
-    plan = plan_peak_chunks(source, n_fit + N_OVERSAMPLES, max_memory=max_memory, chunk_cells=chunk_cells)
+    plan = plan_peak_chunks(source, n_fit + N_OVERSAMPLES, max_memory=max_memory, chunk_cells=chunk_cells,
+                            fragments=fragments is not None)
     engine = Engine(client, show=show_progress)
     engine.say_where()
     info(f"chunked ATAC preprocessing of {source.n_cells} cells x {source.n_genes} peaks: {plan.n_chunks} chunks of "
          f"{plan.chunk_cells} cells (budget {plan.budget_bytes / 2**30:.2f} GiB)")
     ranges = row_ranges(source.n_cells, plan.chunk_cells)
 
+    # 0. fragments QC of every cell (the file read in blocks); --min-fragments comes before the other rules
+    removed: dict[str, int] = {}
+    allowed = np.ones(source.n_cells, dtype=bool)
+    fragments_summary = None
+    if fragments is not None:
+        started = time.perf_counter()
+        metrics, fragments_summary = fragment_metrics(obs.index, var, fragments, tss=tss, show_progress=engine.show)
+        engine.records.append({"pass": "fragments QC (the fragments file read in this process)",
+                               "seconds": round(time.perf_counter() - started, 3),
+                               "peak_rss_mib": round(peak_rss_mib(), 1)})
+        obs = obs.copy()
+        for column in metrics.columns:
+            obs[column] = metrics[column].to_numpy()
+        if min_fragments is not None:
+            allowed = metrics["n_fragments"].to_numpy() >= int(min_fragments)
+            removed["cells_removed_min_fragments"] = int((~allowed).sum())
+            if not allowed.any():
+                raise ScamlError(f"--min-fragments {min_fragments} removes every cell; lower it.")
+
     # 1. QC
     rules = PeakQCRules(min_counts=min_counts, min_peaks=min_peaks, max_counts=max_counts)
     totals, n_peaks, keeps = [], [], []
     peak_cells = np.zeros(source.n_genes, dtype=np.int64)
-    removed = {f"cells_removed_{name}": 0 for name in ("min_counts", "min_peaks")}
+    removed.update({f"cells_removed_{name}": 0 for name in ("min_counts", "min_peaks")})
     if max_counts is not None:
         removed["cells_removed_max_counts"] = 0
-    for part in engine.map("ATAC QC", qc_chunk, ranges, source, rules):
+    for part in engine.map("ATAC QC", qc_chunk, [((a, b), allowed[a:b]) for a, b in ranges], source, rules):
         if part["problem"] is not None:
             (a, b), problem = part["problem"]
             raise ScamlError(f"the ATAC path needs peak counts but {source.key} of {source.path!r} is not a count "
@@ -391,4 +449,5 @@ def preprocess_peaks_chunked(
     check = store_lsi(adata, embedding, loadings, singular, depth, n_components=n_components, binarize=binarize,
                       depth_threshold=depth_threshold, random_state=random_state)
     adata.uns["lsi"]["chunked_products"] = op.n_products
-    return ChunkedPeaks(adata, source, keep, peaks, plan, engine, removed, idf, bool(binarize), check)
+    return ChunkedPeaks(adata, source, keep, peaks, plan, engine, removed, idf, bool(binarize), check,
+                        fragments_summary)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -404,6 +404,13 @@ def write_chunked_h5ad(cells: Any, adata: ad.AnnData, path: str | os.PathLike) -
 
     The matrices are appended chunk by chunk (CSR, float32); memory stays within the chunk budget.
     """
+    return write_streamed_h5ad(adata, path, cells.output_chunks())
+
+
+def write_streamed_h5ad(adata: ad.AnnData, path: str | os.PathLike, chunks: Iterable[tuple]) -> Path:
+    """Write ``adata``'s tables with X and ``layers["counts"]`` appended from ``chunks`` ((X, counts) CSR row
+    blocks of its cells, in order), atomically: only one block is in memory at a time.
+    """
     import h5py
     from anndata.io import sparse_dataset, write_elem
 
@@ -421,15 +428,15 @@ def write_chunked_h5ad(cells: Any, adata: ad.AnnData, path: str | os.PathLike) -
                 del f["X"]
             layers = f.require_group("layers")
             started = False
-            for lognorm, counts in cells.output_chunks():
-                if lognorm.shape[0] == 0:
+            for values, counts in chunks:
+                if values.shape[0] == 0:
                     continue
                 if not started:
-                    write_elem(f, "X", lognorm, dataset_kwargs=kwargs)
+                    write_elem(f, "X", values, dataset_kwargs=kwargs)
                     write_elem(layers, "counts", counts, dataset_kwargs=kwargs)
                     started = True
                 else:
-                    sparse_dataset(f["X"]).append(lognorm)
+                    sparse_dataset(f["X"]).append(values)
                     sparse_dataset(layers["counts"]).append(counts)
 
     return write_atomic(path, _write)
