@@ -25,13 +25,18 @@ every 50,000-cell chunk takes the first chunk's peak names). The in-memory path 
 :func:`scaml.atac.qc_filter_peaks` (min 50 counts / 20 peaks per cell, peaks in >= 3 cells) +
 :func:`scaml.atac.run_lsi` (log-TF-IDF, 30 LSI components after the depth check); the chunked path
 is :func:`scaml.chunked.preprocess_peaks_chunked` with the same rules. Agreement: per-component r
-of the two LSI embeddings (``HVG flags`` then count the kept peaks).
+of the two LSI embeddings (``HVG flags`` then count the kept peaks). ``--fragments`` also writes a
+fragments file that agrees with the peak counts (:func:`scaml.datasets.write_fragments`: one fragment per
+count, a quarter more between peaks) and genes at every 5th peak, and both paths run the fragments QC
+(``n_fragments``, FRiP, TSS enrichment; the in-memory path with :func:`scaml.atac.fragment_qc`, as
+``scaml integrate`` does); the agreement then includes FRiP and TSS enrichment.
 
 Usage::
 
     python benchmarks/bench_chunked.py --cells 200000 --genes 5000
     python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB --integrate
     python benchmarks/bench_chunked.py --modality atac --cells 200000 --genes 50000 --library 3000
+    python benchmarks/bench_chunked.py --modality atac --cells 100000 --genes 20000 --library 600 --fragments
     python benchmarks/bench_chunked.py --cells 200000 --skip-memory --max-memory 2GB --dask local --workers 1 2
 """
 
@@ -58,16 +63,18 @@ import numpy as np  # noqa: E402
 SIM_CHUNK = 50_000
 
 
-def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, modality: str = "rna") -> int:
-    """Write the simulated counts (genes, or peaks with ``modality="atac"``) to ``path`` chunk by chunk;
-    return the number of stored values."""
+def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, modality: str = "rna",
+                     fragments: Path | None = None) -> int:
+    """Write the simulated counts (genes, or peaks with ``modality="atac"``) to ``path`` chunk by chunk
+    (and, with ``fragments``, the peaks' fragments file and gene BED beside it); return the number of
+    stored values."""
     import anndata as ad
     import h5py
     import pandas as pd
     import scipy.sparse as sp
     from anndata.io import sparse_dataset, write_elem
 
-    from scaml.datasets import simulate, simulate_atac
+    from scaml.datasets import simulate, simulate_atac, write_fragments
 
     obs = []
     first = None
@@ -87,6 +94,9 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
         obs.append(pd.DataFrame({"batch": part.obs["batch"].astype(str).to_numpy(),
                                  "cell_type": part.obs["cell_type"].astype(str).to_numpy()},
                                 index=[f"c{i}_{n}" for n in names]))
+        if fragments is not None:
+            part.obs_names = obs[-1].index
+            write_fragments(part, fragments, random_state=100 + i, append=i > 0)
         if first is None:
             first = part
             with h5py.File(tmp, "w") as f:
@@ -95,6 +105,8 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
             with h5py.File(tmp, "a") as f:
                 sparse_dataset(f["X"]).append(X)
         print(f"  simulated {a + m:,} / {n_cells:,} cells", flush=True)
+    if fragments is not None:
+        write_gene_bed(first.var, fragments.with_name("genes.bed"))
     frame = pd.concat(obs)
     frame["batch"] = frame["batch"].astype("category")
     frame["cell_type"] = frame["cell_type"].astype("category")
@@ -108,6 +120,26 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
     return nnz
 
 
+def write_gene_bed(var, path: Path) -> None:
+    """Genes at every 5th peak: the TSS in the peak's middle, 3 kb long, alternating strands (BED)."""
+    lines = []
+    for j in range(0, len(var), 5):
+        middle = int(var["start"].iloc[j]) + 250
+        start, end, strand = (middle - 1, middle + 3000, "+") if j % 2 == 0 else (middle - 3001, middle, "-")
+        lines.append(f"{var['chrom'].iloc[j]}\t{start}\t{end}\tG{j}\t0\t{strand}\n")
+    path.write_text("".join(lines))
+
+
+def fragment_inputs(path: str) -> tuple[Path | None, object]:
+    """The fragments file and the gene table beside ``path``, when the run was asked for them."""
+    frag = Path(path).with_name("fragments.tsv.gz")
+    if not frag.exists():
+        return None, None
+    from scaml.atac import read_gene_annotation
+
+    return frag, read_gene_annotation(frag.with_name("genes.bed"))
+
+
 ATAC_QC = {"min_counts": 50, "min_peaks": 20, "min_cells": 3}
 
 
@@ -115,8 +147,9 @@ def save_result(out: str, adata, modality: str) -> None:
     """The embedding, the feature flags (HVGs; for peaks every kept peak) and the cells, for the agreement."""
     atac = modality == "atac"
     flags = np.ones(adata.n_vars, dtype=bool) if atac else adata.var["highly_variable"].to_numpy()
+    extra = {c: adata.obs[c].to_numpy(np.float64) for c in ("frip", "tss_enrichment") if c in adata.obs}
     np.savez(out, pca=adata.obsm["X_lsi" if atac else "X_pca"], hvg=flags,
-             cells=adata.obs_names.to_numpy().astype(str))
+             cells=adata.obs_names.to_numpy().astype(str), **extra)
 
 
 def run_memory(path: str, out: str, modality: str = "rna") -> dict:
@@ -127,8 +160,12 @@ def run_memory(path: str, out: str, modality: str = "rna") -> dict:
     start = time.perf_counter()
     adata = ad.read_h5ad(path)
     if modality == "atac":
-        from scaml.atac import qc_filter_peaks, run_lsi
+        from scaml.atac import add_peak_coordinates, fragment_qc, qc_filter_peaks, run_lsi
 
+        frag, genes = fragment_inputs(path)
+        if frag is not None:
+            add_peak_coordinates(adata)
+            fragment_qc(adata, frag, tss=genes)
         qc_filter_peaks(adata, **ATAC_QC)
         run_lsi(adata, 30)
     else:
@@ -148,8 +185,9 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, m
     client = (connect(dask, n_workers=workers) if str(dask).lower() == "local" else connect(dask)) if dask else None
     start = time.perf_counter()
     if modality == "atac":
+        frag, genes = fragment_inputs(path)
         cells = preprocess_peaks_chunked(path, **ATAC_QC, n_components=30, max_memory=max_memory, client=client,
-                                         show_progress=False)
+                                         fragments=frag, tss=genes, show_progress=False)
     else:
         cells = preprocess_chunked(path, batch_key="batch", n_top_genes=2000, n_pcs=30, max_memory=max_memory,
                                    client=client, show_progress=False)
@@ -238,6 +276,8 @@ def main() -> None:
     p.add_argument("--integrate-only", action="store_true", help="only the whole integrate --chunked run")
     p.add_argument("--metrics", action="store_true",
                    help="integrate with the metrics (on the UMAP sample above 200,000 cells) instead of --no-metrics")
+    p.add_argument("--fragments", action="store_true",
+                   help="atac: also a fragments file and genes; both paths run the fragments QC")
     p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -250,10 +290,13 @@ def main() -> None:
     try:
         path = folder / "cells.h5ad"
         start = time.perf_counter()
-        nnz = write_simulation(path, args.cells, args.genes, args.library, args.modality)
+        frag = folder / "fragments.tsv.gz" if args.fragments and args.modality == "atac" else None
+        nnz = write_simulation(path, args.cells, args.genes, args.library, args.modality, frag)
         print(f"{args.cells:,} cells x {args.genes:,} {'peaks' if args.modality == 'atac' else 'genes'}, "
               f"{nnz:,} stored counts "
               f"({path.stat().st_size / 2**30:.2f} GiB on disk), written in {time.perf_counter() - start:.0f} s")
+        if frag is not None:
+            print(f"fragments file: {frag.stat().st_size / 2**30:.2f} GiB (gzip)")
         runs = {}
         if not args.skip_memory:
             runs["memory"] = launch("memory", path, folder / "memory.npz", args)
@@ -299,6 +342,10 @@ def main() -> None:
             r = [np.corrcoef(m["pca"][:, i], c["pca"][:, i])[0, 1] for i in range(m["pca"].shape[1])]
             print(f"\nagreement: same cells {same_cells}; HVG flags equal for {hvg_same} / {m['hvg'].size} genes; "
                   f"per-PC r median {np.median(r):.6f}, min {np.min(r):.6f}")
+            for column in ("frip", "tss_enrichment"):
+                if column in m.files and column in c.files:
+                    print(f"{column}: max |memory - chunked| {np.nanmax(np.abs(m[column] - c[column])):.2e}, "
+                          f"median {np.nanmedian(c[column]):.3f}")
             mem, chk = runs["memory"], runs["chunked"]
             print(f"ratios (memory / chunked): time {mem['seconds'] / chk['seconds']:.2f}x, "
                   f"peak RSS {mem['peak_rss_mib'] / chk['peak_rss_mib']:.2f}x")

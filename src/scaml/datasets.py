@@ -313,6 +313,7 @@ def write_fragments(
     cells_without: int = 0,
     random_state: int = 0,
     chunk_cells: int = 5000,
+    append: bool = False,
 ) -> Path:
     """Write a 10x-style ``fragments.tsv.gz`` that agrees with a simulated peak matrix (e.g. :func:`simulate_atac`).
 
@@ -335,6 +336,8 @@ def write_fragments(
         Seed.
     chunk_cells
         Cells written at a time (bounds memory).
+    append
+        Add to an existing file (a further gzip member) instead of overwriting it.
 
     Returns
     -------
@@ -351,7 +354,7 @@ def write_fragments(
     names = adata.obs_names.astype(str).to_numpy()
     n_with = adata.n_obs - int(cells_without)
     path = Path(path)
-    with gzip.open(path, "wt", compresslevel=1) as handle:
+    with gzip.open(path, "at" if append else "wt", compresslevel=1) as handle:
         handle.write("# simulated fragments (chrom, start, end, barcode, count)\n")
         for a in range(0, n_with, chunk_cells):
             block = X[a:min(a + chunk_cells, n_with)]

@@ -122,8 +122,9 @@ def integrate(
         ATAC settings (see :data:`ATAC_DEFAULTS`): ``min_counts``, ``min_peaks``, ``max_counts``
         per cell, ``min_fragments`` (with ``fragments``), ``binarize``, ``depth_threshold``,
         ``fragments`` (a ``fragments.tsv.gz``: n_fragments, FRiP) and ``genes`` (a GTF/GFF/BED
-        annotation: TSS enrichment with fragments, and ``gene_activity.h5ad`` in ``out``).
-        ``min_cells`` above is the minimum number of cells per peak.
+        annotation: TSS enrichment with fragments, and ``gene_activity.h5ad`` in ``out``), ``embedding``
+        (``"lsi"``, Signac's TF-IDF + SVD, or ``"spectral"``, SnapATAC2's Laplacian eigenmaps:
+        :func:`scaml.atac.spectral`, in memory only). ``min_cells`` above is the minimum number of cells per peak.
     chunked
         Preprocess the file in chunks of cells (:mod:`scaml.chunked`: QC, normalisation, HVG and PCA, or
         for peaks QC, TF-IDF and LSI, never hold the count matrix; markers on a per-cluster sample; ``integrated.h5ad`` written chunk
@@ -713,6 +714,9 @@ def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_
     if modality == "atac":
         from .chunked import preprocess_peaks_chunked
 
+        if atac_settings["embedding"] != "lsi":
+            raise ScamlError(f"--atac-embedding {atac_settings['embedding']} is not available in the chunked ATAC path "
+                             "(it runs LSI); use --atac-embedding lsi, or --no-chunked for data that fits in memory.")
         genes_table = _atac_inputs(record, atac_settings)
         fragments = atac_settings.get("fragments")
         cells = preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),
@@ -774,7 +778,7 @@ def _chunked_samples(adata: ad.AnnData, record: RunRecord, cells: Any, random_st
 #: ATAC settings of :func:`integrate` (``atac_params``) and their defaults.
 ATAC_DEFAULTS: dict[str, Any] = {
     "min_counts": 50, "min_peaks": 20, "max_counts": None, "min_fragments": None, "binarize": False,
-    "depth_threshold": 0.75, "fragments": None, "genes": None,
+    "depth_threshold": 0.75, "fragments": None, "genes": None, "embedding": "lsi",
 }
 
 
@@ -784,6 +788,9 @@ def _atac_settings(atac_params: dict[str, Any] | None) -> dict[str, Any]:
     if unknown:
         raise ScamlError(f"unknown ATAC settings {unknown}; use {sorted(settings)}.")
     settings.update(atac_params or {})
+    if settings["embedding"] not in ("lsi", "spectral"):
+        raise ScamlError(f"unknown ATAC embedding {settings['embedding']!r}; use lsi (Signac's TF-IDF + SVD) or "
+                         "spectral (SnapATAC2's Laplacian eigenmaps) with --atac-embedding.")
     return settings
 
 
@@ -858,12 +865,22 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
                                             min_cells=min_cells))
     record.data["qc_removed"] = removed
     info(f"ATAC QC kept {adata.n_obs} cells and {adata.n_vars} peaks ({removed})")
+    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
+    record.data["skipped_steps"] = ["hvg", "pca"]
+    if settings["embedding"] == "spectral":
+        with record.timer("spectral"):
+            adata.layers["counts"] = adata.X.copy()
+            adata.X = atac.tfidf(adata.layers["counts"], binarize=bool(settings["binarize"]))  # for marker peaks
+            atac.run_spectral(adata, n_components, layer="counts", random_state=random_state)
+        record.data["spectral"] = dict(adata.uns["spectral"])
+        info(f"spectral embedding (SnapATAC2's cosine Laplacian eigenmaps): {adata.obsm['X_spectral'].shape[1]} "
+             f"components after the first (the degree); eigenvalues {adata.uns['spectral']['eigenvalues'][0]:.3f} "
+             f"... {adata.uns['spectral']['eigenvalues'][-1]:.3f}")
+        return "X_spectral"
     with record.timer("tfidf_lsi"):
         check = atac.run_lsi(adata, n_components, binarize=bool(settings["binarize"]),
                              depth_threshold=settings["depth_threshold"], random_state=random_state)
     record.data["lsi"] = _lsi_record(adata, check, bool(settings["binarize"]))
-    record.data["after_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
-    record.data["skipped_steps"] = ["hvg", "pca"]
     return "X_lsi"
 
 

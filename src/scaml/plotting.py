@@ -166,7 +166,8 @@ def plot_marker_dotplot(adata: ad.AnnData, path: str | os.PathLike, *, groupby: 
     dendrogram_key = f"dendrogram_{groupby}"
     if dendrogram_key not in adata.uns:
         # the corrected embedding (RNA or ATAC); without one scanpy would run a PCA of X (slow on peaks)
-        rep = next((k for k in ("X_pca_harmony", "X_lsi_harmony", "X_pca", "X_lsi") if k in adata.obsm), None)
+        preferred = ("X_pca_harmony", "X_lsi_harmony", "X_spectral_harmony", "X_pca", "X_lsi", "X_spectral")
+        rep = next((k for k in preferred if k in adata.obsm), None)
         sc.tl.dendrogram(adata, groupby=groupby, use_rep=rep)
     title = {"colorbar_title": "Mean accessibility\nin group (scaled)"} if features == "peaks" else {}
     dot = sc.pl.rank_genes_groups_dotplot(adata, groupby=groupby, n_genes=n_genes, key=key,
