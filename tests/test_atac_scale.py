@@ -1,5 +1,5 @@
 """`scaml integrate --modality atac` at a real size: >= 20,000 simulated cells, through the command line,
-in memory and chunked (``--chunked``, the peak matrix read in 4,000-cell chunks).
+in memory (LSI, and the spectral embedding) and chunked (``--chunked``, the peak matrix read in 4,000-cell chunks).
 
 Small peak panel and depth so that each run stays within about a minute on 2 cores; the assertions check that
 the run finished, wrote its outputs, dropped the depth component and mixed the batches on data whose truth is
@@ -59,3 +59,14 @@ def test_integrate_atac_at_20k_cells(tmp_path):
         A, B = np.asarray(result.obsm[key]), np.asarray(chunked.obsm[key])
         assert min(np.corrcoef(A[:, i], B[:, i])[0, 1] for i in range(A.shape[1])) > 0.999, key
     assert adjusted_rand_score(result.obs["leiden"], chunked.obs["leiden"]) > 0.9
+
+    # SnapATAC2's spectral embedding instead of LSI, at the same size
+    spectral_out = tmp_path / "spectral"
+    code = main(["integrate", str(path), "--modality", "atac", "--batch-key", "batch", "--out", str(spectral_out),
+                 "--n-pcs", "20", "--min-counts", "50", "--resolutions", "0.5", "--atac-embedding", "spectral",
+                 "--no-metrics", "--quiet"])
+    assert code == 0
+    spectral = ad.read_h5ad(spectral_out / "integrated.h5ad", backed="r")
+    assert list(spectral.obs_names) == list(result.obs_names)
+    assert {"X_spectral", "X_spectral_harmony"} <= set(spectral.obsm.keys())
+    assert adjusted_rand_score(spectral.obs["cell_type"], spectral.obs["leiden"]) > 0.5
