@@ -333,7 +333,7 @@ def _fragment_activity(
     gend: np.ndarray, n_genes: int, min_overlap_genes: int, min_barcode_match: float,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Cells x genes fragment counts (each fragment once per overlapped gene region), the genes used, fragments per gene."""
-    from .qc import iter_fragments
+    from .qc import barcode_positions, iter_fragments
 
     cells = pd.Index(adata.obs_names.astype(str))
     blocks = [fragments] if isinstance(fragments, pd.DataFrame) else iter_fragments(fragments, cells)
@@ -344,7 +344,7 @@ def _fragment_activity(
     for frags in blocks:  # a file is read block by block: each block's overlaps add up
         if not len(frags):
             continue
-        cell = cells.get_indexer(frags["barcode"].astype(str).to_numpy())
+        cell = barcode_positions(frags["barcode"], cells)
         keep = cell >= 0
         frags, cell = frags[keep], cell[keep]
         seen[cell] = True

@@ -90,7 +90,8 @@ def iter_fragments(path: str | os.PathLike, barcodes: Any = None, *,
     Yields
     ------
     pandas.DataFrame
-        Columns ``chrom``, ``start``, ``end`` (int64, as in the file: 0-based start), ``barcode``.
+        Columns ``chrom``, ``start``, ``end`` (int64, as in the file: 0-based start), ``barcode``
+        (``chrom`` and ``barcode`` categorical: parsed faster and smaller than strings).
     """
     path = Path(path)
     if not path.exists():
@@ -100,7 +101,8 @@ def iter_fragments(path: str | os.PathLike, barcodes: Any = None, *,
         with _open_text(path) as handle:
             reader = pd.read_csv(handle, sep="\t", header=None, comment="#", usecols=[0, 1, 2, 3],
                                  names=["chrom", "start", "end", "barcode"],
-                                 dtype={"chrom": str, "start": np.int64, "end": np.int64, "barcode": str},
+                                 dtype={"chrom": "category", "start": np.int64, "end": np.int64,
+                                        "barcode": "category"},
                                  chunksize=chunksize)
             for chunk in reader:
                 yield chunk if wanted is None else chunk[chunk["barcode"].isin(wanted)]
@@ -127,7 +129,17 @@ def read_fragments(path: str | os.PathLike, barcodes: Any = None, *, chunksize: 
     parts = list(iter_fragments(path, barcodes, chunksize=chunksize))
     if not parts:
         return pd.DataFrame({"chrom": [], "start": [], "end": [], "barcode": []})
-    return pd.concat(parts, ignore_index=True)
+    table = pd.concat(parts, ignore_index=True)
+    return table.astype({"chrom": str, "barcode": str})
+
+
+def barcode_positions(barcodes: pd.Series, cells: pd.Index) -> np.ndarray:
+    """The position of each fragment's barcode among ``cells`` (-1: not a cell); categorical barcodes are
+    looked up once per category."""
+    if isinstance(barcodes.dtype, pd.CategoricalDtype):
+        lookup = cells.get_indexer(barcodes.cat.categories.astype(str))
+        return np.append(lookup, -1)[barcodes.cat.codes.to_numpy()]  # code -1 (missing) -> -1
+    return cells.get_indexer(barcodes.astype(str).to_numpy())
 
 
 def fragment_metrics(
@@ -179,7 +191,7 @@ def fragment_metrics(
             bar.update(task, status=f"{int(n_frag.sum()) + len(frags):,} fragments of these cells")
         if not len(frags):
             continue
-        cell = cell_index.get_indexer(frags["barcode"].to_numpy())
+        cell = barcode_positions(frags["barcode"], cell_index)
         n_frag += np.bincount(cell, minlength=n_cells)
         n_in += np.bincount(cell, weights=_overlaps_any(frags, peaks).astype(np.float64), minlength=n_cells)
         if tss is not None:
@@ -254,23 +266,30 @@ def _check_coordinates(peaks: pd.DataFrame) -> None:
         raise ScamlError("the peaks have no var['chrom'/'start'/'end']; call scaml.atac.add_peak_coordinates first.")
 
 
+def _by_chromosome(chrom: pd.Series) -> dict[str, np.ndarray]:
+    """The row positions of each chromosome name (one factorisation and one stable sort, not a scan per name)."""
+    codes, names = pd.factorize(chrom, sort=False)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {str(name): order[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}
+
+
 def _overlaps_any(frags: pd.DataFrame, peaks: pd.DataFrame) -> np.ndarray:
     """Whether each fragment overlaps at least one peak (per chromosome, sorted peaks, binary search)."""
     _check_coordinates(peaks)
     out = np.zeros(len(frags), dtype=bool)
-    fchrom = frags["chrom"].to_numpy().astype(str)
-    pchrom = peaks["chrom"].astype(str).to_numpy()
-    for chrom in np.unique(pchrom):
-        f = np.flatnonzero(fchrom == chrom)
-        if not f.size:
+    rows = _by_chromosome(frags["chrom"])
+    starts, ends = frags["start"].to_numpy(), frags["end"].to_numpy()
+    pstart, pend = peaks["start"].to_numpy(), peaks["end"].to_numpy()
+    for chrom, p in _by_chromosome(peaks["chrom"].astype(str)).items():
+        f = rows.get(chrom)
+        if f is None or not f.size:
             continue
-        p = pchrom == chrom
-        order = np.argsort(peaks["start"].to_numpy()[p])
-        ps = peaks["start"].to_numpy()[p][order]
-        pe = np.maximum.accumulate(peaks["end"].to_numpy()[p][order])  # running max end of sorted peaks
-        fs = frags["start"].to_numpy()[f] + 1  # fragment files are 0-based; peaks named 1-based
-        fe = frags["end"].to_numpy()[f]
-        j = np.searchsorted(ps, fe, side="right") - 1  # last peak starting at or before the fragment's end
+        order = np.argsort(pstart[p])
+        ps = pstart[p][order]
+        pe = np.maximum.accumulate(pend[p][order])  # running max end of sorted peaks
+        fs = starts[f] + 1  # fragment files are 0-based; peaks named 1-based
+        j = np.searchsorted(ps, ends[f], side="right") - 1  # last peak starting at or before the fragment's end
         ok = j >= 0
         out[f[ok]] = pe[j[ok]] >= fs[ok]
     return out
@@ -282,18 +301,18 @@ def tss_insertions(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.
     their two outer ``background`` bp flanks (sums over fragments: they add up over blocks of a file)."""
     centre = np.zeros(n_cells)
     flanks = np.zeros(n_cells)
-    ends = np.concatenate([frags["start"].to_numpy() + 1, frags["end"].to_numpy()])
-    chroms = np.concatenate([frags["chrom"].to_numpy(), frags["chrom"].to_numpy()]).astype(str)
-    cells = np.concatenate([cell, cell])
+    rows = _by_chromosome(frags["chrom"])
+    left, right = frags["start"].to_numpy() + 1, frags["end"].to_numpy()
     sites = tss["chrom"].astype(str).to_numpy()
     positions = tss["tss"].to_numpy(dtype=np.int64)
     half = background // 2
     for chrom in np.unique(sites):
-        s = np.sort(positions[sites == chrom])
-        k = np.flatnonzero(chroms == chrom)
-        if not k.size or not s.size:
+        k = rows.get(chrom)
+        if k is None or not k.size:
             continue
-        x = ends[k]
+        s = np.sort(positions[sites == chrom])
+        x = np.concatenate([left[k], right[k]])  # both ends of each fragment are insertions
+        owner = np.concatenate([cell[k], cell[k]])
         j = np.searchsorted(s, x)
         dist = np.full(x.size, np.iinfo(np.int64).max)
         for jj in (j - 1, j):
@@ -302,8 +321,8 @@ def tss_insertions(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.
             dist[ok] = np.minimum(dist[ok], d)
         in_centre = dist <= half
         in_flank = (dist > flank - background) & (dist <= flank)
-        centre += np.bincount(cells[k][in_centre], minlength=n_cells)
-        flanks += np.bincount(cells[k][in_flank], minlength=n_cells)
+        centre += np.bincount(owner[in_centre], minlength=n_cells)
+        flanks += np.bincount(owner[in_flank], minlength=n_cells)
     return centre, flanks
 
 
