@@ -158,7 +158,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     at = m.add_argument_group(
         "scATAC-seq query onto an RNA reference (--modality atac)",
         "The ATAC cells' gene activity (peak counts, or fragments with --fragments, over each gene body + 2 kb "
-        "upstream) is summed over each cell's --smooth-neighbors nearest ATAC cells (LSI), scaled within the "
+        "upstream) is summed over each cell's --smooth-neighbors nearest ATAC cells (in the spectral embedding of "
+        "their peaks, or LSI with --smooth-embedding lsi), scaled within the "
         "query and mapped onto the RNA reference (Symphony: projected on the loadings of the shared genes; VAEs: "
         "surgery); labels are transferred as for RNA, and (Symphony) obs mapping_confidence flags cells that point "
         "at no single reference type. Writes DIR/gene_activity.h5ad too.",
@@ -171,6 +172,11 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                     help="fragments.tsv.gz of the query cells: gene activity counts fragments instead of peaks")
     at.add_argument("--smooth-neighbors", type=int, default=None, metavar="K",
                     help="ATAC neighbours whose activity is added to each cell's (default 20; 0 = none)")
+    at.add_argument("--smooth-embedding", choices=["spectral", "lsi"], default=None,
+                    help="embedding of the ATAC neighbours: SnapATAC2's spectral (default) or Signac's LSI")
+    at.add_argument("--no-neighbour-vote", action="store_true",
+                    help="call each ATAC cell on its own (default: its label probabilities averaged over its "
+                         "--smooth-neighbors ATAC neighbours)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     m.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     m.set_defaults(func=run_map)
@@ -234,7 +240,10 @@ def run_map(args: argparse.Namespace) -> int:
         unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
         train_params=_given(args, _MAP_OPTIONS), umap=not args.no_umap,
         modality=args.modality, genes=args.genes, fragments=args.fragments,
-        atac_options={"smooth_neighbors": args.smooth_neighbors} if args.smooth_neighbors is not None else None,
+        atac_options={key: value for key, value in (("smooth_neighbors", args.smooth_neighbors),
+                                                    ("graph_embedding", args.smooth_embedding),
+                                                    ("neighbour_vote", False if args.no_neighbour_vote else None))
+                      if value is not None} or None,
         majority_voting=args.majority_voting or args.majority_voting_resolution is not None,
         **({"majority_voting_resolution": args.majority_voting_resolution}
            if args.majority_voting_resolution is not None else {}),

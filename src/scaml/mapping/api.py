@@ -250,7 +250,8 @@ def map_query(
         gene activity over the annotation ``genes`` (GTF / GFF3 / BED of the peaks' genome; from the
         ``fragments`` file when given), smoothed over each cell's ATAC neighbours
         (:mod:`scaml.mapping.atac_query`; ``atac_options``: ``upstream``, ``smooth_neighbors``,
-        ``n_lsi``); also writes ``gene_activity.h5ad``. None / ``"rna"``: the query is mapped as it is.
+        ``graph_embedding``, ``graph_components``, ``neighbour_vote``); also writes ``gene_activity.h5ad``. None / ``"rna"``:
+        the query is mapped as it is.
 
     Returns
     -------
@@ -299,7 +300,8 @@ def map_query(
         **({"majority_voting_resolution": float(majority_voting_resolution)} if majority_voting else {}),
         "options": prepared.options,
         **({"modality": "atac", "atac": {k: v for k, v in atac.summary.items() if k in
-                                         ("annotation", "fragments", "upstream", "smooth_neighbors", "n_lsi")}}
+                                         ("annotation", "fragments", "upstream", "smooth_neighbors", "graph_embedding",
+                                          "graph_components", "neighbour_vote")}}
            if atac is not None else {}),
     }
     record.inputs = {"query": input_path} if input_path else {}
@@ -308,8 +310,9 @@ def map_query(
     result = (method.map(reference, prepared, settings, outdir, record) if atac is None
               else map_atac_query(atac, method, reference, prepared, settings, outdir, record))
     mapped = _mapped_adata(query, result)
+    vote_neighbors = atac.neighbors if atac is not None and atac.vote else None
     predicted_key, metrics = _transfer_and_score(mapped, reference, ref_latent, ref_obs, result, label_key,
-                                                 transfer, outdir, record)
+                                                 transfer, outdir, record, vote_neighbors)
     mapped.uns["scaml_mapping"] = {
         "method": method.name, "reference": reference.path.name, "latent_key": LATENT_KEY,
         "reference_batch_key": reference.batch_key, "query_batch_key": settings.batch_key or "",
@@ -394,8 +397,9 @@ def _transfer_settings(reference: ReferenceDir, ref_obs: pd.DataFrame, n_neighbo
 
 def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent: np.ndarray, ref_obs: pd.DataFrame,
                         result: MappedQuery, label_key: str | None, transfer: dict[str, Any], outdir: Path,
-                        record: RunRecord) -> tuple[str | None, dict[str, Any]]:
-    """Transfer the reference labels to ``mapped`` (weighted kNN) and score them; the predicted key and metrics."""
+                        record: RunRecord, vote_neighbors: np.ndarray | None = None) -> tuple[str | None, dict[str, Any]]:
+    """Transfer the reference labels to ``mapped`` (weighted kNN; with ``vote_neighbors``, the probabilities
+    averaged over each query cell's own neighbours) and score them; the predicted key and metrics."""
     from .transfer import AUTO_K_RULE, transfer_labels
 
     if reference.label_key is None or "label" not in ref_obs.columns:
@@ -407,7 +411,8 @@ def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent:
         calls = transfer_labels(ref_latent, ref_obs["label"].to_numpy(dtype=object), result.latent,
                                 n_neighbors=transfer["n_neighbors"], threshold=threshold,
                                 majority_voting=transfer["majority_voting"], resolution=transfer["resolution"],
-                                query_index=mapped.obs_names, random_state=transfer["random_state"])
+                                query_index=mapped.obs_names, random_state=transfer["random_state"],
+                                vote_neighbors=vote_neighbors)
     k = int(calls.attrs["n_neighbors"])
     mapped.obs[predicted_key] = pd.Categorical(calls["label"].astype(str))
     mapped.obs[f"{predicted_key}_uncertainty"] = calls["uncertainty"].to_numpy()
@@ -417,13 +422,16 @@ def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent:
         "n_labelled_reference_cells": int(calls.attrs["n_labelled"]),
         "smallest_reference_label": int(calls.attrs["smallest_class"]),
         "majority_voting": transfer["majority_voting"],
+        "neighbour_vote": None if vote_neighbors is None else int(vote_neighbors.shape[1]),
     }
     if summary["n_neighbors_requested"] == "auto":
         summary["rule"] = AUTO_K_RULE
     n_unknown = int((calls["label"] == "Unknown").sum())
     how = (f"auto: {calls.attrs['n_labelled']} labelled reference cells, smallest label "
            f"{calls.attrs['smallest_class']}" if summary["n_neighbors_requested"] == "auto" else "as given")
-    info(f"label transfer (weighted kNN, k={k}, {how}): {n_unknown} of {len(calls)} query cells "
+    vote = ("" if vote_neighbors is None else
+            f", probabilities averaged over each cell's {vote_neighbors.shape[1]} nearest query cells")
+    info(f"label transfer (weighted kNN, k={k}, {how}{vote}): {n_unknown} of {len(calls)} query cells "
          f"called 'Unknown' (uncertainty > {threshold})")
     record.data["n_unknown"] = n_unknown
     if "majority_voting" in calls.columns:

@@ -268,6 +268,36 @@ def majority_vote(calls: Any, clusters: Any, probability: Any = None) -> np.ndar
     return clusters.map(winner).to_numpy(dtype=object)
 
 
+def neighbour_vote(probabilities: pd.DataFrame | np.ndarray, neighbors: np.ndarray) -> np.ndarray:
+    """Per-label probabilities averaged over each query cell and its query neighbours.
+
+    Parameters
+    ----------
+    probabilities
+        Query cells x labels (e.g. ``transfer_labels(..., return_probabilities=True)[1]``).
+    neighbors
+        Query cells x k indices of each cell's neighbours among the query cells (e.g. an ATAC query's
+        neighbours in its own peak embedding, :attr:`scaml.mapping.atac_query.AtacQuery.neighbors`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Cells x labels; the call is the arg-max, its uncertainty 1 - the max.
+
+    Raises
+    ------
+    ScamlError
+        ``neighbors`` does not hold one row of valid query indices per cell.
+    """
+    P = np.asarray(probabilities, dtype=np.float64)
+    neighbors = np.asarray(neighbors)
+    if neighbors.ndim != 2 or neighbors.shape[0] != P.shape[0] or (
+            neighbors.size and (neighbors.min() < 0 or neighbors.max() >= P.shape[0])):
+        raise ScamlError(f"the vote's neighbours must be one row of query-cell indices per query cell ({P.shape[0]} "
+                         f"rows); got an array of shape {neighbors.shape}.")
+    return (P + P[neighbors].sum(axis=1)) / (neighbors.shape[1] + 1)
+
+
 def transfer_labels(
     ref_embedding: Any,
     ref_labels: Any,
@@ -283,6 +313,7 @@ def transfer_labels(
     clusters: Any = None,
     resolution: float = MAJORITY_VOTING_RESOLUTION,
     random_state: int = 0,
+    vote_neighbors: np.ndarray | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Transfer labels from reference cells to query cells by weighted kNN.
 
@@ -324,6 +355,10 @@ def transfer_labels(
         Leiden resolution of the query clusters when majority voting computes them.
     random_state
         Seed of the approximate neighbour search (exact search is deterministic) and of Leiden.
+    vote_neighbors
+        Query cells x k indices of each cell's neighbours among the query cells: each cell's per-label
+        probabilities are averaged with theirs before the call (:func:`neighbour_vote`; ``scaml map
+        --modality atac`` passes the ATAC cells' own neighbours). None: each cell on its own.
 
     Returns
     -------
@@ -387,6 +422,8 @@ def transfer_labels(
         flat = rows * classes.size + neighbour_codes.ravel()
         proba = np.bincount(flat, weights=weights.ravel(), minlength=query.shape[0] * classes.size)
         proba = proba.reshape(query.shape[0], classes.size)
+        if vote_neighbors is not None:
+            proba = neighbour_vote(proba, vote_neighbors)
     best = proba.argmax(axis=1) if proba.shape[0] else np.zeros(0, dtype=int)
     best_prob = proba[np.arange(proba.shape[0]), best] if proba.shape[0] else np.zeros(0)
     uncertainty = np.clip(1.0 - best_prob, 0.0, 1.0)
