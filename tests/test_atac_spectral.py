@@ -100,4 +100,4 @@ def test_integrate_atac_spectral(tmp_path, peaks, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--atac-embedding spectral is not available in the chunked" in err[-1]
-    assert not (tmp_path / "c" / "integrated.h5ad").exists()
+    assert not (tmp_path / "c").exists()  # refused before anything is written

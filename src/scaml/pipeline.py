@@ -180,6 +180,10 @@ def integrate(
     source = _chunked_source(chunked, input_path, modality=modality, use_rep=use_rep, input_kind=input_kind,
                               max_memory=max_memory, n_top_genes=n_top_genes)
     use_chunks = source is not None
+    modality_used = _chunked_modality(source, modality) if use_chunks else None
+    if modality_used == "atac" and atac_settings["embedding"] != "lsi":  # before anything is written
+        raise ScamlError(f"--atac-embedding {atac_settings['embedding']} is not available in the chunked ATAC path "
+                         "(it runs LSI); use --atac-embedding lsi, or --no-chunked for data that fits in memory.")
     owned_client = None
     if dask is not None and client is None:
         if not use_chunks:
@@ -195,7 +199,6 @@ def integrate(
 
     cells = None
     if use_chunks:
-        modality_used = _chunked_modality(source, modality)
         with record.timer("chunked_preprocessing"):
             cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, record,
                                         mito_prefix=mito_prefix,
@@ -714,9 +717,6 @@ def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_
     if modality == "atac":
         from .chunked import preprocess_peaks_chunked
 
-        if atac_settings["embedding"] != "lsi":
-            raise ScamlError(f"--atac-embedding {atac_settings['embedding']} is not available in the chunked ATAC path "
-                             "(it runs LSI); use --atac-embedding lsi, or --no-chunked for data that fits in memory.")
         genes_table = _atac_inputs(record, atac_settings)
         fragments = atac_settings.get("fragments")
         cells = preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),

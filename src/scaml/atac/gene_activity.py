@@ -232,7 +232,8 @@ def peak_gene_map(
     Parameters
     ----------
     peaks
-        The peaks' ``chrom`` / ``start`` / ``end`` (a ``var`` table), or peak names (``chr-start-end``).
+        The peaks' ``chrom`` / ``start`` / ``end`` (a ``var`` table; without those columns its index), or peak
+        names (``chr-start-end``).
     genes_annotation, upstream, downstream, biotypes, min_overlap_genes
         As :func:`gene_activity`.
 
@@ -311,8 +312,7 @@ def gene_activity(
         ``uns["gene_activity"]`` the parameters.
     """
     if fragments is None:
-        plan = peak_gene_map(adata.var if {"chrom", "start", "end"} <= set(adata.var.columns) else adata.var_names,
-                             genes_annotation, upstream, downstream=downstream, biotypes=biotypes,
+        plan = peak_gene_map(adata.var, genes_annotation, upstream, downstream=downstream, biotypes=biotypes,
                              min_overlap_genes=min_overlap_genes)
         counts = adata.layers[layer] if layer is not None and layer in adata.layers else adata.X
         activity = sp.csr_matrix(sp.csr_matrix(counts, dtype=np.float32) @ plan.mapping, dtype=np.float32)
