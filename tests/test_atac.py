@@ -131,6 +131,24 @@ def test_tss_enrichment_is_high_at_tss(tmp_path):
     assert adata.obs.loc["CCC-1", "tss_enrichment"] == 0
 
 
+def test_fragment_qc_matches_ensembl_and_ucsc_chromosome_names(tmp_path):
+    """Fragments on chr1 / chr2, peaks and TSS named 1 / 2 (Ensembl): the same FRiP and TSS enrichment."""
+    rows = [("chr1", 10_000 + d, 10_000 + d + 40, "AAA-1", 1) for d in range(-30, 30, 3)]
+    rows += [("chr1", 10_000 - 1960, 10_000 - 1920, "AAA-1", 1), ("chr1", 1100, 1200, "CCC-1", 1)]
+    path = tmp_path / "fragments.tsv.gz"
+    _write_fragments(path, rows)
+    results = []
+    for prefix in ("chr", ""):
+        adata = ad.AnnData(X=sp.csr_matrix(np.ones((2, 2), dtype=np.float32)),
+                           obs=pd.DataFrame(index=["AAA-1", "CCC-1"]),
+                           var=pd.DataFrame(index=[f"{prefix}1-1001-1500", f"{prefix}2-101-600"]))
+        atac.add_peak_coordinates(adata)
+        atac.fragment_qc(adata, path, tss=pd.DataFrame({"chrom": [f"{prefix}1"], "tss": [10_000]}))
+        results.append(adata.obs[["frip", "tss_enrichment"]])
+    pd.testing.assert_frame_equal(results[0], results[1])
+    assert results[1].loc["CCC-1", "frip"] == 1.0 and results[1].loc["AAA-1", "tss_enrichment"] > 5
+
+
 def test_fragments_with_other_barcodes_are_refused(tmp_path):
     adata = _peaks_adata()
     path = tmp_path / "fragments.tsv.gz"

@@ -58,6 +58,16 @@ def parse_peak_names(names: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({"chrom": chrom, "start": start, "end": end}, index=pd.Index(names))
 
 
+def normalise_chromosomes(names: Sequence[str] | np.ndarray | pd.Series) -> np.ndarray:
+    """Chromosome names in one style, so that Ensembl and UCSC names meet: ``1`` -> ``chr1``, ``MT`` / ``M`` ->
+    ``chrM``; names starting with ``chr`` are kept. Each distinct name is converted once (object array out)."""
+    codes, uniques = pd.factorize(pd.Series(names).astype(str) if not isinstance(names, pd.Series) else names)
+    mapped = []
+    for name in map(str, uniques):
+        mapped.append(name if name.startswith("chr") else "chrM" if name in ("MT", "M") else f"chr{name}")
+    return np.append(np.asarray(mapped, dtype=object), None)[codes]
+
+
 def looks_like_peaks(names: Sequence[str], fraction: float = DETECT_FRACTION) -> bool:
     """Whether at least ``fraction`` of (up to 2,000 sampled) feature names parse as peaks."""
     names = [str(n) for n in names]

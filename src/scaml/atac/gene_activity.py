@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from .._utils import warn
 from ..errors import ScamlError
+from .features import normalise_chromosomes
 
 _GTF_NAME = re.compile(r'gene_name "([^"]+)"')
 _GTF_ID = re.compile(r'gene_id "([^"]+)"')
@@ -120,14 +121,6 @@ def gene_regions(genes: pd.DataFrame, upstream: int = 2000, downstream: int = 0)
     start = genes["start"].to_numpy() - np.where(minus, downstream, upstream)
     end = genes["end"].to_numpy() + np.where(minus, upstream, downstream)
     return genes.assign(start=np.maximum(start, 1), end=end)
-
-
-def _normalise_chrom(names: np.ndarray) -> np.ndarray:
-    """``1`` -> ``chr1``, ``MT`` -> ``chrM``, so Ensembl and UCSC names meet."""
-    out = np.array([str(n) for n in names], dtype=object)
-    bare = np.array([not n.startswith("chr") for n in out])
-    out[bare] = ["chrM" if n in ("MT", "M") else f"chr{n}" for n in out[bare]]
-    return out
 
 
 def _region_overlaps(
@@ -245,10 +238,10 @@ def peak_gene_map(
 
     genes = _annotation(genes_annotation, biotypes)
     regions = gene_regions(genes, upstream, downstream)
-    gchrom = _normalise_chrom(regions["chrom"].to_numpy())
+    gchrom = normalise_chromosomes(regions["chrom"].to_numpy())
     if not isinstance(peaks, pd.DataFrame) or not {"chrom", "start", "end"} <= set(peaks.columns):
         peaks = parse_peak_names(peaks.index if isinstance(peaks, pd.DataFrame) else peaks)
-    pchrom = _normalise_chrom(peaks["chrom"].to_numpy())
+    pchrom = normalise_chromosomes(peaks["chrom"].to_numpy())
     rows, cols = _region_overlaps(pchrom, peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64),
                                   gchrom, regions["start"].to_numpy(np.int64), regions["end"].to_numpy(np.int64))
     if np.unique(cols).size < min_overlap_genes:
@@ -319,7 +312,7 @@ def gene_activity(
         return plan.annotate(activity, adata.obs)
     genes = _annotation(genes_annotation, biotypes)
     regions = gene_regions(genes, upstream, downstream)
-    gchrom = _normalise_chrom(regions["chrom"].to_numpy())
+    gchrom = normalise_chromosomes(regions["chrom"].to_numpy())
     gstart, gend = regions["start"].to_numpy(np.int64), regions["end"].to_numpy(np.int64)
     activity, used, n_items = _fragment_activity(adata, fragments, gchrom, gstart, gend, len(genes),
                                                  min_overlap_genes, min_barcode_match)
@@ -348,7 +341,7 @@ def _fragment_activity(
         keep = cell >= 0
         frags, cell = frags[keep], cell[keep]
         seen[cell] = True
-        fchrom = _normalise_chrom(frags["chrom"].to_numpy())
+        fchrom = normalise_chromosomes(frags["chrom"].to_numpy())
         fstart = frags["start"].to_numpy(np.int64) + 1  # fragment files are 0-based, half-open
         rows, cols = _region_overlaps(fchrom, fstart, frags["end"].to_numpy(np.int64), gchrom, gstart, gend)
         activity = activity + sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (cell[rows], cols)),

@@ -15,6 +15,7 @@ import pandas as pd
 from .._utils import progress
 from ..errors import ScamlError
 from ..preprocess import apply_cell_rules, keep_features_in_cells
+from .features import normalise_chromosomes
 
 #: TSS enrichment: flanks of +-2 kb around each TSS, the outer 100 bp at each end are the background.
 TSS_FLANK = 2000
@@ -267,11 +268,16 @@ def _check_coordinates(peaks: pd.DataFrame) -> None:
 
 
 def _by_chromosome(chrom: pd.Series) -> dict[str, np.ndarray]:
-    """The row positions of each chromosome name (one factorisation and one stable sort, not a scan per name)."""
+    """The row positions of each chromosome (one factorisation and one stable sort, not a scan per name), keyed
+    by the name in one style (``1`` and ``chr1`` meet: :func:`~scaml.atac.features.normalise_chromosomes`)."""
     codes, names = pd.factorize(chrom, sort=False)
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    return {str(name): order[bounds[i]:bounds[i + 1]] for i, name in enumerate(names)}
+    groups: dict[str, np.ndarray] = {}
+    for i, name in enumerate(normalise_chromosomes(np.asarray(names, dtype=object))):
+        rows = order[bounds[i]:bounds[i + 1]]
+        groups[name] = np.concatenate([groups[name], rows]) if name in groups else rows
+    return groups
 
 
 def _overlaps_any(frags: pd.DataFrame, peaks: pd.DataFrame) -> np.ndarray:
@@ -303,14 +309,13 @@ def tss_insertions(frags: pd.DataFrame, cell: np.ndarray, n_cells: int, tss: pd.
     flanks = np.zeros(n_cells)
     rows = _by_chromosome(frags["chrom"])
     left, right = frags["start"].to_numpy() + 1, frags["end"].to_numpy()
-    sites = tss["chrom"].astype(str).to_numpy()
     positions = tss["tss"].to_numpy(dtype=np.int64)
     half = background // 2
-    for chrom in np.unique(sites):
+    for chrom, site_rows in _by_chromosome(tss["chrom"]).items():
         k = rows.get(chrom)
         if k is None or not k.size:
             continue
-        s = np.sort(positions[sites == chrom])
+        s = np.sort(positions[site_rows])
         x = np.concatenate([left[k], right[k]])  # both ends of each fragment are insertions
         owner = np.concatenate([cell[k], cell[k]])
         j = np.searchsorted(s, x)
