@@ -13,12 +13,14 @@
    after the first) and its Harmony are always scored (``X_spectral``, ``X_spectral_harmony``).
 2. **Time and memory per 10k cells**: ``scaml.pipeline.integrate`` (ATAC path, no metrics, no outputs) on
    simulated peaks (``simulate_atac``: 3 batches, 6 types) of 10,000 cells each size given, in a fresh
-   subprocess per size: wall time and CPU time of each step (from the run record) and the peak RSS.
+   subprocess per size and embedding (``--embeddings lsi spectral``): wall time and CPU time of each step
+   (from the run record) and the peak RSS.
 
 Usage::
 
     python benchmarks/bench_atac.py                                   # Granja + 10k / 20k cells x 5000 peaks
     python benchmarks/bench_atac.py --snap-python SNAPVENV/bin/python --sizes 10000
+    python benchmarks/bench_atac.py --skip-granja --sizes 50000 --embeddings lsi spectral
 """
 
 from __future__ import annotations
@@ -60,16 +62,16 @@ TIMING_SCRIPT = r"""
 import json, resource, sys, tempfile, time
 from scaml.datasets import simulate_atac
 from scaml.pipeline import integrate
-n_cells, n_peaks = int(sys.argv[1]), int(sys.argv[2])
+n_cells, n_peaks, embedding = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 adata = simulate_atac(n_cells=n_cells, n_peaks=n_peaks, n_batches=3, n_cell_types=6, mean_depth=1000, random_state=0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with tempfile.TemporaryDirectory() as tmp:
     t, c = time.perf_counter(), time.process_time()
-    integrate(adata, "batch", tmp + "/out", evaluate=False, random_state=0)
+    integrate(adata, "batch", tmp + "/out", evaluate=False, random_state=0, atac_params={"embedding": embedding})
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     timings = json.load(open(tmp + "/out/summary.json"))["timings_seconds"]
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"n_cells": n_cells, "n_peaks": n_peaks, "wall_s": wall, "cpu_s": cpu,
+print(json.dumps({"embedding": embedding, "n_cells": n_cells, "n_peaks": n_peaks, "wall_s": wall, "cpu_s": cpu,
                   "peak_rss_mib": peak / 1024, "rss_before_mib": before / 1024, "steps": timings}))
 """
 
@@ -123,17 +125,17 @@ def granja(snap_python: str | None) -> pd.DataFrame:
     return table
 
 
-def timing(sizes: list[int], n_peaks: int) -> pd.DataFrame:
+def timing(sizes: list[int], n_peaks: int, embeddings: list[str]) -> pd.DataFrame:
     rows = []
-    for n in sizes:
-        done = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, str(n), str(n_peaks)],
+    for n, embedding in [(n, e) for n in sizes for e in embeddings]:
+        done = subprocess.run([sys.executable, "-c", TIMING_SCRIPT, str(n), str(n_peaks), embedding],
                               capture_output=True, text=True, env=dict(os.environ))
         if done.returncode != 0:
             print(f"timing at {n} cells failed: {done.stderr.strip().splitlines()[-3:]}")
             continue
         row = json.loads(done.stdout.strip().splitlines()[-1])
         steps = row.pop("steps")
-        row.update({f"{k}_s": v for k, v in steps.items() if k in ("qc", "tfidf_lsi", "harmony", "neighbors_umap",
+        row.update({f"{k}_s": v for k, v in steps.items() if k in ("qc", "tfidf_lsi", "spectral", "harmony", "neighbors_umap",
                                                                      "neighbors_umap_uncorrected", "leiden",
                                                                      "markers", "figures", "write")})
         row["wall_s_per_10k"] = row["wall_s"] * 10_000 / n
@@ -146,10 +148,13 @@ def main() -> None:
     parser.add_argument("--snap-python", default=None, help="python of a venv with snapatac2 + harmonypy")
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 20_000])
     parser.add_argument("--n-peaks", type=int, default=5000)
+    parser.add_argument("--embeddings", nargs="+", default=["lsi"], choices=["lsi", "spectral"],
+                        help="ATAC embeddings timed at each size (default lsi)")
+    parser.add_argument("--skip-granja", action="store_true", help="only the timing")
     args = parser.parse_args()
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 30)
-    table = granja(args.snap_python)
+    table = pd.DataFrame() if args.skip_granja else granja(args.snap_python)
     if not table.empty:
         cols = [c for c in ("ilisi", "ilisi_median", "clisi", "clisi_median", "ari", "nmi", "pcr_comparison")
                 if c in table.columns]
@@ -157,7 +162,7 @@ def main() -> None:
               else table[cols].round(3).to_string())
     if args.sizes:
         print(f"\nATAC path time and memory (threads: {THREADS}; simulated peaks, {args.n_peaks} peaks):")
-        print(timing(args.sizes, args.n_peaks).round(2).to_string(index=False))
+        print(timing(args.sizes, args.n_peaks, args.embeddings).round(2).to_string(index=False))
 
 
 if __name__ == "__main__":

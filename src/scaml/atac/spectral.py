@@ -91,7 +91,7 @@ def spectral(counts: Any, n_components: int = 30, *, random_state: int = 0) -> S
                          "embedding needs a connected similarity graph (raise --min-counts or --min-cells).")
     inverse = 1.0 / degree
     X.data *= np.repeat(np.sqrt(inverse), np.diff(X.indptr))  # Y = D^-1/2 X
-    Yt = sp.csr_matrix(X.T)
+    Yt = X.T  # a CSC view: Y^T v without a second copy of the matrix
 
     def apply(v: np.ndarray) -> np.ndarray:
         v = v.reshape(n_cells, -1)
