@@ -161,7 +161,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "upstream) is summed over each cell's --smooth-neighbors nearest ATAC cells (in the spectral embedding of "
         "their peaks, or LSI with --smooth-embedding lsi), scaled within the "
         "query and mapped onto the RNA reference (Symphony: projected on the loadings of the shared genes; VAEs: "
-        "surgery); labels are transferred as for RNA, and (Symphony) obs mapping_confidence flags cells that point "
+        "surgery); labels are transferred as for RNA, the label probabilities averaged over the same neighbours, and "
+        "(Symphony) obs mapping_confidence flags cells that point "
         "at no single reference type. Writes DIR/gene_activity.h5ad too.",
     )
     at.add_argument("--modality", choices=["rna", "atac"], default=None,
