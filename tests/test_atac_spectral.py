@@ -48,6 +48,11 @@ def test_spectral_equals_the_dense_eigendecomposition(peaks):
     assert result.embedding.dtype == np.float32 and result.embedding.shape == (peaks.n_obs, 10)
     # the same seed, the same numbers (signs fixed)
     np.testing.assert_array_equal(atac.spectral(peaks.X, 10, random_state=0).embedding, result.embedding)
+    # binarised: the embedding of the 0/1 matrix
+    binary = sp.csr_matrix(peaks.X, copy=True)
+    binary.data[:] = 1.0
+    np.testing.assert_allclose(atac.spectral(peaks.X, 5, binarize=True).eigenvalues,
+                               atac.spectral(binary, 5).eigenvalues, rtol=1e-10)
 
 
 def test_spectral_separates_types_and_drops_the_degree(peaks):

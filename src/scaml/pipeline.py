@@ -871,7 +871,8 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
         with record.timer("spectral"):
             adata.layers["counts"] = adata.X.copy()
             adata.X = atac.tfidf(adata.layers["counts"], binarize=bool(settings["binarize"]))  # for marker peaks
-            atac.run_spectral(adata, n_components, layer="counts", random_state=random_state)
+            atac.run_spectral(adata, n_components, layer="counts", binarize=bool(settings["binarize"]),
+                              random_state=random_state)
         record.data["spectral"] = dict(adata.uns["spectral"])
         info(f"spectral embedding (SnapATAC2's cosine Laplacian eigenmaps): {adata.obsm['X_spectral'].shape[1]} "
              f"components after the first (the degree); eigenvalues {adata.uns['spectral']['eigenvalues'][0]:.3f} "

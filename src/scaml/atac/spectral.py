@@ -48,7 +48,7 @@ def peak_idf(counts: sp.csr_matrix) -> np.ndarray:
     return np.log(n / df)
 
 
-def spectral(counts: Any, n_components: int = 30, *, random_state: int = 0) -> SpectralResult:
+def spectral(counts: Any, n_components: int = 30, *, binarize: bool = False, random_state: int = 0) -> SpectralResult:
     """SnapATAC2-style spectral embedding (cosine similarity, matrix-free) of cells x peaks counts.
 
     Parameters
@@ -57,6 +57,8 @@ def spectral(counts: Any, n_components: int = 30, *, random_state: int = 0) -> S
         Cells x peaks counts (sparse or dense; not modified); every cell needs a count.
     n_components
         Eigenvectors kept after the trivial first one (fewer when some eigenvalues are not positive).
+    binarize
+        Count a peak once per cell before the weighting (SnapATAC2 takes the matrix as given).
     random_state
         Seed of ARPACK's start vector.
 
@@ -73,6 +75,8 @@ def spectral(counts: Any, n_components: int = 30, *, random_state: int = 0) -> S
 
     X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
     X.eliminate_zeros()
+    if binarize:
+        X.data[:] = 1.0
     n_cells, n_peaks = X.shape
     if n_components < 1 or n_components + 2 > min(n_cells, n_peaks):
         raise ScamlError(f"the spectral embedding of {n_cells} cells x {n_peaks} peaks cannot have {n_components} "
@@ -111,7 +115,7 @@ def spectral(counts: Any, n_components: int = 30, *, random_state: int = 0) -> S
     return SpectralResult((vectors * signs).astype(np.float32), values, idf)
 
 
-def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None = None,
+def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None = None, binarize: bool = False,
                  random_state: int = 0) -> SpectralResult:
     """:func:`spectral` of ``adata``'s peak counts, stored as ``obsm["X_spectral"]`` and ``uns["spectral"]``.
 
@@ -119,7 +123,7 @@ def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None
     ----------
     adata
         Cells x peaks; counts in X or ``layers[layer]``.
-    n_components, random_state
+    n_components, binarize, random_state
         As :func:`spectral`.
     layer
         The layer of counts (None: X).
@@ -129,7 +133,7 @@ def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None
     SpectralResult
     """
     counts = adata.layers[layer] if layer is not None else adata.X
-    result = spectral(counts, n_components, random_state=random_state)
+    result = spectral(counts, n_components, binarize=binarize, random_state=random_state)
     depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
     correlations = [float(np.corrcoef(result.embedding[:, i], depth)[0, 1]) if np.std(depth) > 0 else 0.0
                     for i in range(result.embedding.shape[1])]
@@ -137,5 +141,6 @@ def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None
     adata.uns["spectral"] = {"n_components": int(result.embedding.shape[1]),
                              "eigenvalues": [round(float(v), 6) for v in result.eigenvalues],
                              "depth_correlation": [round(r, 4) for r in correlations],
-                             "similarity": "cosine of IDF-weighted counts", "random_state": int(random_state)}
+                             "similarity": "cosine of IDF-weighted counts", "binarize": bool(binarize),
+                             "random_state": int(random_state)}
     return result
