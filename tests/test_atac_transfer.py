@@ -96,6 +96,19 @@ def test_atac_transfer_shared_types_right_absent_types_flagged(sim, sym_ref, tmp
     assert ga.n_obs == peaks.n_obs and ga.uns["gene_activity"]["source"] == "peaks"
 
 
+def test_atac_query_with_an_empty_cell_maps(sim, sym_ref, tmp_path):
+    """A cell without peak counts (no similarity to any other) does not stop the spectral neighbour graph."""
+    _, peaks, genes = sim
+    query = peaks[:400].copy()
+    X = query.X.tolil()
+    X[5, :] = 0
+    query.X = X.tocsr()
+    mapped = map_query(sym_ref, query, tmp_path / "m", modality="atac", genes=genes, label_key="cell_type",
+                       umap=False)
+    assert mapped.n_obs == 400 and mapped.obs["predicted_cell_type"].notna().all()
+    assert np.isfinite(mapped.obsm["X_scaml_latent"]).all()
+
+
 def test_smoothing_vote_and_confidence_helpers():
     neighbors = np.array([[1], [0], [1]])
     assert np.array_equal(smooth_counts(np.eye(3), neighbors).toarray(), [[1, 1, 0], [1, 1, 0], [0, 1, 1]])

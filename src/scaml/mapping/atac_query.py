@@ -128,14 +128,18 @@ def _smoothing_graph(peaks: ad.AnnData, k: int, n_components: int, random_state:
 
     counts = peaks.layers["counts"] if "counts" in peaks.layers else peaks.X
     light = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32))
-    n_components = int(min(n_components, min(light.shape) - 2))
+    light.X.eliminate_zeros()
+    has = np.diff(light.X.indptr) > 0  # spectral: cells without a count have no similarity, they sit at the origin
+    n_components = int(min(n_components, min(int(has.sum()), light.n_vars) - 2))
     if n_components < 2:
         raise ScamlError(
             f"the ATAC query ({light.n_obs} cells x {light.n_vars} peaks) is too small for the embedding of its neighbour "
             "graph; map it with smooth_neighbors=0 (--smooth-neighbors 0)."
         )
     if embedding == "spectral":
-        coordinates = spectral(light.X, n_components, random_state=random_state).embedding
+        found = spectral(light.X[has], n_components, random_state=random_state).embedding
+        coordinates = np.zeros((light.n_obs, found.shape[1]), dtype=np.float32)
+        coordinates[has] = found
     else:
         run_lsi(light, n_components, random_state=random_state)
         coordinates = light.obsm["X_lsi"]
