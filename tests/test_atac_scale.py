@@ -1,5 +1,6 @@
 """`scaml integrate --modality atac` at a real size: >= 20,000 simulated cells, through the command line,
-in memory (LSI, and the spectral embedding) and chunked (``--chunked``, the peak matrix read in 4,000-cell chunks).
+in memory (LSI, and the spectral embedding) and chunked (``--chunked``, the peak matrix read in 4,000-cell chunks;
+LSI, and the spectral embedding on 8,000 landmarks extended by Nystrom).
 
 Small peak panel and depth so that each run stays within about a minute on 2 cores; the assertions check that
 the run finished, wrote its outputs, dropped the depth component and mixed the batches on data whose truth is
@@ -70,3 +71,15 @@ def test_integrate_atac_at_20k_cells(tmp_path):
     assert list(spectral.obs_names) == list(result.obs_names)
     assert {"X_spectral", "X_spectral_harmony"} <= set(spectral.obsm.keys())
     assert adjusted_rand_score(spectral.obs["cell_type"], spectral.obs["leiden"]) > 0.5
+
+    # the chunked spectral embedding: 8,000 landmark cells, the other 12,500 extended by Nystrom
+    nystrom_out = tmp_path / "spectral_chunked"
+    code = main(["integrate", str(path), "--modality", "atac", "--batch-key", "batch", "--out", str(nystrom_out),
+                 "--n-pcs", "20", "--min-counts", "50", "--resolutions", "0.5", "--atac-embedding", "spectral",
+                 "--chunked", "--chunk-cells", "4000", "--landmarks", "8000", "--no-metrics", "--quiet"])
+    assert code == 0
+    nystrom = ad.read_h5ad(nystrom_out / "integrated.h5ad", backed="r")
+    assert json.loads((nystrom_out / "run.json").read_text())["data"]["spectral"]["landmarks"] == 8000
+    assert list(nystrom.obs_names) == list(spectral.obs_names)
+    assert adjusted_rand_score(spectral.obs["leiden"], nystrom.obs["leiden"]) > 0.8
+    assert adjusted_rand_score(nystrom.obs["cell_type"], nystrom.obs["leiden"]) > 0.5

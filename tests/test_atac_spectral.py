@@ -79,7 +79,7 @@ def test_spectral_refuses_empty_cells_and_too_many_components(peaks):
         atac.spectral(peaks.X, 600)
 
 
-def test_integrate_atac_spectral(tmp_path, peaks, capsys):
+def test_integrate_atac_spectral(tmp_path, peaks):
     path = tmp_path / "peaks.h5ad"
     peaks.write_h5ad(path)
     out = tmp_path / "out"
@@ -99,10 +99,17 @@ def test_integrate_atac_spectral(tmp_path, peaks, capsys):
     metrics = pd.read_csv(out / "metrics.csv").set_index("embedding")
     assert metrics.loc["X_spectral_harmony", "ilisi"] > metrics.loc["X_spectral", "ilisi"]
     assert metrics.loc["X_spectral_harmony", "ari"] > 0.6
-    # the chunked path runs LSI only and says so in one line
+    # the chunked path: the same embedding (every cell a landmark at this size), Harmony and clusters
+    from sklearn.metrics import adjusted_rand_score
+
     code = main(["integrate", str(path), "--modality", "atac", "--batch-key", "batch", "--out", str(tmp_path / "c"),
-                 "--chunked", "--atac-embedding", "spectral"])
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert "--atac-embedding spectral is not available in the chunked" in err[-1]
-    assert not (tmp_path / "c").exists()  # refused before anything is written
+                 "--n-pcs", "12", "--min-counts", "100", "--atac-embedding", "spectral", "--resolutions", "0.5",
+                 "--chunked", "--chunk-cells", "100", "--no-metrics", "--quiet"])
+    assert code == 0
+    chunked = ad.read_h5ad(tmp_path / "c" / "integrated.h5ad")
+    assert list(chunked.obs_names) == list(adata.obs_names)
+    np.testing.assert_allclose(chunked.obsm["X_spectral"], adata.obsm["X_spectral"], atol=1e-5)
+    assert adjusted_rand_score(chunked.obs["leiden"], adata.obs["leiden"]) > 0.9
+    chunked_run = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert chunked_run["data"]["spectral"]["landmarks"] == adata.n_obs and "lsi" not in chunked_run["data"]
+    assert abs(chunked.X[:20] - adata.X[:20]).max() < 1e-4  # the TF-IDF of the marker peaks, chunk by chunk

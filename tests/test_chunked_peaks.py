@@ -46,6 +46,35 @@ def test_chunked_lsi_equals_in_memory(tmp_path, n_cells, n_peaks):
     assert abs(sample - memory.X[[5, 0, 17]]).max() < 1e-4
 
 
+def test_chunked_spectral_equals_in_memory_and_nystrom_keeps_its_subspace(tmp_path):
+    """All kept cells as landmarks: the in-memory spectral embedding; 1,000 landmarks of 2,616 cells, extended by
+    Nystrom: the same leading subspace (each in-memory component a linear function of the chunked ones)."""
+    adata = simulate_atac(n_cells=3000, n_peaks=2000, mean_depth=400, random_state=1)
+    path = tmp_path / "peaks.h5ad"
+    adata.write_h5ad(path)
+    qc = {"min_counts": 200, "min_peaks": 20, "min_cells": 30}
+    memory = adata.copy()
+    atac.add_peak_coordinates(memory)
+    atac.qc_filter_peaks(memory, **qc)
+    expected = atac.spectral(memory.X, 10)
+    exact = preprocess_peaks_chunked(path, n_components=10, chunk_cells=500, show_progress=False,
+                                     embedding="spectral", **qc)
+    assert exact.adata.uns["spectral"]["landmarks"] == memory.n_obs and not exact.adata.uns["spectral"]["nystrom"]
+    np.testing.assert_allclose(exact.adata.uns["spectral"]["eigenvalues"], np.round(expected.eigenvalues, 6))
+    np.testing.assert_allclose(exact.adata.obsm["X_spectral"], expected.embedding, atol=1e-5)
+    assert "X_lsi" not in exact.adata.obsm
+
+    nystrom = preprocess_peaks_chunked(path, n_components=10, chunk_cells=500, show_progress=False,
+                                       embedding="spectral", landmarks=1000, **qc)
+    assert nystrom.adata.uns["spectral"]["landmarks"] == 1000 and nystrom.adata.uns["spectral"]["nystrom"]
+    E = np.c_[nystrom.adata.obsm["X_spectral"].astype(np.float64), np.ones(memory.n_obs)]
+    fit = E @ np.linalg.lstsq(E, expected.embedding, rcond=None)[0]
+    centred = expected.embedding - expected.embedding.mean(axis=0)
+    r2 = 1 - ((expected.embedding - fit) ** 2).sum(axis=0) / (centred**2).sum(axis=0)
+    assert r2[:8].min() > 0.97, r2
+    assert any(p["pass"] == "spectral extension" for p in nystrom.engine.records)
+
+
 def test_chunked_peaks_refuse_bad_input(tmp_path):
     adata = simulate_atac(n_cells=300, n_peaks=400, random_state=0)
     genes = adata.copy()

@@ -124,7 +124,7 @@ def integrate(
         ``fragments`` (a ``fragments.tsv.gz``: n_fragments, FRiP) and ``genes`` (a GTF/GFF/BED
         annotation: TSS enrichment with fragments, and ``gene_activity.h5ad`` in ``out``), ``embedding``
         (``"lsi"``, Signac's TF-IDF + SVD, or ``"spectral"``, SnapATAC2's Laplacian eigenmaps:
-        :func:`scaml.atac.spectral`, in memory only). ``min_cells`` above is the minimum number of cells per peak.
+        :func:`scaml.atac.spectral`; chunked: on ``landmarks`` cells, extended by Nystrom). ``min_cells`` above is the minimum number of cells per peak.
     chunked
         Preprocess the file in chunks of cells (:mod:`scaml.chunked`: QC, normalisation, HVG and PCA, or
         for peaks QC, TF-IDF and LSI, never hold the count matrix; markers on a per-cluster sample; ``integrated.h5ad`` written chunk
@@ -181,9 +181,6 @@ def integrate(
                               max_memory=max_memory, n_top_genes=n_top_genes)
     use_chunks = source is not None
     modality_used = _chunked_modality(source, modality) if use_chunks else None
-    if modality_used == "atac" and atac_settings["embedding"] != "lsi":  # before anything is written
-        raise ScamlError(f"--atac-embedding {atac_settings['embedding']} is not available in the chunked ATAC path "
-                         "(it runs LSI); use --atac-embedding lsi, or --no-chunked for data that fits in memory.")
     owned_client = None
     if dask is not None and client is None:
         if not use_chunks:
@@ -726,6 +723,7 @@ def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_
                                          depth_threshold=atac_settings["depth_threshold"], random_state=random_state,
                                          fragments=fragments, tss=genes_table,
                                          min_fragments=atac_settings["min_fragments"] if fragments else None,
+                                         embedding=atac_settings["embedding"], landmarks=atac_settings["landmarks"],
                                          max_memory=max_memory, chunk_cells=chunk_cells, client=client)
         if cells.fragments_qc is not None:
             _record_fragments(record, cells.fragments_qc)
@@ -751,6 +749,10 @@ def _record_chunked(adata: ad.AnnData, record: RunRecord, cells: Any, batch_keys
         record.data["lsi"] = _lsi_record(adata, cells.depth, cells.binarize)
         record.data["skipped_steps"] = ["hvg", "pca"]
         return "X_lsi"
+    if "X_spectral" in adata.obsm:
+        _record_spectral(adata, record)
+        record.data["skipped_steps"] = ["hvg", "pca"]
+        return "X_spectral"
     record.data["n_hvg"] = int(adata.var["highly_variable"].sum())
     record.data["skipped_steps"] = []
     return "X_pca"
@@ -778,7 +780,7 @@ def _chunked_samples(adata: ad.AnnData, record: RunRecord, cells: Any, random_st
 #: ATAC settings of :func:`integrate` (``atac_params``) and their defaults.
 ATAC_DEFAULTS: dict[str, Any] = {
     "min_counts": 50, "min_peaks": 20, "max_counts": None, "min_fragments": None, "binarize": False,
-    "depth_threshold": 0.75, "fragments": None, "genes": None, "embedding": "lsi",
+    "depth_threshold": 0.75, "fragments": None, "genes": None, "embedding": "lsi", "landmarks": None,
 }
 
 
@@ -873,10 +875,7 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
             adata.X = atac.tfidf(adata.layers["counts"], binarize=bool(settings["binarize"]))  # for marker peaks
             atac.run_spectral(adata, n_components, layer="counts", binarize=bool(settings["binarize"]),
                               random_state=random_state)
-        record.data["spectral"] = dict(adata.uns["spectral"])
-        info(f"spectral embedding (SnapATAC2's cosine Laplacian eigenmaps): {adata.obsm['X_spectral'].shape[1]} "
-             f"components after the first (the degree); eigenvalues {adata.uns['spectral']['eigenvalues'][0]:.3f} "
-             f"... {adata.uns['spectral']['eigenvalues'][-1]:.3f}")
+        _record_spectral(adata, record)
         return "X_spectral"
     with record.timer("tfidf_lsi"):
         check = atac.run_lsi(adata, n_components, binarize=bool(settings["binarize"]),
@@ -907,6 +906,14 @@ def _record_fragments(record: RunRecord, summary: dict[str, Any]) -> None:
          f"median FRiP {summary['median_frip']:.2f}"
          + (f", median TSS enrichment {summary['median_tss_enrichment']:.2f}"
             if "median_tss_enrichment" in summary else ""))
+
+
+def _record_spectral(adata: ad.AnnData, record: RunRecord) -> None:
+    """run.json's ``spectral`` entry, said in the log."""
+    record.data["spectral"] = dict(adata.uns["spectral"])
+    values = adata.uns["spectral"]["eigenvalues"]
+    info(f"spectral embedding (SnapATAC2's cosine Laplacian eigenmaps): {adata.obsm['X_spectral'].shape[1]} "
+         f"components after the first (the degree); eigenvalues {values[0]:.3f} ... {values[-1]:.3f}")
 
 
 def _lsi_record(adata: ad.AnnData, check: Any, binarize: bool) -> dict[str, Any]:

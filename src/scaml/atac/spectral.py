@@ -37,15 +37,70 @@ class SpectralResult:
     idf: np.ndarray
 
 
-def peak_idf(counts: sp.csr_matrix) -> np.ndarray:
-    """SnapATAC2's feature weights: ``log(n / df)`` with ``df`` the cells with the peak (0 -> 1, n -> n - 1)."""
-    n = counts.shape[0]
-    df = np.bincount(counts.indices, minlength=counts.shape[1]).astype(np.float64)
+def idf_from_document_frequency(df: np.ndarray, n_cells: int) -> np.ndarray:
+    """SnapATAC2's feature weights ``log(n / df)`` from each peak's number of cells (0 -> 1, n -> n - 1; all
+    equal: weights 1)."""
+    df = np.asarray(df, dtype=np.float64).copy()
     if np.all(df == df[0]):
-        return np.ones(counts.shape[1])
+        return np.ones(df.size)
     df[df == 0] = 1.0
-    df[df == n] = n - 1.0
-    return np.log(n / df)
+    df[df == n_cells] = n_cells - 1.0
+    return np.log(n_cells / df)
+
+
+def peak_idf(counts: sp.csr_matrix) -> np.ndarray:
+    """SnapATAC2's feature weights of a cells x peaks matrix (:func:`idf_from_document_frequency`)."""
+    return idf_from_document_frequency(np.bincount(counts.indices, minlength=counts.shape[1]), counts.shape[0])
+
+
+def weighted_unit_rows(counts: Any, idf: np.ndarray, *, binarize: bool = False) -> sp.csr_matrix:
+    """Each cell's counts (binarised first when asked) times the peaks' IDF, scaled to unit length (float64 CSR,
+    a copy); a cell without counts stays all-zero."""
+    X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    X.eliminate_zeros()
+    if binarize:
+        X.data[:] = 1.0
+    X.data *= idf[X.indices]
+    squares = np.zeros(X.shape[0])
+    np.add.at(squares, np.repeat(np.arange(X.shape[0]), np.diff(X.indptr)), X.data**2)
+    norm = np.sqrt(squares)
+    X.data /= np.repeat(np.where(norm > 0, norm, 1.0), np.diff(X.indptr))
+    return X
+
+
+def eigenpairs(X: sp.csr_matrix, n_components: int, random_state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The eigenpairs of ``D^-1/2 (X X^T - I) D^-1/2`` after the first (largest first, positive eigenvalues only),
+    for unit rows ``X`` (:func:`weighted_unit_rows`), and the degrees ``d``; ``X`` is not modified."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    n_cells = X.shape[0]
+    degree = X @ np.asarray(X.sum(axis=0)).ravel() - 1.0
+    if np.any(degree <= 0):
+        raise ScamlError(f"{int((degree <= 0).sum())} cells share no peak with any other cell; the spectral "
+                         "embedding needs a connected similarity graph (raise --min-counts or --min-cells).")
+    inverse = 1.0 / degree
+    Y = sp.csr_matrix(X, copy=True)
+    Y.data *= np.repeat(np.sqrt(inverse), np.diff(Y.indptr))  # Y = D^-1/2 X
+    Yt = Y.T  # a CSC view: Y^T v without a second copy of the matrix
+
+    def apply(v: np.ndarray) -> np.ndarray:
+        v = v.reshape(n_cells, -1)
+        return Y @ (Yt @ v) - inverse[:, None] * v
+
+    operator = LinearOperator((n_cells, n_cells), matvec=apply, matmat=apply, dtype=np.float64)
+    start = np.random.RandomState(random_state).rand(n_cells)
+    values, vectors = eigsh(operator, k=n_components + 1, which="LA", v0=start)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order][1:], vectors[:, order][:, 1:]  # the first is D^1/2 1: the degree only
+    positive = values > 0
+    return values[positive], vectors[:, positive], degree
+
+
+def component_signs(embedding: np.ndarray) -> np.ndarray:
+    """ARPACK's signs are arbitrary: the sign that makes each component's largest |value| positive."""
+    signs = np.sign(embedding[np.argmax(np.abs(embedding), axis=0), np.arange(embedding.shape[1])])
+    signs[signs == 0] = 1.0
+    return signs
 
 
 def spectral(counts: Any, n_components: int = 30, *, binarize: bool = False, random_state: int = 0) -> SpectralResult:
@@ -71,48 +126,37 @@ def spectral(counts: Any, n_components: int = 30, *, binarize: bool = False, ran
     ScamlError
         A cell without counts, or too few cells / peaks for ``n_components``.
     """
-    from scipy.sparse.linalg import LinearOperator, eigsh
-
-    X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-    X.eliminate_zeros()
-    if binarize:
-        X.data[:] = 1.0
-    n_cells, n_peaks = X.shape
+    counts = sp.csr_matrix(counts)
+    n_cells, n_peaks = counts.shape
     if n_components < 1 or n_components + 2 > min(n_cells, n_peaks):
         raise ScamlError(f"the spectral embedding of {n_cells} cells x {n_peaks} peaks cannot have {n_components} "
                          "components; lower --n-pcs or keep more cells and peaks.")
+    X = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    X.eliminate_zeros()
     empty = np.flatnonzero(np.diff(X.indptr) == 0)
     if empty.size:
         raise ScamlError(f"{empty.size} cells have no counts in the peaks kept (e.g. row {int(empty[0])}); the "
                          "spectral embedding needs a count in every cell (raise --min-counts / --min-peaks).")
     idf = peak_idf(X)
-    X.data *= idf[X.indices]
-    norm = np.sqrt(np.add.reduceat(X.data**2, X.indptr[:-1]))
-    X.data /= np.repeat(norm, np.diff(X.indptr))
-    degree = X @ np.asarray(X.sum(axis=0)).ravel() - 1.0
-    if np.any(degree <= 0):
-        raise ScamlError(f"{int((degree <= 0).sum())} cells share no peak with any other cell; the spectral "
-                         "embedding needs a connected similarity graph (raise --min-counts or --min-cells).")
-    inverse = 1.0 / degree
-    X.data *= np.repeat(np.sqrt(inverse), np.diff(X.indptr))  # Y = D^-1/2 X
-    Yt = X.T  # a CSC view: Y^T v without a second copy of the matrix
+    values, vectors, _ = eigenpairs(weighted_unit_rows(X, idf, binarize=binarize), n_components, random_state)
+    embedding = vectors * np.sqrt(values)
+    return SpectralResult((embedding * component_signs(embedding)).astype(np.float32), values, idf)
 
-    def apply(v: np.ndarray) -> np.ndarray:
-        v = v.reshape(n_cells, -1)
-        return X @ (Yt @ v) - inverse[:, None] * v
 
-    operator = LinearOperator((n_cells, n_cells), matvec=apply, matmat=apply, dtype=np.float64)
-    start = np.random.RandomState(random_state).rand(n_cells)
-    values, vectors = eigsh(operator, k=n_components + 1, which="LA", v0=start)
-    order = np.argsort(values)[::-1]
-    values, vectors = values[order][1:], vectors[:, order][:, 1:]  # the first is D^1/2 1: the degree only
-    positive = values > 0
-    values, vectors = values[positive], vectors[:, positive]
-    vectors = vectors * np.sqrt(values)
-    # ARPACK's signs are arbitrary: the largest |value| of each component is made positive
-    signs = np.sign(vectors[np.argmax(np.abs(vectors), axis=0), np.arange(vectors.shape[1])])
-    signs[signs == 0] = 1.0
-    return SpectralResult((vectors * signs).astype(np.float32), values, idf)
+def nystrom_basis(landmarks: sp.csr_matrix, values: np.ndarray, vectors: np.ndarray,
+                  degree: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What extends a landmark embedding to any cell: ``W = X_L^T (u / sqrt(d_L)) / lambda`` (peaks x k) and the
+    landmarks' column sums (the degree of a cell against the landmarks is ``x . colsum``)."""
+    W = np.asarray(landmarks.T @ (vectors / np.sqrt(degree)[:, None])) / values
+    return W, np.asarray(landmarks.sum(axis=0)).ravel()
+
+
+def nystrom_extend(rows: sp.csr_matrix, W: np.ndarray, colsum: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The Nystrom extension of unit rows (:func:`weighted_unit_rows`): ``u(x) = x W / sqrt(x . colsum)``, weighted
+    by ``sqrt(lambda)`` as the landmarks are; cells sharing no peak with a landmark get 0."""
+    degree = rows @ colsum
+    scale = np.divide(1.0, np.sqrt(degree), out=np.zeros_like(degree), where=degree > 0)
+    return np.asarray(rows @ W) * scale[:, None] * np.sqrt(values)
 
 
 def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None = None, binarize: bool = False,

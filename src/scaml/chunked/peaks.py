@@ -41,6 +41,14 @@ from ..atac.lsi import (
     tfidf,
 )
 from ..atac.qc import fragment_metrics
+from ..atac.spectral import (
+    component_signs,
+    eigenpairs,
+    idf_from_document_frequency,
+    nystrom_basis,
+    nystrom_extend,
+    weighted_unit_rows,
+)
 from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
@@ -70,6 +78,8 @@ class PeakQCRules:
     max_counts: int | None = None
 
 
+#: Landmark cells of the chunked spectral embedding (at most; fewer when the budget cannot hold them).
+SPECTRAL_LANDMARKS = 50_000
 #: Memory of one block of fragment lines (1e6 lines: the table, about 140 MiB, and its temporaries).
 FRAGMENT_BLOCK_BYTES = 400 * 2**20
 
@@ -164,6 +174,13 @@ def activity_chunk(item: tuple, source: CellSource, peaks: np.ndarray, mapping: 
     return activity, activity
 
 
+def spectral_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool, weights: np.ndarray,
+                   W: np.ndarray, colsum: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The chunk's kept cells in the spectral embedding: the Nystrom extension of the landmarks' eigenvectors."""
+    rows = weighted_unit_rows(_kept(item, source, peaks), weights, binarize=binarize)
+    return nystrom_extend(rows, W, colsum, values).astype(np.float32)
+
+
 def matrices_chunk(item: tuple, source: CellSource, peaks: np.ndarray, binarize: bool,
                    idf: np.ndarray) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """The chunk's TF-IDF and raw counts over the kept peaks (for integrated.h5ad)."""
@@ -247,6 +264,55 @@ def randomized_lsi(op: _ChunkedOperator, n_components: int, random_state: int
     return op.times(loadings), loadings, s.astype(np.float64)
 
 
+# ----------------------------------------------------------------------------- the spectral embedding
+
+def _chunked_spectral(adata: ad.AnnData, engine: Engine, items: list[tuple], source: CellSource, keep: np.ndarray,
+                      peaks: np.ndarray, ranges: list[tuple[int, int]], document_frequency: np.ndarray,
+                      depth: np.ndarray, *, n_components: int, binarize: bool, landmarks: int | None, budget: int,
+                      random_state: int) -> None:
+    """SnapATAC2's spectral embedding on landmark cells, extended to every kept cell by Nystrom; writes
+    ``obsm["X_spectral"]`` and ``uns["spectral"]`` as :func:`scaml.atac.run_spectral` does."""
+    n_kept = int(keep.sum())
+    nnz_per_cell = source.nnz / max(source.n_cells, 1)
+    # the landmarks as float64 CSR twice (X and D^-1/2 X), as read, and ARPACK's 2k + 2 vectors
+    per_landmark = 32 * nnz_per_cell + 8 * (2 * n_components + 4)
+    fits = max(int(0.5 * budget / per_landmark), MIN_CHUNK_CELLS)
+    wanted = SPECTRAL_LANDMARKS if landmarks is None else int(landmarks)
+    m = min(n_kept, wanted, fits)
+    if n_components + 2 > min(m, peaks.size):
+        raise ScamlError(f"the spectral embedding of {m} landmark cells x {peaks.size} peaks cannot have "
+                         f"{n_components} components; lower --n-pcs or keep more cells and peaks.")
+    rng = np.random.default_rng(random_state)
+    positions = np.arange(n_kept) if m >= n_kept else np.sort(rng.choice(n_kept, size=m, replace=False))
+    weights = idf_from_document_frequency(document_frequency, n_kept)
+    started = time.perf_counter()
+    rows = weighted_unit_rows(gather_rows(source, keep, peaks, ranges, positions), weights, binarize=binarize)
+    values, vectors, degree = eigenpairs(rows, n_components, random_state)
+    W, colsum = nystrom_basis(rows, values, vectors, degree)
+    del rows
+    engine.records.append({"pass": f"spectral embedding of {m} landmark cells",
+                           "seconds": round(time.perf_counter() - started, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
+    exact = vectors * np.sqrt(values)
+    signs = component_signs(exact)
+    if m >= n_kept:
+        embedding = exact
+    else:
+        info(f"spectral embedding on {m} of {n_kept} cells (landmarks), extended to the others by Nystrom")
+        embedding = np.concatenate(list(engine.map("spectral extension", spectral_chunk, items, source, peaks,
+                                                   binarize, weights, W, colsum, values)))
+        embedding[positions] = exact
+    embedding = (embedding * signs).astype(np.float32)
+    correlations = [float(np.corrcoef(embedding[:, i], depth)[0, 1]) if np.std(depth) > 0 else 0.0
+                    for i in range(embedding.shape[1])]
+    adata.obsm["X_spectral"] = embedding
+    adata.uns["spectral"] = {"n_components": int(embedding.shape[1]),
+                             "eigenvalues": [round(float(v), 6) for v in values],
+                             "depth_correlation": [round(r, 4) for r in correlations],
+                             "similarity": "cosine of IDF-weighted counts", "binarize": bool(binarize),
+                             "random_state": int(random_state), "landmarks": int(m),
+                             "nystrom": bool(m < n_kept)}
+
+
 # ----------------------------------------------------------------------------- the whole path
 
 @dataclass
@@ -258,7 +324,7 @@ class ChunkedPeaks:
     adata
         The kept cells (``obs``: ``total_counts``, ``n_peaks_by_counts``), kept peaks (``var``:
         ``chrom`` / ``start`` / ``end``, ``n_cells_by_counts``), ``obsm["X_lsi"]``, ``varm["LSI"]``,
-        ``uns["lsi"]``; no X.
+        ``uns["lsi"]`` (or, with ``embedding="spectral"``, ``obsm["X_spectral"]`` and ``uns["spectral"]``); no X.
     source, keep, genes, plan, engine, qc_removed
         The input file, the kept cells (mask) and peaks (indices), the chunking, the engine, the QC counts.
     idf, binarize, depth
@@ -317,6 +383,8 @@ def preprocess_peaks_chunked(
     fragments: str | os.PathLike | None = None,
     tss: pd.DataFrame | None = None,
     min_fragments: int | None = None,
+    embedding: str = "lsi",
+    landmarks: int | None = None,
     max_memory: Any = None,
     chunk_cells: int | None = None,
     client: Any = None,
@@ -345,6 +413,14 @@ def preprocess_peaks_chunked(
         :func:`scaml.atac.fragment_qc` in memory. The file is read in blocks, before the QC pass.
     min_fragments
         With ``fragments``: remove cells with fewer fragments, before the other cell rules (as in memory).
+    embedding
+        ``"lsi"`` (the randomized SVD above) or ``"spectral"``: SnapATAC2's spectral embedding of
+        :func:`scaml.atac.spectral`, computed on ``landmarks`` cells drawn at random (all kept cells when
+        there are no more: then the in-memory numbers) and extended to the others by Nystrom, as SnapATAC2
+        does for large data; one pass to read the landmarks and one for the extension.
+    landmarks
+        Landmark cells of the spectral embedding (default :data:`SPECTRAL_LANDMARKS`, fewer when the budget
+        cannot hold them).
     max_memory, chunk_cells, client, show_progress
         As :func:`scaml.chunked.preprocess_chunked`.
 
@@ -358,6 +434,8 @@ def preprocess_peaks_chunked(
         Feature names that are not peaks, values that are not counts, a budget too small for one chunk,
         QC that keeps no cell or peak, or too few cells / peaks for ``n_components``.
     """
+    if embedding not in ("lsi", "spectral"):
+        raise ScamlError(f"unknown ATAC embedding {embedding!r}; use 'lsi' or 'spectral' (--atac-embedding).")
     source, obs, var = open_with_tables(path, layer)
     peaks_meta = ad.AnnData(var=var)
     add_peak_coordinates(peaks_meta)  # refuses names that are not peaks, before any pass
@@ -435,10 +513,6 @@ def preprocess_peaks_chunked(
     depth = np.concatenate(depths)
     idf = inverse_document_frequency(peak_totals, n_kept)
 
-    # 3. the randomized SVD; 4. depth check (depth: counts in the kept peaks, as in memory)
-    op = _ChunkedOperator(engine, items, source, peaks, binarize, idf, n_kept)
-    embedding, loadings, singular = randomized_lsi(op, n_fit, random_state)
-    embedding = scale_components(embedding).astype(np.float32)
     obs_kept = obs.iloc[np.flatnonzero(keep)].copy()
     obs_kept["total_counts"] = total[keep]
     obs_kept["n_peaks_by_counts"] = np.concatenate(n_peaks)[keep]
@@ -446,8 +520,18 @@ def preprocess_peaks_chunked(
     var_kept.index = pd.Index(unique_names(var_kept.index, peaks.size))
     var_kept["n_cells_by_counts"] = peak_cells[peaks]
     adata = ad.AnnData(obs=obs_kept, var=var_kept)
-    check = store_lsi(adata, embedding, loadings, singular, depth, n_components=n_components, binarize=binarize,
-                      depth_threshold=depth_threshold, random_state=random_state)
-    adata.uns["lsi"]["chunked_products"] = op.n_products
+    check = None
+    if embedding == "spectral":
+        _chunked_spectral(adata, engine, items, source, keep, peaks, ranges, peak_cells[peaks], depth,
+                          n_components=n_components, binarize=binarize, landmarks=landmarks, budget=plan.budget_bytes,
+                          random_state=random_state)
+    else:
+        # 3. the randomized SVD; 4. depth check (depth: counts in the kept peaks, as in memory)
+        op = _ChunkedOperator(engine, items, source, peaks, binarize, idf, n_kept)
+        lsi_embedding, loadings, singular = randomized_lsi(op, n_fit, random_state)
+        check = store_lsi(adata, scale_components(lsi_embedding).astype(np.float32), loadings, singular, depth,
+                          n_components=n_components, binarize=binarize, depth_threshold=depth_threshold,
+                          random_state=random_state)
+        adata.uns["lsi"]["chunked_products"] = op.n_products
     return ChunkedPeaks(adata, source, keep, peaks, plan, engine, removed, idf, bool(binarize), check,
                         fragments_summary)

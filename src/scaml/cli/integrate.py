@@ -51,7 +51,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                     help="gene annotation of the peaks' genome: TSS enrichment and DIR/gene_activity.h5ad")
     at.add_argument("--atac-embedding", choices=["lsi", "spectral"], default="lsi",
                     help="lsi: Signac's TF-IDF + SVD with the depth check (default); spectral: SnapATAC2's cosine "
-                         "Laplacian eigenmaps (in memory only; separates types better on very sparse data)")
+                         "Laplacian eigenmaps (separates types better on very sparse data)")
+    at.add_argument("--landmarks", type=int, default=None, metavar="N",
+                    help="chunked spectral embedding: computed on N random cells (default 50000, fewer when the "
+                         "budget is small), extended to the others by Nystrom")
     at.add_argument("--binarize", action="store_true", help="binarise peak counts before TF-IDF (default: keep counts)")
     at.add_argument("--depth-threshold", type=float, default=0.75,
                     help="drop the LSI component whose |r| with depth exceeds this (default 0.75, Signac's DepthCor)")
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         atac_params={"min_counts": args.min_counts, "min_peaks": args.min_peaks, "max_counts": args.max_counts,
                      "min_fragments": args.min_fragments, "binarize": args.binarize,
                      "depth_threshold": args.depth_threshold, "fragments": args.fragments, "genes": args.genes,
-                     "embedding": args.atac_embedding},
+                     "embedding": args.atac_embedding, "landmarks": args.landmarks},
         chunked=True if args.dask is not None and args.chunked is None else args.chunked,
         max_memory=args.max_memory, chunk_cells=args.chunk_cells, dask=args.dask,
         protein_model=args.protein_model, umap_max_cells=args.umap_max_cells,
