@@ -37,6 +37,7 @@ Usage::
     python benchmarks/bench_chunked.py --cells 1000000 --genes 2000 --skip-memory --max-memory 4GB --integrate
     python benchmarks/bench_chunked.py --modality atac --cells 200000 --genes 50000 --library 3000
     python benchmarks/bench_chunked.py --modality atac --cells 100000 --genes 20000 --library 600 --fragments
+    python benchmarks/bench_chunked.py --modality atac --cells 200000 --genes 20000 --library 1000 --atac-embedding spectral
     python benchmarks/bench_chunked.py --cells 200000 --skip-memory --max-memory 2GB --dask local --workers 1 2
 """
 
@@ -148,11 +149,12 @@ def save_result(out: str, adata, modality: str) -> None:
     atac = modality == "atac"
     flags = np.ones(adata.n_vars, dtype=bool) if atac else adata.var["highly_variable"].to_numpy()
     extra = {c: adata.obs[c].to_numpy(np.float64) for c in ("frip", "tss_enrichment") if c in adata.obs}
-    np.savez(out, pca=adata.obsm["X_lsi" if atac else "X_pca"], hvg=flags,
+    key = "X_pca" if not atac else "X_spectral" if "X_spectral" in adata.obsm else "X_lsi"
+    np.savez(out, pca=adata.obsm[key], hvg=flags,
              cells=adata.obs_names.to_numpy().astype(str), **extra)
 
 
-def run_memory(path: str, out: str, modality: str = "rna") -> dict:
+def run_memory(path: str, out: str, modality: str = "rna", embedding: str = "lsi") -> dict:
     import anndata as ad
 
     from scaml import preprocess as pp
@@ -167,7 +169,12 @@ def run_memory(path: str, out: str, modality: str = "rna") -> dict:
             add_peak_coordinates(adata)
             fragment_qc(adata, frag, tss=genes)
         qc_filter_peaks(adata, **ATAC_QC)
-        run_lsi(adata, 30)
+        if embedding == "spectral":
+            from scaml.atac import run_spectral
+
+            run_spectral(adata, 30)
+        else:
+            run_lsi(adata, 30)
     else:
         pp.qc_filter(adata)
         pp.normalize_log1p(adata)
@@ -179,7 +186,7 @@ def run_memory(path: str, out: str, modality: str = "rna") -> dict:
 
 
 def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, modality: str = "rna",
-                workers: int | None = None) -> dict:
+                workers: int | None = None, embedding: str = "lsi") -> dict:
     from scaml.chunked import connect, preprocess_chunked, preprocess_peaks_chunked
 
     client = (connect(dask, n_workers=workers) if str(dask).lower() == "local" else connect(dask)) if dask else None
@@ -187,7 +194,7 @@ def run_chunked(path: str, out: str, max_memory: str | None, dask: str | None, m
     if modality == "atac":
         frag, genes = fragment_inputs(path)
         cells = preprocess_peaks_chunked(path, **ATAC_QC, n_components=30, max_memory=max_memory, client=client,
-                                         fragments=frag, tss=genes, show_progress=False)
+                                         fragments=frag, tss=genes, embedding=embedding, show_progress=False)
     else:
         cells = preprocess_chunked(path, batch_key="batch", n_top_genes=2000, n_pcs=30, max_memory=max_memory,
                                    client=client, show_progress=False)
@@ -229,12 +236,12 @@ def run_integrate(path: str, out: str, max_memory: str | None, dask: str | None,
 
 def child(args: argparse.Namespace) -> None:
     if args.child == "memory":
-        result = run_memory(args.path, args.result, args.modality)
+        result = run_memory(args.path, args.result, args.modality, args.atac_embedding)
     elif args.child == "integrate":
         result = run_integrate(args.path, args.result, args.max_memory, args.dask, args.metrics, args.modality)
     else:
         result = run_chunked(args.path, args.result, args.max_memory, args.dask, args.modality,
-                             args.workers[0] if args.workers else None)
+                             args.workers[0] if args.workers else None, args.atac_embedding)
     from scaml.chunked.engine import peak_rss_mib
 
     result["peak_rss_mib"] = peak_rss_mib()  # VmHWM: this child's own peak, not the parent's at the fork
@@ -243,7 +250,7 @@ def child(args: argparse.Namespace) -> None:
 
 def launch(mode: str, path: Path, result: Path, args: argparse.Namespace, workers: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--path", str(path), "--result", str(result),
-           "--modality", args.modality]
+           "--modality", args.modality, "--atac-embedding", args.atac_embedding]
     if workers:
         cmd += ["--workers", str(workers)]
     if args.max_memory:
@@ -278,6 +285,8 @@ def main() -> None:
                    help="integrate with the metrics (on the UMAP sample above 200,000 cells) instead of --no-metrics")
     p.add_argument("--fragments", action="store_true",
                    help="atac: also a fragments file and genes; both paths run the fragments QC")
+    p.add_argument("--atac-embedding", choices=["lsi", "spectral"], default="lsi",
+                   help="atac: LSI (default) or the spectral embedding (chunked: 50,000 landmarks + Nystrom)")
     p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -342,6 +351,12 @@ def main() -> None:
             r = [np.corrcoef(m["pca"][:, i], c["pca"][:, i])[0, 1] for i in range(m["pca"].shape[1])]
             print(f"\nagreement: same cells {same_cells}; HVG flags equal for {hvg_same} / {m['hvg'].size} genes; "
                   f"per-PC r median {np.median(r):.6f}, min {np.min(r):.6f}")
+            if args.atac_embedding == "spectral":  # Nystrom may rotate near-equal eigenvectors: the subspace
+                E = np.c_[c["pca"].astype(np.float64), np.ones(len(c["pca"]))]
+                fit = E @ np.linalg.lstsq(E, m["pca"], rcond=None)[0]
+                r2 = 1 - ((m["pca"] - fit) ** 2).sum(0) / ((m["pca"] - m["pca"].mean(0)) ** 2).sum(0)
+                print("R^2 of each in-memory component on the chunked ones: "
+                      + " ".join(f"{v:.4f}" for v in r2))
             for column in ("frip", "tss_enrichment"):
                 if column in m.files and column in c.files:
                     print(f"{column}: max |memory - chunked| {np.nanmax(np.abs(m[column] - c[column])):.2e}, "
