@@ -179,12 +179,19 @@ def run_spectral(adata: ad.AnnData, n_components: int = 30, *, layer: str | None
     counts = adata.layers[layer] if layer is not None else adata.X
     result = spectral(counts, n_components, binarize=binarize, random_state=random_state)
     depth = np.asarray(counts.sum(axis=1)).ravel().astype(np.float64)
-    correlations = [float(np.corrcoef(result.embedding[:, i], depth)[0, 1]) if np.std(depth) > 0 else 0.0
-                    for i in range(result.embedding.shape[1])]
-    adata.obsm["X_spectral"] = result.embedding
-    adata.uns["spectral"] = {"n_components": int(result.embedding.shape[1]),
-                             "eigenvalues": [round(float(v), 6) for v in result.eigenvalues],
+    store_spectral(adata, result.embedding, result.eigenvalues, depth, binarize=binarize, random_state=random_state)
+    return result
+
+
+def store_spectral(adata: ad.AnnData, embedding: np.ndarray, eigenvalues: np.ndarray, depth: np.ndarray, *,
+                   binarize: bool, random_state: int, **extra: Any) -> None:
+    """``obsm["X_spectral"]`` and ``uns["spectral"]`` (eigenvalues, each component's correlation with the counts
+    per cell, the parameters and ``extra``)."""
+    correlations = [float(np.corrcoef(embedding[:, i], depth)[0, 1]) if np.std(depth) > 0 else 0.0
+                    for i in range(embedding.shape[1])]
+    adata.obsm["X_spectral"] = embedding
+    adata.uns["spectral"] = {"n_components": int(embedding.shape[1]),
+                             "eigenvalues": [round(float(v), 6) for v in eigenvalues],
                              "depth_correlation": [round(r, 4) for r in correlations],
                              "similarity": "cosine of IDF-weighted counts", "binarize": bool(binarize),
-                             "random_state": int(random_state)}
-    return result
+                             "random_state": int(random_state), **extra}

@@ -47,6 +47,7 @@ from ..atac.spectral import (
     idf_from_document_frequency,
     nystrom_basis,
     nystrom_extend,
+    store_spectral,
     weighted_unit_rows,
 )
 from ..errors import ScamlError
@@ -301,16 +302,8 @@ def _chunked_spectral(adata: ad.AnnData, engine: Engine, items: list[tuple], sou
         embedding = np.concatenate(list(engine.map("spectral extension", spectral_chunk, items, source, peaks,
                                                    binarize, weights, W, colsum, values)))
         embedding[positions] = exact
-    embedding = (embedding * signs).astype(np.float32)
-    correlations = [float(np.corrcoef(embedding[:, i], depth)[0, 1]) if np.std(depth) > 0 else 0.0
-                    for i in range(embedding.shape[1])]
-    adata.obsm["X_spectral"] = embedding
-    adata.uns["spectral"] = {"n_components": int(embedding.shape[1]),
-                             "eigenvalues": [round(float(v), 6) for v in values],
-                             "depth_correlation": [round(r, 4) for r in correlations],
-                             "similarity": "cosine of IDF-weighted counts", "binarize": bool(binarize),
-                             "random_state": int(random_state), "landmarks": int(m),
-                             "nystrom": bool(m < n_kept)}
+    store_spectral(adata, (embedding * signs).astype(np.float32), values, depth, binarize=binarize,
+                   random_state=random_state, landmarks=int(m), nystrom=bool(m < n_kept))
 
 
 # ----------------------------------------------------------------------------- the whole path
