@@ -573,7 +573,7 @@ def _write_outputs(adata: ad.AnnData, outdir: Path, record: RunRecord, batch_key
     figures = outdir / "figures"
     with record.timer("figures"):
         if batch_key is not None:
-            label = "LSI" if record.data.get("modality") == "atac" else "PCA"
+            label = _basis_label(adata, record.data.get("modality"))
             plotting.plot_integration_panels(panel_data, batch_key, figures / "umap_integration_check.png",
                                              uncorrected_label=label, note=panel_note)
             plotting.plot_objective(adata.uns["harmony"]["objective_harmony"], figures / "harmony_objective.png")
@@ -949,6 +949,13 @@ def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, gen
     info(f"wrote {outdir}/gene_activity.h5ad ({activity.n_vars} genes with peaks over body + 2 kb upstream)")
 
 
+def _basis_label(adata: ad.AnnData, modality: str | None) -> str:
+    """The uncorrected embedding's name in figure titles: PCA, LSI or spectral."""
+    if modality != "atac":
+        return "PCA"
+    return "spectral" if "X_spectral" in adata.obsm else "LSI"
+
+
 def _plot_clusters_only(adata: ad.AnnData, path: Path, modality: str | None) -> None:
     """UMAP coloured by cluster, for runs without a batch key (nothing to compare)."""
     import matplotlib.pyplot as plt
@@ -957,7 +964,7 @@ def _plot_clusters_only(adata: ad.AnnData, path: Path, modality: str | None) -> 
     from .plotting import scatter_categories
 
     fig, ax = plt.subplots(figsize=(7, 5.6))
-    basis = "LSI" if modality == "atac" else "PCA"
+    basis = _basis_label(adata, modality)
     scatter_categories(ax, adata.obsm["X_umap"], adata.obs["leiden"],
                        title=f"UMAP of {basis} (no batch correction): leiden clusters", legend_on_data=True)
     save_figure(fig, path)
