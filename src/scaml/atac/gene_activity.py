@@ -326,7 +326,7 @@ def _fragment_activity(
     gend: np.ndarray, n_genes: int, min_overlap_genes: int, min_barcode_match: float,
 ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     """Cells x genes fragment counts (each fragment once per overlapped gene region), the genes used, fragments per gene."""
-    from .qc import barcode_positions, iter_fragments
+    from .qc import barcode_positions, check_barcode_match, iter_fragments
 
     cells = pd.Index(adata.obs_names.astype(str))
     blocks = [fragments] if isinstance(fragments, pd.DataFrame) else iter_fragments(fragments, cells)
@@ -348,13 +348,8 @@ def _fragment_activity(
                                             shape=activity.shape)
         n_items += np.bincount(cols, minlength=n_genes)
         chroms_seen.update(np.unique(fchrom).tolist())
-    matched = int(seen.sum())
-    if matched < max(1, min_barcode_match * adata.n_obs):
-        name = "the fragments table" if isinstance(fragments, pd.DataFrame) else f"fragments file {str(fragments)!r}"
-        raise ScamlError(
-            f"only {matched} of {adata.n_obs} cell barcodes occur in {name} (cells e.g. {list(cells[:2])}); give "
-            "the fragments file of these cells, or make the barcodes match (e.g. without a sample prefix)."
-        )
+    name = "the fragments table" if isinstance(fragments, pd.DataFrame) else f"fragments file {str(fragments)!r}"
+    check_barcode_match(int(seen.sum()), cells, name, min_barcode_match)
     used = np.flatnonzero(n_items > 0)
     if used.size < min_overlap_genes:
         raise _no_overlap_error("fragment", n_genes, np.array(sorted(chroms_seen)), gchrom)

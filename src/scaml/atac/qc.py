@@ -143,6 +143,15 @@ def barcode_positions(barcodes: pd.Series, cells: pd.Index) -> np.ndarray:
     return cells.get_indexer(barcodes.astype(str).to_numpy())
 
 
+def check_barcode_match(matched: int, cells: pd.Index, source: str, min_barcode_match: float) -> None:
+    """Refuse fragments that cover fewer than ``min_barcode_match`` of the cells (``matched`` of them have one)."""
+    if matched < max(1, min_barcode_match * len(cells)):
+        raise ScamlError(
+            f"only {matched} of {len(cells)} cell barcodes occur in {source} (cells e.g. {list(cells[:2])}); give "
+            "the fragments file of these cells, or make the barcodes match (e.g. without a sample prefix)."
+        )
+
+
 def fragment_metrics(
     barcodes: Any,
     peaks: pd.DataFrame,
@@ -202,12 +211,7 @@ def fragment_metrics(
     if bar is not None:
         bar.stop()
     matched = int((n_frag > 0).sum())
-    if matched < max(1, min_barcode_match * n_cells):
-        raise ScamlError(
-            f"only {matched} of {n_cells} cell barcodes occur in fragments file {str(fragments)!r} "
-            f"(cells e.g. {list(cell_index[:2])}); give the fragments file of these cells, or make the "
-            "barcodes match (e.g. without a sample prefix)."
-        )
+    check_barcode_match(matched, cell_index, f"fragments file {str(fragments)!r}", min_barcode_match)
     metrics = pd.DataFrame({"n_fragments": n_frag,
                             "frip": np.divide(n_in, n_frag, out=np.zeros(n_cells), where=n_frag > 0)},
                            index=cell_index)
