@@ -196,8 +196,9 @@ def integrate(
 
     cells = None
     if use_chunks:
+        genes_table = _atac_inputs(record, atac_settings) if modality_used == "atac" else None
         with record.timer("chunked_preprocessing"):
-            cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, record,
+            cells = _preprocess_chunked(source, modality_used, batch_keys, atac_settings, record, genes_table,
                                         mito_prefix=mito_prefix,
                                         min_genes=min_genes, max_genes=max_genes, max_pct_mito=max_pct_mito,
                                         min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
@@ -212,6 +213,7 @@ def integrate(
         _check_keys(adata, batch_keys, label_key)
         record.data["before_qc"] = {"n_cells": adata.n_obs, "n_genes": adata.n_vars}
         modality_used = _modality(adata, modality, use_rep)
+        genes_table = _atac_inputs(record, atac_settings) if modality_used == "atac" else None
     record.data["modality"] = modality_used
     if not batch_keys:
         info("no --batch-key given: nothing is corrected (no Harmony, no batch-mixing metrics)")
@@ -221,7 +223,7 @@ def integrate(
     if cells is not None:
         basis = _record_chunked(adata, record, cells, batch_keys)
     elif modality_used == "atac":
-        basis = _prepare_atac(adata, record, atac_settings, input_kind=input_kind, min_cells=min_cells,
+        basis = _prepare_atac(adata, record, atac_settings, genes_table, input_kind=input_kind, min_cells=min_cells,
                               n_components=n_pcs, random_state=random_state)
     else:
         basis = _prepare_embedding(adata, record, use_rep=use_rep, input_kind=input_kind, mito_prefix=mito_prefix,
@@ -269,7 +271,7 @@ def integrate(
         _write_outputs(adata, outdir, record, batch_keys[0] if batch_keys else None, adjusted, markers,
                        marker_genes, metrics_table, cells=cells, samples=samples, umap_sample=umap_sample)
         if modality_used == "atac" and atac_settings.get("genes") is not None:
-            _write_gene_activity(adata, outdir, record, atac_settings["genes"], cells)
+            _write_gene_activity(adata, outdir, record, genes_table, cells)
         from .report import maybe_write_report
 
         maybe_write_report(outdir)
@@ -706,7 +708,7 @@ def _chunked_modality(source: Any, modality: str) -> str:
 
 
 def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_settings: dict[str, Any],
-                        record: RunRecord, *,
+                        record: RunRecord, genes_table: pd.DataFrame | None, *,
                         mito_prefix: Sequence[str], min_genes: int, max_genes: int | None, max_pct_mito: float | None,
                         min_cells: int, n_top_genes: int, n_pcs: int, max_memory: Any, chunk_cells: int | None,
                         client: Any, random_state: int) -> Any:
@@ -714,7 +716,6 @@ def _preprocess_chunked(source: Any, modality: str, batch_keys: list[str], atac_
     if modality == "atac":
         from .chunked import preprocess_peaks_chunked
 
-        genes_table = _atac_inputs(record, atac_settings)
         fragments = atac_settings.get("fragments")
         cells = preprocess_peaks_chunked(source, min_counts=int(atac_settings["min_counts"]),
                                          min_peaks=int(atac_settings["min_peaks"]),
@@ -827,7 +828,8 @@ def _modality(adata: ad.AnnData, modality: str, use_rep: str | None) -> str:
     return modality
 
 
-def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any], *, input_kind: str,
+def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any], genes_table: pd.DataFrame | None,
+                  *, input_kind: str,
                   min_cells: int, n_components: int, random_state: int) -> str:
     """Peak coordinates -> (fragments QC) -> QC filter -> TF-IDF -> LSI -> depth check; returns ``"X_lsi"``."""
     from . import atac
@@ -849,7 +851,6 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
     atac.add_peak_coordinates(adata)
     info(f"input: {adata.n_obs} cells x {adata.n_vars} peaks on {adata.var['chrom'].nunique()} chromosomes "
          f"({source} holds counts)")
-    genes_table = _atac_inputs(record, settings)
     removed: dict[str, int] = {}
     if settings.get("fragments") is not None:
         with record.timer("fragments_qc"):
@@ -885,7 +886,8 @@ def _prepare_atac(adata: ad.AnnData, record: RunRecord, settings: dict[str, Any]
 
 
 def _atac_inputs(record: RunRecord, settings: dict[str, Any]) -> pd.DataFrame | None:
-    """The ATAC inputs besides the peaks in run.json; the gene annotation (for TSS enrichment) when given."""
+    """The ATAC inputs besides the peaks in run.json; the gene annotation (TSS enrichment, gene activity), read once,
+    when given."""
     from .atac import read_gene_annotation
 
     genes_table = None
@@ -927,7 +929,8 @@ def _lsi_record(adata: ad.AnnData, check: Any, binarize: bool) -> dict[str, Any]
     return lsi_info
 
 
-def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: Any, cells: Any = None) -> None:
+def _write_gene_activity(adata: ad.AnnData, outdir: Path, record: RunRecord, genes: pd.DataFrame,
+                         cells: Any = None) -> None:
     """Gene activity of the QC-passed cells from their peak counts, as ``gene_activity.h5ad``; with ``cells``
     (the chunked path) computed and written chunk by chunk from the peak file."""
     from .atac import gene_activity, peak_gene_map
