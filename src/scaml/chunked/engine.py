@@ -13,6 +13,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .._utils import info, is_quiet, progress
@@ -147,6 +148,16 @@ class Engine:
             if nxt is not None:
                 pending.append(self.client.submit(func, nxt, *scattered, pure=False))
             yield result
+
+    @contextmanager
+    def local_pass(self, name: str) -> Iterator[None]:
+        """Time work done in this process outside :meth:`map` (e.g. reading a fragments file) as a pass of run.json."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.records.append({"pass": name, "seconds": round(time.perf_counter() - start, 3),
+                                 "peak_rss_mib": round(peak_rss_mib(), 1)})
 
     def summary(self) -> dict[str, Any]:
         """The cluster used and the passes run, for run.json."""

@@ -20,7 +20,6 @@ loadings are in memory, never the peak matrix.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +52,7 @@ from ..atac.spectral import (
 from ..errors import ScamlError
 from ..harmony.stream import parse_memory
 from ..preprocess import unique_names
-from .engine import Engine, peak_rss_mib
+from .engine import Engine
 from .passes import count_problem, detected_per_column, detected_per_row, kept_block, read_block
 from .preprocess import (
     MIN_CHUNK_CELLS,
@@ -286,13 +285,11 @@ def _chunked_spectral(adata: ad.AnnData, engine: Engine, items: list[tuple], sou
     rng = np.random.default_rng(random_state)
     positions = np.arange(n_kept) if m >= n_kept else np.sort(rng.choice(n_kept, size=m, replace=False))
     weights = idf_from_document_frequency(document_frequency, n_kept)
-    started = time.perf_counter()
-    rows = weighted_unit_rows(gather_rows(source, keep, peaks, ranges, positions), weights, binarize=binarize)
-    values, vectors, degree = eigenpairs(rows, n_components, random_state)
-    W, colsum = nystrom_basis(rows, values, vectors, degree)
-    del rows
-    engine.records.append({"pass": f"spectral embedding of {m} landmark cells",
-                           "seconds": round(time.perf_counter() - started, 3), "peak_rss_mib": round(peak_rss_mib(), 1)})
+    with engine.local_pass(f"spectral embedding of {m} landmark cells"):
+        rows = weighted_unit_rows(gather_rows(source, keep, peaks, ranges, positions), weights, binarize=binarize)
+        values, vectors, degree = eigenpairs(rows, n_components, random_state)
+        W, colsum = nystrom_basis(rows, values, vectors, degree)
+        del rows
     exact = vectors * np.sqrt(values)
     signs = component_signs(exact)
     if m >= n_kept:
@@ -447,11 +444,9 @@ def preprocess_peaks_chunked(
     allowed = np.ones(source.n_cells, dtype=bool)
     fragments_summary = None
     if fragments is not None:
-        started = time.perf_counter()
-        metrics, fragments_summary = fragment_metrics(obs.index, var, fragments, tss=tss, show_progress=engine.show)
-        engine.records.append({"pass": "fragments QC (the fragments file read in this process)",
-                               "seconds": round(time.perf_counter() - started, 3),
-                               "peak_rss_mib": round(peak_rss_mib(), 1)})
+        with engine.local_pass("fragments QC (the fragments file read in this process)"):
+            metrics, fragments_summary = fragment_metrics(obs.index, var, fragments, tss=tss,
+                                                          show_progress=engine.show)
         obs = obs.copy()
         for column in metrics.columns:
             obs[column] = metrics[column].to_numpy()
