@@ -75,7 +75,7 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
     import scipy.sparse as sp
     from anndata.io import sparse_dataset, write_elem
 
-    from scaml.datasets import simulate, simulate_atac, write_fragments
+    from scaml.datasets import simulate, simulate_atac, write_fragments, write_peak_genes_bed
 
     obs = []
     first = None
@@ -107,7 +107,7 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
                 sparse_dataset(f["X"]).append(X)
         print(f"  simulated {a + m:,} / {n_cells:,} cells", flush=True)
     if fragments is not None:
-        write_gene_bed(first.var, fragments.with_name("genes.bed"))
+        write_peak_genes_bed(first.var, fragments.with_name("genes.bed"))
     frame = pd.concat(obs)
     frame["batch"] = frame["batch"].astype("category")
     frame["cell_type"] = frame["cell_type"].astype("category")
@@ -119,16 +119,6 @@ def write_simulation(path: Path, n_cells: int, n_genes: int, library: float, mod
         src.copy(src["X"], f, "X")
     tmp.unlink()
     return nnz
-
-
-def write_gene_bed(var, path: Path) -> None:
-    """Genes at every 5th peak: the TSS in the peak's middle, 3 kb long, alternating strands (BED)."""
-    lines = []
-    for j in range(0, len(var), 5):
-        middle = int(var["start"].iloc[j]) + 250
-        start, end, strand = (middle - 1, middle + 3000, "+") if j % 2 == 0 else (middle - 3001, middle, "-")
-        lines.append(f"{var['chrom'].iloc[j]}\t{start}\t{end}\tG{j}\t0\t{strand}\n")
-    path.write_text("".join(lines))
 
 
 def fragment_inputs(path: str) -> tuple[Path | None, object]:

@@ -88,32 +88,19 @@ def test_chunked_peaks_refuse_bad_input(tmp_path):
         preprocess_peaks_chunked(tmp_path / "halves.h5ad", min_counts=0, min_peaks=0, show_progress=False)
 
 
-def _genes_bed(adata, path):
-    """Genes at every 5th peak (TSS in the peak's middle, alternating strands, 3 kb long), as a BED file."""
-    v = adata.var
-    lines = []
-    for j in range(0, adata.n_vars, 5):
-        strand = "+" if j % 2 == 0 else "-"
-        middle = v["start"].iloc[j] + 250  # BED starts are 0-based: the gene's first base is start + 1
-        start, end = (middle - 1, middle + 3000) if strand == "+" else (middle - 3001, middle)
-        lines.append(f"{v['chrom'].iloc[j]}\t{start}\t{end}\tG{j}\t0\t{strand}\n")
-    path.write_text("".join(lines))
-    return path
-
-
 def test_chunked_fragments_qc_and_gene_activity_equal_in_memory(tmp_path):
     """Fragments QC (n_fragments, FRiP, TSS enrichment), --min-fragments and gene activity chunk by chunk: the
     in-memory numbers."""
     import anndata as ad
 
     from scaml.chunked import write_streamed_h5ad
-    from scaml.datasets import write_fragments
+    from scaml.datasets import write_fragments, write_peak_genes_bed
 
     adata = simulate_atac(n_cells=1500, n_peaks=2000, mean_depth=300, random_state=3)
     path = tmp_path / "peaks.h5ad"
     adata.write_h5ad(path)
     frag = write_fragments(adata, tmp_path / "fragments.tsv.gz", cells_without=40, random_state=1)
-    genes = atac.read_gene_annotation(_genes_bed(adata, tmp_path / "genes.bed"))
+    genes = atac.read_gene_annotation(write_peak_genes_bed(adata.var, tmp_path / "genes.bed"))
     qc = {"min_counts": 100, "min_peaks": 20, "min_cells": 10}
 
     memory = adata.copy()
@@ -147,13 +134,13 @@ def test_integrate_chunked_atac_matches_in_memory(tmp_path):
     from sklearn.metrics import adjusted_rand_score
 
     from scaml.cli import main
-    from scaml.datasets import write_fragments
+    from scaml.datasets import write_fragments, write_peak_genes_bed
 
     adata = simulate_atac(n_cells=2000, n_peaks=2500, n_batches=2, mean_depth=600, random_state=2)
     path = tmp_path / "peaks.h5ad"
     adata.write_h5ad(path)
     frag = write_fragments(adata, tmp_path / "fragments.tsv.gz", cells_without=30)
-    bed = _genes_bed(adata, tmp_path / "genes.bed")
+    bed = write_peak_genes_bed(adata.var, tmp_path / "genes.bed")
     common = ["integrate", str(path), "--batch-key", "batch", "--label-key", "cell_type", "--n-pcs", "15",
               "--resolutions", "0.3", "--no-metrics", "--quiet", "--fragments", str(frag), "--genes", str(bed),
               "--min-fragments", "300"]

@@ -380,6 +380,35 @@ def write_fragments(
     return path
 
 
+def write_peak_genes_bed(var: pd.DataFrame, path: str | Path, *, every: int = 5, length: int = 3000) -> Path:
+    """Write a BED file of made-up genes for simulated peaks (e.g. :func:`simulate_atac`'s ``var``): one gene at
+    every ``every``-th peak, its TSS in the middle of a 500-bp peak, ``length`` bp long, strands alternating.
+
+    Parameters
+    ----------
+    var
+        The peaks' ``chrom`` / ``start`` (1-based).
+    path
+        The file to write (overwritten).
+    every, length
+        A gene at every ``every``-th peak; its length in bp.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    lines = []
+    for j in range(0, len(var), every):
+        middle = int(var["start"].iloc[j]) + 250  # BED starts are 0-based: the gene's first base is start + 1
+        start, end, strand = ((middle - 1, middle + length, "+") if j % 2 == 0
+                              else (middle - length - 1, middle, "-"))
+        lines.append(f"{var['chrom'].iloc[j]}\t{start}\t{end}\tG{j}\t0\t{strand}\n")
+    path = Path(path)
+    path.write_text("".join(lines))
+    return path
+
+
 def simulate_rna_atac(
     n_rna: int = 2000,
     n_atac: int = 3000,
