@@ -449,14 +449,109 @@ def _vm_kb(field: str) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- row kernels
+
+
+@dataclass(frozen=True)
+class RowKernel:
+    """What a chunk's soft assignment needs, small enough to send to a Dask worker.
+
+    ``Ys`` is ``Y`` scaled by ``2 / sigma`` (d x K, working dtype), ``Yw64`` is ``Y`` in float64,
+    ``offset`` the safe kernel's offset (None for the fast kernel) and ``tiny`` the dtype's smallest
+    normal number.
+    """
+
+    Ys: np.ndarray
+    Yw64: np.ndarray
+    offset: np.ndarray | None
+    tiny: float
+
+    def assign(self, Zc: np.ndarray, pen: np.ndarray) -> np.ndarray:
+        """``normalise_rows(exp(Zc Ys [+ offset, row shift]) * pen)`` (pen: rows x K or K)."""
+        t = Zc @ self.Ys
+        if self.offset is not None:
+            t += self.offset
+            t -= t.max(axis=1, keepdims=True)
+        np.exp(t, out=t)
+        t *= pen
+        rs = t.sum(axis=1, keepdims=True)
+        np.maximum(rs, self.tiny, out=rs)
+        t /= rs
+        return t
+
+    def objective_terms(self, t: np.ndarray, Zc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per cluster: ``sum_i R_ik z_i . y_k`` and ``sum_i R_ik log R_ik`` (float64)."""
+        rz = (t.T @ Zc).astype(np.float64)
+        cross = np.einsum("kd,dk->k", rz, self.Yw64)
+        lg = np.maximum(t, self.tiny)
+        np.log(lg, out=lg)
+        lg *= t
+        return cross, lg.sum(axis=0, dtype=np.float64)
+
+
+def block_stats(
+    kern: RowKernel, Zc: np.ndarray, g: np.ndarray, pen_g: np.ndarray, objective: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """A block update on some of the block's rows: per-group sums of their new ``R`` (G x K) and,
+    with ``objective``, their objective terms (:meth:`RowKernel.objective_terms`)."""
+    t = kern.assign(Zc, pen_g[g])
+    sums = np.zeros(pen_g.shape)
+    _add_group_sums(sums, t, g)
+    if not objective:
+        return sums, None, None
+    cross, ent = kern.objective_terms(t, Zc)
+    return sums, cross, ent
+
+
+def ridge_stats(
+    kern: RowKernel, Zc: np.ndarray, Zo: np.ndarray, g: np.ndarray, pen_rows: np.ndarray, G: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group sums of ``R`` (G x K) and of ``Z_orig^T R`` (G x d x K) over some rows."""
+    t = kern.assign(Zc, pen_rows)
+    K, d = t.shape[1], Zo.shape[1]
+    rsum, zsum = np.zeros((G, K)), np.zeros((G, d, K))
+    perm, runs = _group_runs(g)
+    tp, zp = (t, Zo) if perm is None else (t[perm], Zo[perm])
+    for k, s, e in runs:
+        rsum[k] += tp[s:e].sum(axis=0, dtype=np.float64)
+        zsum[k] += (tp[s:e].T @ zp[s:e]).T
+    return rsum, zsum
+
+
+def corrected_rows(
+    kern: RowKernel, Zc: np.ndarray, Zo: np.ndarray, g: np.ndarray, pen_rows: np.ndarray, Vw: np.ndarray
+) -> np.ndarray:
+    """``Z_orig - R (Phi W)`` of some rows, ``R`` from the last block updates (``Zo`` is overwritten)."""
+    t = kern.assign(Zc, pen_rows)
+    perm, runs = _group_runs(g)
+    for k, s, e in runs:
+        rows = slice(s, e) if perm is None else perm[s:e]
+        Zo[rows] -= t[rows] @ Vw[k]
+    return Zo
+
+
+def check_finite_rows(raw: np.ndarray, a: int, b: int) -> None:
+    """Refuse NaN / infinite values in the input rows ``a:b`` (the message names the first bad row)."""
+    bad = ~np.isfinite(raw)
+    if bad.any():
+        rows = np.flatnonzero(bad.any(axis=1))
+        raise ScamlError(
+            f"the embedding (data_mat) has NaN or infinite values in row {a + int(rows[0])} "
+            f"(the first bad row; {rows.size} bad rows among rows {a}-{b - 1}); remove or "
+            "impute those cells (drop the same rows from meta_data) and run again. Nothing "
+            "was written."
+        )
+
+
 # ----------------------------------------------------------------------------- k-means on disk
 
 
 class _DiskRows:
-    """``Z_cos`` in the work file, as core's k-means sees it (shape, rows by index, chunk passes)."""
+    """``Z_cos`` in the work file, as core's k-means sees it (shape, rows by index, Lloyd steps)."""
 
-    def __init__(self, zfile: _WorkFile, N: int, chunk: int, passes: _Passes) -> None:
-        self.zfile, self.shape, self.chunk, self.passes = zfile, (N, zfile.n_cols), chunk, passes
+    def __init__(self, zfile: _WorkFile, N: int, chunk: int) -> None:
+        self.zfile, self.shape, self.chunk = zfile, (N, zfile.n_cols), chunk
+        self.n_parts = -(-N // chunk)
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         idx = np.asarray(idx, dtype=np.int64)
@@ -477,13 +572,19 @@ class _DiskRows:
         out[sort] = got
         return out
 
-    def chunks(self):
+    def lloyd(self, be: _NumpyBackend, C: np.ndarray, step: Any) -> tuple[Any, Any, float]:
+        """Sums, counts and inertia of one Lloyd step, chunk by chunk (``step()`` after each)."""
+        sums, counts, inertia = 0.0, 0.0, 0.0
         for a in range(0, self.shape[0], self.chunk):
-            yield self.zfile.read(a, min(a + self.chunk, self.shape[0]))
+            s, n, i = be.lloyd_step(self.zfile.read(a, min(a + self.chunk, self.shape[0])), C)
+            sums, counts, inertia = sums + s, counts + n, inertia + i
+            step()
+        return sums, counts, inertia
 
 
 class _KMeansBackend:
-    """Core's numpy backend, with row takes and Lloyd steps that stream a :class:`_DiskRows`."""
+    """Core's numpy backend, with row takes and Lloyd steps that stream rows kept out of memory
+    (anything with ``take``, ``lloyd`` and ``n_parts``: :class:`_DiskRows`, or Dask partitions)."""
 
     def __init__(self, be: _NumpyBackend, passes: _Passes) -> None:
         self.be, self.passes = be, passes
@@ -495,28 +596,27 @@ class _KMeansBackend:
         return self.be.asarray(a)
 
     def take_rows(self, X: Any, idx: np.ndarray) -> np.ndarray:
-        if isinstance(X, _DiskRows):
+        if hasattr(X, "lloyd"):
             return X.take(idx)
         return self.be.take_rows(X, idx)
 
     def lloyd_step(self, data: Any, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        if not isinstance(data, _DiskRows):
+        if not hasattr(data, "lloyd"):
             return self.be.lloyd_step(data, C)
-        n_chunks = -(-data.shape[0] // data.chunk)
-        sums, counts, inertia = 0.0, 0.0, 0.0
-        with self.passes.run("k-means (Lloyd step on all cells)", n_chunks):
-            for rows in data.chunks():
-                s, n, i = self.be.lloyd_step(rows, C)
-                sums, counts, inertia = sums + s, counts + n, inertia + i
-                self.passes.step()
-        return sums, counts, inertia
+        with self.passes.run("k-means (Lloyd step on all cells)", data.n_parts):
+            return data.lloyd(self.be, C, self.passes.step)
 
 
 # ----------------------------------------------------------------------------- the run
 
 
 class _StreamFit:
-    """The state of a streaming run: work files, per-block caches, ``Y``, ``O``, ``N_k``."""
+    """The state of a streaming run: per-block caches, ``Y``, ``O``, ``N_k``; ``Z_cos`` in work files.
+
+    The passes over the data (:meth:`read_pass`, :meth:`block_stats`, :meth:`ridge_sums`,
+    :meth:`correct`, :meth:`kmeans_rows`) are the only methods that touch cells;
+    :class:`scaml.harmony.dask_fit.DaskFit` runs the same ones on a Dask cluster.
+    """
 
     def __init__(
         self,
@@ -525,7 +625,7 @@ class _StreamFit:
         Phi_g: np.ndarray,
         N_b: np.ndarray,
         params: ResolvedHarmonyParams,
-        work: Path,
+        work: Path | None,
         passes: _Passes,
     ) -> None:
         self.src, self.layout, self.Phi_g, self.params, self.passes = (
@@ -547,44 +647,32 @@ class _StreamFit:
         self.scale, offset, self.kernel_factor = soft_kernel(self.sigma, params.dtype)
         self.offset = None if offset is None else self.be.small(offset)
         self.kf = self.be.small(self.kernel_factor)
-        self.zfile = _WorkFile(work / "z_cos.bin", N, d, self.wd)
-        self.gfile = _WorkFile(work / "groups.bin", N, 1, np.int32)
-        self.ofile = _WorkFile(work / "chunk_order.bin", N, 1, np.int32)  # chunk_map's order
+        self.open_storage(work)
         self.sums = np.zeros((nb, G, K))  # per block: group sums of its R
         self.pens = np.empty((nb, G, K), dtype=self.wd)  # per block: penalty x kernel factor
         self.obj_cross = np.zeros((nb, K))  # per block: sum_i R_ik z_i . y_k
         self.obj_ent = np.zeros((nb, K))  # per block: sum_i R_ik log R_ik
-        self.Y = self.Yw64 = self.Ys = None
+        self.Y = self.kern = None
         self.O = self.Nk = None
         self.V = None
+
+    def open_storage(self, work: Path | None) -> None:
+        """The work files: ``Z_cos`` by update block, its rows' groups, each chunk's row order."""
+        N, d = self.N, self.d
+        self.zfile = _WorkFile(work / "z_cos.bin", N, d, self.wd)
+        self.gfile = _WorkFile(work / "groups.bin", N, 1, np.int32)
+        self.ofile = _WorkFile(work / "chunk_order.bin", N, 1, np.int32)  # chunk_map's order
 
     # ------------------------------------------------------------------ helpers
 
     def set_Y(self, Y: np.ndarray) -> None:
         self.Y = Y
-        self.Yw64 = self.be.small(Y).astype(np.float64)
-        self.Ys = self.be.small(Y * self.scale[None, :])
-
-    def assign(self, Zc: np.ndarray, pen: np.ndarray) -> np.ndarray:
-        """``normalise_rows(exp(Zc Ys [+ offset, row shift]) * pen)`` (pen: rows x K or K)."""
-        t = Zc @ self.Ys
-        if self.offset is not None:
-            t += self.offset
-            t -= t.max(axis=1, keepdims=True)
-        np.exp(t, out=t)
-        t *= pen
-        rs = t.sum(axis=1, keepdims=True)
-        np.maximum(rs, self.be.tiny, out=rs)
-        t /= rs
-        return t
-
-    def objective_terms(self, t: np.ndarray, Zc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rz = (t.T @ Zc).astype(np.float64)
-        cross = np.einsum("kd,dk->k", rz, self.Yw64)
-        lg = np.maximum(t, self.be.tiny)
-        np.log(lg, out=lg)
-        lg *= t
-        return cross, lg.sum(axis=0, dtype=np.float64)
+        self.kern = RowKernel(
+            Ys=self.be.small(Y * self.scale[None, :]),
+            Yw64=self.be.small(Y).astype(np.float64),
+            offset=self.offset,
+            tiny=float(self.be.tiny),
+        )
 
     def set_O(self) -> None:
         gs = self.sums.sum(axis=0)
@@ -638,7 +726,7 @@ class _StreamFit:
             Zo = np.asarray(self.src.raw(a, b), dtype=self.wd)[order]
             yield c, (a, b), order, counts, blk, g, Zo, self.read_runs(c, counts, self.zfile)
 
-    # ------------------------------------------------------------------ passes
+    # ------------------------------------------------------------------ the passes over the cells
 
     def read_pass(self) -> None:
         """Check every row, write ``Z_cos`` of the input and the group codes to the work files."""
@@ -647,15 +735,7 @@ class _StreamFit:
             for c in range(lay.n_chunks):
                 a, b = lay.bounds(c)
                 raw = self.src.raw(a, b)
-                bad = ~np.isfinite(raw)
-                if bad.any():
-                    rows = np.flatnonzero(bad.any(axis=1))
-                    raise ScamlError(
-                        f"the embedding (data_mat) has NaN or infinite values in row {a + int(rows[0])} "
-                        f"(the first bad row; {rows.size} bad rows among rows {a}-{b - 1}); remove or "
-                        "impute those cells (drop the same rows from meta_data) and run again. Nothing "
-                        "was written."
-                    )
+                check_finite_rows(raw, a, b)
                 order, counts = lay.chunk_map(c)
                 self.ofile.write(a, order[:, None].astype(np.int32))
                 Zc = self.be.l2_rows(
@@ -667,19 +747,65 @@ class _StreamFit:
                 )
                 self.passes.step()
 
+    def kmeans_rows(self) -> _DiskRows:
+        """``Z_cos`` as core's k-means start sees it (rows by index, Lloyd steps chunk by chunk)."""
+        return _DiskRows(self.zfile, self.N, self.layout.chunk)
+
+    def block_stats(
+        self, j: int, pen: np.ndarray, objective: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Block j's new per-group sums of ``R`` and objective terms under ``pen`` (G x K)."""
+        new = np.zeros((self.G, self.K))
+        cross, ent = np.zeros(self.K), np.zeros(self.K)
+        for Zc, g in self.block_chunks(j):
+            s, cr, en = block_stats(self.kern, Zc, g, pen, objective)
+            new += s
+            if objective:
+                cross += cr
+                ent += en
+        return new, cross, ent
+
+    def ridge_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-group sums of ``R`` and ``Z_orig^T R`` over all cells (``R`` recomputed)."""
+        rsum = np.zeros((self.G, self.K))
+        zsum = np.zeros((self.G, self.d, self.K))
+        for _, _, _, _, blk, g, Zo, Zc in self.caller_chunks():
+            r, z = ridge_stats(self.kern, Zc, Zo, g, self.pens[blk, g], self.G)
+            rsum += r
+            zsum += z
+            self.passes.step()
+        return rsum, zsum
+
+    def correct(self, old: RowKernel, out: Any, last: bool) -> np.ndarray | None:
+        """The correction of every chunk under the previous ``Y`` (``old``): ``Z_corr`` to ``out`` in
+        the caller's order when ``last``, else unit rows to the work file and the new per-block sums
+        of the plain soft assignment (returned)."""
+        Vw = self.be.small(self.V)
+        new_sums = None if last else np.zeros_like(self.sums)
+        for c, (a, b), order, counts, blk, g, Zo, Zc in self.caller_chunks():
+            corr = corrected_rows(old, Zc, Zo, g, self.pens[blk, g], Vw)
+            del Zc
+            if last:
+                block = np.empty_like(corr, dtype=np.dtype(self.params.dtype))
+                block[order] = corr
+                out[a:b] = block
+            else:
+                self.be.l2_rows(corr, corr)
+                self.write_runs(c, counts, self.zfile, corr)
+                t = self.kern.assign(corr, self.kf)
+                _add_group_sums(new_sums.reshape(-1, self.K), t, blk * self.G + g)
+            self.passes.step()
+        return new_sums
+
+    # ------------------------------------------------------------------ the algorithm
+
     def first_assignment(self) -> None:
         """The plain soft assignment of every block, its group sums and objective terms."""
         nb = self.layout.n_blocks
+        plain = np.broadcast_to(self.kf, (self.G, self.K))
         with self.passes.run("soft assignment", nb):
             for j in range(nb):
-                self.sums[j] = 0.0
-                self.obj_cross[j] = self.obj_ent[j] = 0.0
-                for Zc, g in self.block_chunks(j):
-                    t = self.assign(Zc, self.kf)
-                    _add_group_sums(self.sums[j], t, g)
-                    cr, en = self.objective_terms(t, Zc)
-                    self.obj_cross[j] += cr
-                    self.obj_ent[j] += en
+                self.sums[j], self.obj_cross[j], self.obj_ent[j] = self.block_stats(j, plain, True)
                 self.pens[j] = self.kf[None, :]
                 self.passes.step()
         self.set_O()
@@ -694,15 +820,7 @@ class _StreamFit:
                 self.Nk -= old.sum(axis=0)
                 pen_g = self.Phi_g @ diversity_penalty(self.O, self.E, self.theta).T
                 pen = self.be.small(pen_g * self.kernel_factor[None, :])
-                new = np.zeros((self.G, self.K))
-                cross, ent = np.zeros(self.K), np.zeros(self.K)
-                for Zc, g in self.block_chunks(j):
-                    t = self.assign(Zc, pen[g])
-                    _add_group_sums(new, t, g)
-                    if objective:
-                        cr, en = self.objective_terms(t, Zc)
-                        cross += cr
-                        ent += en
+                new, cross, ent = self.block_stats(j, pen, objective)
                 self.sums[j], self.pens[j] = new, pen
                 if objective:
                     self.obj_cross[j], self.obj_ent[j] = cross, ent
@@ -727,17 +845,8 @@ class _StreamFit:
 
     def ridge_pass(self, design: Design, it: int) -> None:
         """Per-group sums of ``R`` and ``Z_orig^T R`` (R recomputed), then the regressions."""
-        rsum = np.zeros((self.G, self.K))
-        zsum = np.zeros((self.G, self.d, self.K))
         with self.passes.run(f"iteration {it}, ridge sums", self.layout.n_chunks):
-            for _, _, _, _, blk, g, Zo, Zc in self.caller_chunks():
-                t = self.assign(Zc, self.pens[blk, g])
-                perm, runs = _group_runs(g)
-                tp, zp = (t, Zo) if perm is None else (t[perm], Zo[perm])
-                for k, s, e in runs:
-                    rsum[k] += tp[s:e].sum(axis=0, dtype=np.float64)
-                    zsum[k] += (tp[s:e].T @ zp[s:e]).T
-                self.passes.step()
+            rsum, zsum = self.ridge_sums()
         fit = SimpleNamespace(
             layout=SimpleNamespace(Phi_g=self.Phi_g),
             Nk=self.Nk,
@@ -749,34 +858,12 @@ class _StreamFit:
 
     def correction_pass(self, it: int, out: Any, last: bool) -> None:
         """``Z_orig - R (Phi W)``: to ``out`` in the caller's order on the last iteration, else its
-        unit rows to the work file, followed by the next iteration's plain soft assignment."""
-        Vw = self.be.small(self.V)
-        Y_old_s = self.Ys
+        unit rows to ``Z_cos``, followed by the next iteration's plain soft assignment."""
+        old = self.kern
         self.set_Y(self.Y_next)
-        Ys_new = self.Ys
-        new_sums = np.zeros_like(self.sums)
         name = "correction, writing Z_corr" if last else "correction"
         with self.passes.run(f"iteration {it}, {name}", self.layout.n_chunks):
-            for c, (a, b), order, counts, blk, g, Zo, Zc in self.caller_chunks():
-                self.Ys = Y_old_s
-                t = self.assign(Zc, self.pens[blk, g])
-                self.Ys = Ys_new
-                del Zc
-                perm, runs = _group_runs(g)
-                corr = Zo
-                for k, s, e in runs:
-                    rows = slice(s, e) if perm is None else perm[s:e]
-                    corr[rows] -= t[rows] @ Vw[k]
-                if last:
-                    block = np.empty_like(corr, dtype=np.dtype(self.params.dtype))
-                    block[order] = corr
-                    out[a:b] = block
-                else:
-                    self.be.l2_rows(corr, corr)
-                    self.write_runs(c, counts, self.zfile, corr)
-                    t = self.assign(corr, self.kf)
-                    _add_group_sums(new_sums.reshape(-1, self.K), t, blk * self.G + g)
-                self.passes.step()
+            new_sums = self.correct(old, out, last)
         if not last:
             self.sums = new_sums
             self.pens[:] = self.kf[None, None, :]
@@ -818,8 +905,9 @@ def harmonize_stream(
     work_dir: Any = None,
     show: bool = True,
     callback: Any = None,
+    client: Any = None,
 ) -> tuple[HarmonyState, dict[str, Any]]:
-    """Run Harmony chunk by chunk (see the module docstring).
+    """Run Harmony chunk by chunk (see the module docstring), in this process or on a Dask cluster.
 
     Parameters
     ----------
@@ -840,6 +928,9 @@ def harmonize_stream(
         Show a progress bar for each pass.
     callback
         ``callback(iteration, objective)`` after each Harmony iteration.
+    client
+        A ``dask.distributed.Client``: each chunk becomes a partition held by a worker and every
+        pass is a map-reduce on the cluster (:mod:`scaml.harmony.dask_fit`); no work files.
 
     Returns
     -------
@@ -863,19 +954,24 @@ def harmonize_stream(
     )
     if work_dir is None:
         work_dir = out.parent if out is not None else None
-    work = Path(tempfile.mkdtemp(prefix="scaml-harmony-", dir=work_dir))
+    work = None if client is not None else Path(tempfile.mkdtemp(prefix="scaml-harmony-", dir=work_dir))
     tmp_out = None if out is None else out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     passes = _Passes(show)
     fit = None
     state = HarmonyState()
     try:
-        fit = _StreamFit(src, layout, Phi_g, N_b, params, work, passes)
+        if client is not None:
+            from .dask_fit import DaskFit
+
+            fit = DaskFit(client, src, layout, Phi_g, N_b, params, work, passes)
+        else:
+            fit = _StreamFit(src, layout, Phi_g, N_b, params, work, passes)
         rng = np.random.default_rng(params.random_state)
         fit.read_pass()
         kbe = _KMeansBackend(fit.be, passes)
         with passes.run("k-means start (samples)", 1):
             fit.set_Y(
-                init_centroids(kbe, _DiskRows(fit.zfile, N, layout.chunk, passes), fit.K, rng)
+                init_centroids(kbe, fit.kmeans_rows(), fit.K, rng)
             )
             passes.step()
         fit.first_assignment()
@@ -900,7 +996,8 @@ def harmonize_stream(
                 state.converged = True
             if last:
                 break
-        work_bytes = sum(f.stat().st_size for f in work.iterdir())
+        work_bytes = 0 if work is None else sum(f.stat().st_size for f in work.iterdir())
+        cluster = fit.describe() if client is not None else None
         if out is not None:
             Z_out.attrs["scaml_harmony"] = {
                 "n_iter": state.n_iter,
@@ -920,7 +1017,8 @@ def harmonize_stream(
         passes.stop()
         if fit is not None:
             fit.close()
-        shutil.rmtree(work, ignore_errors=True)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
     state.Z_corr = Z_out
     state.Y = np.asarray(fit.Y)
     state.O = fit.O
@@ -928,7 +1026,7 @@ def harmonize_stream(
     seconds = time.perf_counter() - start
     state.seconds = {"total": round(seconds, 4)}
     info = {
-        "path": "streaming",
+        "path": "streaming" if client is None else "dask",
         "chunk_cells": int(layout.chunk),
         "n_chunks": int(layout.n_chunks),
         "n_blocks": int(layout.n_blocks),
@@ -940,6 +1038,7 @@ def harmonize_stream(
         "peak_rss_mib": round(passes.peak_kb / 1024, 1),
         "work_file_bytes": int(work_bytes),
         "R": "not stored: recomputed per block from Z_cos, Y and the block's last penalty",
+        **({} if cluster is None else {"cluster": cluster}),
         "out": None if out is None else str(out),
         "seconds": round(seconds, 4),
     }
@@ -1001,6 +1100,7 @@ def run_harmony_stream(
     max_memory: Any = None,
     overwrite: bool = False,
     verbose: bool = True,
+    client: Any = None,
 ) -> StreamingHarmony:
     """The streaming path of :func:`scaml.harmony.run_harmony` (its arguments, validated ``hp``).
 
@@ -1017,8 +1117,8 @@ def run_harmony_stream(
         data_mat = data_mat.select_dtypes(include=[np.number]).to_numpy()
     if hp.backend == "torch":
         raise ScamlError(
-            "the streaming Harmony (out=, chunk_cells=, max_memory= or a memmap / zarr input) runs "
-            "on numpy; use backend='numpy' or 'auto', or an in-memory ndarray for torch."
+            "the streaming Harmony (out=, chunk_cells=, max_memory=, client= or a memmap / zarr "
+            "input) runs on numpy; use backend='numpy' or 'auto', or an in-memory ndarray for torch."
         )
     src = _Input(data_mat)
     N, d = src.shape
@@ -1047,7 +1147,7 @@ def run_harmony_stream(
 
     show = verbose and not is_quiet()
     state, run_info = harmonize_stream(
-        data_mat, design, resolved, chunk_cells=chunk, out=out_path, show=show
+        data_mat, design, resolved, chunk_cells=chunk, out=out_path, show=show, client=client
     )
     run_info["max_memory_bytes"] = int(budget)
     if show:
@@ -1057,8 +1157,9 @@ def run_harmony_stream(
             else f"stopped after {state.n_iter}"
         )
         where = f", Z_corr in {str(out_path)!r}" if out_path is not None else ""
+        on = "" if client is None else f" on the Dask cluster at {run_info['cluster']['scheduler']}"
         info(
-            f"Harmony (streaming, {run_info['n_chunks']} chunks of {chunk} cells, "
+            f"Harmony (streaming{on}, {run_info['n_chunks']} chunks of {chunk} cells, "
             f"{run_info['n_passes']} passes) {status} iteration(s){where}."
         )
     return StreamingHarmony(state, data_mat, params, batch_names, run_info)
