@@ -124,3 +124,59 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, float) and value in (float("inf"), float("-inf")):
         return None
     return value
+
+
+def add_up(*parts: Any) -> Any:
+    """The sum of partial results, added left to right: arrays, numbers, None, or tuples of them
+    (element by element). The first part is not modified."""
+    first = parts[0]
+    if isinstance(first, tuple):
+        return tuple(add_up(*(p[i] for p in parts)) for i in range(len(first)))
+    if first is None:
+        return None
+    total = first.copy() if hasattr(first, "copy") and not isinstance(first, (int, float)) else first
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+class SumTree:
+    """Partial results added in a fixed tree: groups of ``fan_in`` consecutive results, level by level.
+
+    ``push`` the results in order and ``total()`` gives the sum. ``combine(group)`` adds one group
+    (default :func:`add_up`); with one that submits a Dask task the sums are made on the workers,
+    and the order of the additions, hence the floating-point result, is the same as in one process.
+    At most ``fan_in - 1`` results per level wait for their group.
+    """
+
+    def __init__(self, fan_in: int = 8, combine: Any = None) -> None:
+        self.fan_in = int(fan_in)
+        self.combine = combine or (lambda group: add_up(*group))
+        self.levels: list[list[Any]] = []
+        self.n = 0
+
+    def push(self, value: Any) -> None:
+        self.n += 1
+        self._add(value, 0)
+
+    def _add(self, value: Any, k: int) -> None:
+        if k == len(self.levels):
+            self.levels.append([])
+        self.levels[k].append(value)
+        if len(self.levels[k]) == self.fan_in:
+            group, self.levels[k] = self.levels[k], []
+            self._add(self.combine(group), k + 1)
+
+    def total(self) -> Any:
+        """The sum of everything pushed (the last, shorter group of each level is added last)."""
+        if self.n == 0:
+            raise ValueError("nothing to add up")
+        sizes = [self.n]
+        while sizes[-1] > 1:
+            sizes.append(-(-sizes[-1] // self.fan_in))
+        top = len(sizes) - 1
+        for k in range(top):
+            if k < len(self.levels) and self.levels[k]:
+                group, self.levels[k] = self.levels[k], []
+                self._add(group[0] if len(group) == 1 else self.combine(group), k + 1)
+        return self.levels[top][0]

@@ -212,6 +212,7 @@ def run_harmony(
     chunk_cells: int | None = None,
     max_memory: int | str | None = None,
     overwrite: bool = False,
+    client: Any = None,
 ) -> Harmony:
     """Integrate batches in an embedding with Harmony (R harmony 2.x algorithm, scaml's implementation).
 
@@ -279,6 +280,11 @@ def run_harmony(
         is not given).
     overwrite
         Streaming: replace an existing ``out``.
+    client
+        A ``dask.distributed.Client``: run the streaming path on that cluster
+        (:mod:`scaml.harmony.dask_fit`): each chunk is a partition kept by a worker and every pass
+        is a map-reduce (one per block update). Same numbers as the in-process streaming run with
+        the same chunks. The workers need scaml installed.
 
     Returns
     -------
@@ -313,7 +319,8 @@ def run_harmony(
     from .stream import is_streaming_input
 
     if (
-        out is not None
+        client is not None
+        or out is not None
         or chunk_cells is not None
         or max_memory is not None
         or is_streaming_input(data_mat)
@@ -330,6 +337,7 @@ def run_harmony(
             max_memory=max_memory,
             overwrite=overwrite,
             verbose=verbose,
+            client=client,
         )
     Z = _as_embedding(data_mat)
     N = Z.shape[0]
