@@ -89,6 +89,41 @@ def test_dask_cluster_gives_the_same_numbers(counts_file):
     assert np.array_equal(here.adata.obsm["X_pca"], there.adata.obsm["X_pca"])
 
 
+def _noisy_chunk(i: int, scale: float) -> tuple:
+    rng = np.random.default_rng(i)
+    return rng.normal(size=(3, 4)) * scale * 10.0 ** rng.integers(-6, 6), i
+
+
+def test_sum_tree_adds_in_the_same_order_in_process_and_on_a_cluster():
+    from scaml._utils import SumTree, add_up
+    from scaml.chunked.engine import Engine
+
+    def reference(values: list, fan_in: int):  # groups of fan_in consecutive values, level by level
+        level = list(values)
+        while len(level) > 1:
+            level = [g[0] if len(g) == 1 else add_up(*g)
+                     for g in (level[i:i + fan_in] for i in range(0, len(level), fan_in))]
+        return level[0]
+
+    for n in (1, 2, 8, 9, 17, 64, 65, 130):
+        for fan_in in (2, 3, 8):
+            values = [_noisy_chunk(i, 1.0)[0] for i in range(n)]
+            tree = SumTree(fan_in)
+            for v in values:
+                tree.push(v)
+            assert np.array_equal(tree.total(), reference(values, fan_in)), (n, fan_in)
+    distributed = pytest.importorskip("distributed")
+    items = list(range(70))  # three levels of additions at fan-in 8
+    here = Engine(show=False).map_sum("sum", _noisy_chunk, items, 2.0)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        engine = Engine(client, show=False, window=3)
+        there = engine.map_sum("sum", _noisy_chunk, items, 2.0)
+    assert np.array_equal(here[0], there[0]) and here[1] == there[1] == sum(items)
+    np.testing.assert_allclose(here[0], np.sum([_noisy_chunk(i, 2.0)[0] for i in items], axis=0), rtol=1e-12)
+    assert engine.records[-1]["reduction"] == "tree, fan-in 8" and engine.records[-1]["chunks"] == 70
+
+
 def test_budget_sets_the_chunks_and_a_too_small_one_is_refused(counts_file):
     path, _ = counts_file
     source = open_cells(path)
@@ -184,6 +219,28 @@ def test_harmony_streams_when_the_budget_is_small(counts_file, tmp_path, monkeyp
     assert a.uns["harmony"]["info"]["path"] == "in-memory" and b.uns["harmony"]["info"]["path"] != "in-memory"
     P, Q = a.obsm["X_pca_harmony"], b.obsm["X_pca_harmony"]
     assert np.median([np.corrcoef(P[:, i], Q[:, i])[0, 1] for i in range(P.shape[1])]) > 0.999
+
+
+def test_integrate_on_a_cluster_runs_the_streaming_harmony_there(counts_file, tmp_path):
+    """integrate --chunked with a Dask client: the chunked passes and the streaming Harmony on the
+    cluster, the numbers of the in-process run."""
+    import json
+
+    distributed = pytest.importorskip("distributed")
+    from scaml.pipeline import integrate
+
+    path, _ = counts_file
+    kw = dict(label_key="cell_type", min_genes=50, n_top_genes=300, n_pcs=15, resolutions=[0.5], evaluate=False,
+              chunked=True, chunk_cells=800, harmony_params={"chunk_cells": 700, "block_size": 0.2, "max_iter_harmony": 3})
+    here = integrate(path, "batch", tmp_path / "here", **kw)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        there = integrate(path, "batch", tmp_path / "there", client=client, **kw)
+    np.testing.assert_allclose(there.obsm["X_pca_harmony"], here.obsm["X_pca_harmony"], rtol=0, atol=1e-4)
+    run = json.loads((tmp_path / "there" / "run.json").read_text())["data"]
+    assert run["harmony_memory"]["path"] == "streaming on the Dask cluster"
+    assert run["chunked"]["engine"] == "dask.distributed"
+    assert there.uns["harmony"]["info"]["path"] == "dask" and here.uns["harmony"]["info"]["path"] == "streaming"
 
 
 def test_nan_embedding_rows_are_refused():

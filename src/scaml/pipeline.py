@@ -231,7 +231,8 @@ def integrate(
                                    min_cells=min_cells, n_top_genes=n_top_genes, n_pcs=n_pcs,
                                    batch_keys=batch_keys, random_state=random_state)
     if cells is not None and batch_keys:
-        harmony_params = _harmony_within_budget(adata, record, basis, cells.plan.budget_bytes, harmony_params)
+        harmony_params = _harmony_within_budget(adata, record, basis, cells.plan.budget_bytes, harmony_params,
+                                                client=client)
     adjusted = _harmony(adata, record, basis, batch_keys, thetas, harmony_params, random_state) if batch_keys else basis
     # one neighbour search per embedding, shared by the kNN graph and the metrics (LISI needs the most)
     umap_sample = draw_sample(adata.n_obs, UMAP_MAX_CELLS if umap_max_cells is None else umap_max_cells,
@@ -367,10 +368,11 @@ def harmony_memory_estimate(n_cells: int, n_dims: int, nclust: int | None = None
 
 
 def _harmony_within_budget(adata: ad.AnnData, record: RunRecord, basis: str, budget: int,
-                           harmony_params: dict[str, Any] | None) -> dict[str, Any]:
+                           harmony_params: dict[str, Any] | None, client: Any = None) -> dict[str, Any]:
     """The chunked run's Harmony settings: in memory while its estimate fits in
     :data:`HARMONY_BUDGET_SHARE` of the budget, else streaming (:mod:`scaml.harmony.stream`) with that
-    share as its chunk budget. Given streaming settings (``max_memory``, ``chunk_cells``) are kept."""
+    share as its chunk budget; with a Dask ``client`` the streaming Harmony runs on that cluster
+    (:mod:`scaml.harmony.dask_fit`). Given streaming settings (``max_memory``, ``chunk_cells``) are kept."""
     hp = dict(harmony_params or {})
     n_cells, n_dims = adata.obsm[basis].shape
     need = harmony_memory_estimate(n_cells, n_dims, hp.get("nclust"))
@@ -379,14 +381,18 @@ def _harmony_within_budget(adata: ad.AnnData, record: RunRecord, basis: str, bud
     streaming = given or need > share
     if streaming and not given:
         hp["max_memory"] = share
+    on_cluster = streaming and client is not None
+    if on_cluster:
+        hp["client"] = client
     record.data["harmony_memory"] = {
         "in_memory_estimate_mib": round(need / 2**20, 1), "budget_share_mib": round(share / 2**20, 1),
-        "path": "streaming" if streaming else "in memory",
+        "path": "streaming on the Dask cluster" if on_cluster else "streaming" if streaming else "in memory",
     }
+    where = " on the Dask cluster" if on_cluster else ""
     if given:
-        info("Harmony streams its cells (harmony_params set its chunks)")
+        info(f"Harmony streams its cells{where} (harmony_params set its chunks)")
     elif streaming:
-        info(f"Harmony streams its cells: in memory it would take {need / 2**20:,.0f} MiB, more than its "
+        info(f"Harmony streams its cells{where}: in memory it would take {need / 2**20:,.0f} MiB, more than its "
              f"{share / 2**20:,.0f} MiB share of the --max-memory budget")
     return hp
 

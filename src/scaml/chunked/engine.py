@@ -1,8 +1,10 @@
 """Where the chunks run: in this process, or on a dask.distributed cluster.
 
-:class:`Engine` maps a function over chunks and hands back the results in chunk order (so that
-sums add up in the same order, and the numbers are the same in-process and on a cluster). On a
-cluster at most ``window`` chunks are in flight, which bounds the memory the results take.
+:class:`Engine` maps a function over chunks and hands back the results in chunk order
+(:meth:`Engine.map`), or adds them up in a fixed tree (:meth:`Engine.map_sum`: on a cluster the
+additions run on the workers and only the total reaches the client). Either way the order of the
+additions is the same in-process and on a cluster, and so are the numbers. On a cluster at most
+``window`` chunks are in flight, which bounds the memory the results take.
 :func:`connect` makes the cluster client: a running scheduler's address, or ``"local"`` for a
 ``LocalCluster`` on this machine.
 """
@@ -16,11 +18,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .._utils import info, is_quiet, progress
+from .._utils import SumTree, add_up, info, is_quiet, progress
 from ..errors import ScamlError
 
 #: Seconds to wait for a scheduler before giving up.
 CONNECT_TIMEOUT_S = 5
+#: Chunk results added together per addition of :meth:`Engine.map_sum`.
+FAN_IN = 8
 
 
 def peak_rss_mib() -> float:
@@ -148,6 +152,59 @@ class Engine:
             if nxt is not None:
                 pending.append(self.client.submit(func, nxt, *scattered, pure=False))
             yield result
+
+    def map_sum(self, name: str, func: Callable[..., Any], items: Sequence[Any], *args: Any) -> Any:
+        """The sum of ``func(item, *args)`` over the items (arrays, numbers or tuples of them).
+
+        The results are added in a fixed tree (:class:`scaml._utils.SumTree`, groups of
+        :data:`FAN_IN` consecutive chunks, level by level). On a cluster the additions are tasks on
+        the workers, so only the total reaches the client; in this process they are made in the same
+        order, so both give the same numbers.
+        """
+        start = time.perf_counter()
+        bar = progress() if self.show else None
+        task = None
+        if bar is not None:
+            bar.start()
+            task = bar.add_task(f"{name}", total=len(items), status="")
+        try:
+            if self.client is None:
+                tree = SumTree(FAN_IN)
+                for item in items:
+                    tree.push(func(item, *args))
+                    if bar is not None:
+                        bar.advance(task)
+                return tree.total()
+            return self._tree_on_cluster(func, items, args, bar, task)
+        finally:
+            if bar is not None:
+                bar.stop()
+            self.records.append({"pass": name, "chunks": len(items),
+                                 "seconds": round(time.perf_counter() - start, 3),
+                                 "peak_rss_mib": round(peak_rss_mib(), 1), "reduction": f"tree, fan-in {FAN_IN}"})
+
+    def _tree_on_cluster(self, func: Callable[..., Any], items: Sequence[Any], args: tuple, bar: Any,
+                         task: Any) -> Any:
+        from distributed import wait
+
+        client = self.client
+        scattered = [client.scatter(a, broadcast=True) if _is_large(a) else a for a in args]
+        tree = SumTree(FAN_IN, combine=lambda group: client.submit(add_up, *group, pure=False))
+        in_flight: list[Any] = []
+        for item in items:
+            if len(in_flight) >= self.window:  # at most ``window`` chunks computed at a time
+                wait(in_flight[:1])
+                in_flight.pop(0)
+                if bar is not None:
+                    bar.advance(task)
+            future = client.submit(func, item, *scattered, pure=False)
+            in_flight.append(future)
+            tree.push(future)
+        total = tree.total()
+        result = total.result()
+        if bar is not None:
+            bar.update(task, completed=len(items))
+        return result
 
     @contextmanager
     def local_pass(self, name: str) -> Iterator[None]:

@@ -215,11 +215,9 @@ class _ChunkedOperator:
         P = np.asarray(P, dtype=np.float32)
         bounds = np.concatenate([[0], np.cumsum(self.sizes)])
         items = [(*item, P[bounds[i]:bounds[i + 1]]) for i, item in enumerate(self.items)]
-        total = np.zeros((self.shape[1], P.shape[1]))
-        for part in self.engine.map(f"LSI product {self.n_products}", transpose_times_chunk, items, self.source,
-                                    self.peaks, self.binarize, self.idf):
-            total += part
-        return total.astype(np.float32)
+        total = self.engine.map_sum(f"LSI product {self.n_products}", transpose_times_chunk, items, self.source,
+                                    self.peaks, self.binarize, self.idf)
+        return np.asarray(total, dtype=np.float32)
 
 
 def _svd_flip_v(U: np.ndarray, Vt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -311,15 +311,8 @@ def preprocess_chunked(
         m = int(k.sum())
         codes_chunks.append(None if codes_all is None else codes_all[offset:offset + m])
         offset += m
-    total = None
-    s1 = np.zeros(genes.size)
-    s2 = np.zeros(genes.size)
     items = list(zip(ranges, keeps, codes_chunks, strict=True))
-    for sums, a1, a2 in engine.map("normalise + gene sums", _sums_item, items, source, genes, n_batches):
-        total = sums if total is None else total + sums
-        s1 += a1
-        s2 += a2
-    assert total is not None
+    total, s1, s2 = engine.map_sum("normalise + gene sums", _sums_item, items, source, genes, n_batches)
     var_kept = var.iloc[genes].copy()
     var_kept.index = pd.Index(unique_names(var_kept.index, genes.size))
     n_hvg_target = int(n_top_genes)
@@ -340,12 +333,8 @@ def preprocess_chunked(
     hvg_idx = np.flatnonzero(hvg)
 
     # 3. covariance of the scaled HVG block
-    n_seen, zsum, gram = 0, np.zeros(n_hvg), np.zeros((n_hvg, n_hvg))
-    for n, a, g in engine.map("scaled HVG covariance", _gram_item, list(zip(ranges, keeps, strict=True)), source,
-                              genes, hvg_idx, mean, std):
-        n_seen += n
-        zsum += a
-        gram += g
+    n_seen, zsum, gram = engine.map_sum("scaled HVG covariance", _gram_item, list(zip(ranges, keeps, strict=True)),
+                                        source, genes, hvg_idx, mean, std)
     center = zsum / n_seen
     cov = (gram - n_seen * np.outer(center, center)) / max(n_seen - 1, 1)
     evals, evecs = np.linalg.eigh(cov)
