@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     big.add_argument("--dask", default=None, metavar="ADDRESS",
                      help="run the chunked passes on a dask.distributed scheduler (tcp://host:8786, started with "
                      "'dask scheduler' and 'dask worker', or by dask-jobqueue / dask-kubernetes), or 'local' "
-                     "for a LocalCluster on this machine")
+                     "for a LocalCluster on this machine; a streaming Harmony runs there too")
     big.add_argument("--umap-max-cells", type=int, default=None, metavar="N",
                      help="above N cells (default 200000) the UMAPs are laid out on a random sample of N cells, "
                      "the others placed by their nearest sample cells; the figure and the metrics use the "
