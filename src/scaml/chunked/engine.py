@@ -113,32 +113,41 @@ class Engine:
         self.window = int(window or max(2, 2 * threads))
         self.records: list[dict[str, Any]] = []
 
-    def map(self, name: str, func: Callable[..., Any], items: Sequence[Any], *args: Any) -> Iterator[Any]:
-        """``func(item, *args)`` for every item, yielded in item order, with a progress bar."""
+    @contextmanager
+    def _pass(self, name: str, n_chunks: int, **record: Any) -> Iterator[Callable[[int], None]]:
+        """A pass over ``n_chunks`` chunks: its progress bar (yields ``advance(k)``) and its record."""
         start = time.perf_counter()
         bar = progress() if self.show else None
         task = None
         if bar is not None:
             bar.start()
-            task = bar.add_task(f"{name}", total=len(items), status="")
+            task = bar.add_task(f"{name}", total=n_chunks, status="")
+
+        def advance(k: int = 1) -> None:
+            if bar is not None:
+                bar.advance(task, k)
+
         try:
-            for result in self._results(func, items, args):
-                if bar is not None:
-                    bar.advance(task)
-                yield result
+            yield advance
         finally:
             if bar is not None:
                 bar.stop()
-            self.records.append({"pass": name, "chunks": len(items),
-                                 "seconds": round(time.perf_counter() - start, 3),
-                                 "peak_rss_mib": round(peak_rss_mib(), 1)})
+            self.records.append({"pass": name, "chunks": n_chunks, "seconds": round(time.perf_counter() - start, 3),
+                                 "peak_rss_mib": round(peak_rss_mib(), 1), **record})
+
+    def map(self, name: str, func: Callable[..., Any], items: Sequence[Any], *args: Any) -> Iterator[Any]:
+        """``func(item, *args)`` for every item, yielded in item order, with a progress bar."""
+        with self._pass(name, len(items)) as advance:
+            for result in self._results(func, items, args):
+                advance()
+                yield result
 
     def _results(self, func: Callable[..., Any], items: Sequence[Any], args: tuple) -> Iterable[Any]:
         if self.client is None:
             for item in items:
                 yield func(item, *args)
             return
-        scattered = [self.client.scatter(a, broadcast=True) if _is_large(a) else a for a in args]
+        scattered = self._scatter(args)
         pending: list[Any] = []
         it = iter(items)
         for item in it:
@@ -153,6 +162,10 @@ class Engine:
                 pending.append(self.client.submit(func, nxt, *scattered, pure=False))
             yield result
 
+    def _scatter(self, args: tuple) -> list[Any]:
+        """The arguments shared by every chunk; the large ones sent to every worker once."""
+        return [self.client.scatter(a, broadcast=True) if _is_large(a) else a for a in args]
+
     def map_sum(self, name: str, func: Callable[..., Any], items: Sequence[Any], *args: Any) -> Any:
         """The sum of ``func(item, *args)`` over the items (arrays, numbers or tuples of them).
 
@@ -161,49 +174,33 @@ class Engine:
         the workers, so only the total reaches the client; in this process they are made in the same
         order, so both give the same numbers.
         """
-        start = time.perf_counter()
-        bar = progress() if self.show else None
-        task = None
-        if bar is not None:
-            bar.start()
-            task = bar.add_task(f"{name}", total=len(items), status="")
-        try:
+        with self._pass(name, len(items), reduction=f"tree, fan-in {FAN_IN}") as advance:
             if self.client is None:
                 tree = SumTree(FAN_IN)
                 for item in items:
                     tree.push(func(item, *args))
-                    if bar is not None:
-                        bar.advance(task)
+                    advance()
                 return tree.total()
-            return self._tree_on_cluster(func, items, args, bar, task)
-        finally:
-            if bar is not None:
-                bar.stop()
-            self.records.append({"pass": name, "chunks": len(items),
-                                 "seconds": round(time.perf_counter() - start, 3),
-                                 "peak_rss_mib": round(peak_rss_mib(), 1), "reduction": f"tree, fan-in {FAN_IN}"})
+            return self._tree_on_cluster(func, items, args, advance)
 
-    def _tree_on_cluster(self, func: Callable[..., Any], items: Sequence[Any], args: tuple, bar: Any,
-                         task: Any) -> Any:
+    def _tree_on_cluster(self, func: Callable[..., Any], items: Sequence[Any], args: tuple,
+                         advance: Callable[[int], None]) -> Any:
         from distributed import wait
 
         client = self.client
-        scattered = [client.scatter(a, broadcast=True) if _is_large(a) else a for a in args]
+        scattered = self._scatter(args)
         tree = SumTree(FAN_IN, combine=lambda group: client.submit(add_up, *group, pure=False))
         in_flight: list[Any] = []
         for item in items:
             if len(in_flight) >= self.window:  # at most ``window`` chunks computed at a time
                 wait(in_flight[:1])
                 in_flight.pop(0)
-                if bar is not None:
-                    bar.advance(task)
+                advance()
             future = client.submit(func, item, *scattered, pure=False)
             in_flight.append(future)
             tree.push(future)
-        total = tree.total()
-        result = total.result()
-        if bar is not None:
-            bar.update(task, completed=len(items))
+        result = tree.total().result()
+        advance(len(in_flight))
         return result
 
     @contextmanager
