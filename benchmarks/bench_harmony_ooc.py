@@ -72,6 +72,11 @@ def main() -> None:
     parser.add_argument("--big", type=int, nargs="*", default=[], help="streaming only")
     parser.add_argument("--pcs", type=int, default=50)
     parser.add_argument("--iters", type=int, default=10, help="Harmony iterations (no early stop)")
+    parser.add_argument(
+        "--early-stop",
+        action="store_true",
+        help="keep the default convergence checks (at most --iters iterations)",
+    )
     parser.add_argument("--max-memory", default="512MB", help="streaming chunk budget")
     parser.add_argument("--tmp", default=None, help="folder for the temporary files")
     args = parser.parse_args()
@@ -79,13 +84,15 @@ def main() -> None:
     from scaml.harmony import run_harmony
 
     print(f"threads={THREADS}; numpy {np.__version__}; chunk budget {args.max_memory}")
-    print(
-        f"parameters: defaults, max_iter_harmony={args.iters}, "
-        "epsilon_harmony=epsilon_cluster=-inf (fixed iteration count)"
-    )
-    common = dict(
-        max_iter_harmony=args.iters, epsilon_harmony=-np.inf, epsilon_cluster=-np.inf, verbose=False
-    )
+    common: dict = dict(max_iter_harmony=args.iters, verbose=False)
+    if args.early_stop:
+        print(f"parameters: defaults, max_iter_harmony={args.iters}, default convergence checks")
+    else:
+        print(
+            f"parameters: defaults, max_iter_harmony={args.iters}, "
+            "epsilon_harmony=epsilon_cluster=-inf (fixed iteration count)"
+        )
+        common.update(epsilon_harmony=-np.inf, epsilon_cluster=-np.inf)
     tmp = Path(tempfile.mkdtemp(prefix="bench-harmony-ooc-", dir=args.tmp))
     try:
         warm = write_simulation(tmp / "warm.npy", 2000, args.pcs)
@@ -101,7 +108,9 @@ def main() -> None:
         jobs = [(n, True) for n in args.sizes] + [(n, False) for n in args.big]
         for n, compare in jobs:
             src = tmp / f"x{n}.npy"
+            start = time.perf_counter()
             meta = write_simulation(src, n, args.pcs)
+            print(f"  wrote {n:,} x {args.pcs} in {time.perf_counter() - start:.0f} s", flush=True)
             ref = None
             if compare:
                 X = np.load(src)
@@ -133,8 +142,10 @@ def main() -> None:
                 f"{info['n_chunks']} x {info['chunk_cells']:,} | {agree} |",
                 flush=True,
             )
+            done = "converged" if ho.converged else "stopped"
             print(
-                f"  streaming: {info['n_passes']} passes, work files "
+                f"  streaming: {done} after {ho.n_iter} iteration(s), "
+                f"{info['n_passes']} passes, work files "
                 f"{info['work_file_bytes'] / 2**30:.2f} GiB, peak RSS sampled per chunk "
                 f"{info['peak_rss_mib']:.0f} MiB",
                 flush=True,

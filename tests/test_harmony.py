@@ -423,6 +423,46 @@ def test_soft_assignment_paths_agree():
     np.testing.assert_allclose(fast[:5000].sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_kernel_kept_assignment_is_the_plain_one():
+    """R kept as its kernel (the numpy fast path: kernel once per iteration, penalty per row range, reciprocal
+    row sums) gives the plain R's rows, block sums, ridge sums and corrections; materialise() turns it into R."""
+    from scaml.harmony.core import _KernelR, _NumpyBackend, _Rows
+
+    rng = np.random.default_rng(1)
+    n, K, d = 9000, 6, 8
+    Z = rng.normal(size=(n, d)).astype(np.float32)
+    Z_cos = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    Y = rng.normal(size=(d, K))
+    Y /= np.linalg.norm(Y, axis=0, keepdims=True)
+    scale = 2.0 / np.array([0.1, 0.2, 0.15, 0.3, 0.1, 0.12])
+    be = _NumpyBackend("float32")
+    Ys, factor = be.small(Y * scale), np.exp(-scale)
+    # two blocks over two groups: group 0 = rows 0:4000, group 1 = rows 4000:9000
+    blocks = [([(0, 2000), (4000, 6500)], None, [2000, 2500]), ([(2000, 4000), (6500, n)], None, [2000, 2500])]
+    segments = [(0, 4000, 0), (4000, n, 1)]
+    kept = _KernelR(n, K, be.dtype, [r for ranges, _, _ in blocks for r in ranges])
+    plain = be.empty((n, K))
+    for R in (kept, plain):
+        be.cold_start(R, Z_cos, Ys, None, blocks, factor)
+    np.testing.assert_allclose(kept[0:n], plain, rtol=1e-5, atol=1e-8)
+    pen = rng.uniform(0.2, 3.0, size=(2, K)) * factor
+    got = [be.block_update(R, Z_cos, Ys, None, blocks[1][0], blocks[1][2], pen) for R in (kept, plain)]
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-5)
+    np.testing.assert_allclose(kept[1990:2010], plain[1990:2010], rtol=1e-5, atol=1e-8)  # across two ranges
+    source = _Rows(Z, np.arange(n), be.dtype)
+    for a, b in zip(be.ridge_sums(kept, source, segments, 2), be.ridge_sums(plain, source, segments, 2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    V = rng.normal(size=(2, K, d))
+    out = [be.empty((n, d)) for _ in range(2)]
+    for R, o in zip((kept, plain), out, strict=True):
+        be.correct(R, source, segments, V, o, normalise=True)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-4, atol=1e-6)
+    full = be.to_numpy(kept)
+    assert full is kept.kern  # in place, no second N x K array
+    np.testing.assert_allclose(full, plain, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(full.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_harmony_integrate_writes_h5ad(blobs, tmp_path):
     import anndata as ad
 

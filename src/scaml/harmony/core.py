@@ -582,6 +582,76 @@ def _blas_threads() -> int:
     return max(1, min(n, cpus))
 
 
+class _KernelR:
+    """Soft assignments kept as their kernel (numpy, fast kernel): ``R[i] = kern[i] * pen[r(i)] * inv[i]``.
+
+    Within a Harmony iteration neither ``Z_cos`` nor ``Y`` moves, so the kernel ``exp(z_i . y_k
+    scale_k)`` is the same at the iteration's cold start and in every clustering round after it. It is
+    computed once per iteration (one GEMM and one exp per cell and cluster); a block update then only
+    multiplies its rows by the block's new penalty and renormalises them. ``pen`` holds one K vector per
+    (block, group) row range of the layout (the penalty, kernel factor included, that the range was
+    last assigned with) and ``inv`` the reciprocal row sums. The memory is that of ``R`` (N x K) plus
+    N numbers; rows of ``R`` are formed on demand (``R[a:b]``), and :meth:`materialise` turns the
+    kernel into ``R`` in place at the end of a run.
+    """
+
+    def __init__(self, N: int, K: int, dtype, ranges: Sequence[tuple[int, int]]) -> None:
+        self.kern = np.empty((N, K), dtype=dtype)
+        self.inv = np.empty(N, dtype=dtype)
+        self.starts = np.array(sorted(a for a, _ in ranges), dtype=np.int64)
+        self._range = {int(a): i for i, a in enumerate(self.starts)}
+        self.pen: np.ndarray | None = np.ones((self.starts.size, K), dtype=dtype)
+        self.shape = (N, K)
+        self.dtype = np.dtype(dtype)
+
+    def set_penalty(self, start: int, pen: np.ndarray) -> None:
+        """Record the penalty ``pen`` (K,) of the row range that starts at ``start``."""
+        self.pen[self._range[start]] = pen
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("rows of a kernel-kept R are taken as a slice, R[a:b]")
+        if self.pen is None:
+            return self.kern[rows]
+        a, b, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("rows of a kernel-kept R are taken as a contiguous slice")
+        out = np.empty((max(b - a, 0), self.shape[1]), dtype=self.dtype)
+        r = int(np.searchsorted(self.starts, a, side="right")) - 1
+        s = a
+        while s < b:
+            e = min(int(self.starts[r + 1]) if r + 1 < self.starts.size else self.shape[0], b)
+            piece = out[s - a : e - a]
+            np.multiply(self.kern[s:e], self.pen[r], out=piece)
+            piece *= self.inv[s:e, None]
+            s, r = e, r + 1
+        return out
+
+    def pieces(self, a0: int, b0: int, size: int) -> list[tuple[int, int, int]]:
+        """``(a, b, r)``: rows ``a0:b0`` in pieces of at most ``size`` rows that stay inside one row
+        range ``r`` (one penalty per piece)."""
+        out = []
+        r = int(np.searchsorted(self.starts, a0, side="right")) - 1
+        s = a0
+        while s < b0:
+            e = min(int(self.starts[r + 1]) if r + 1 < self.starts.size else self.shape[0], b0)
+            out += [(a, min(a + size, e), r) for a in range(s, e, max(size, 1))]
+            s, r = e, r + 1
+        return out
+
+    def materialise(self) -> np.ndarray:
+        """Turn the kernel into ``R`` in place (range by range) and return it."""
+        if self.pen is not None:
+            for r, a in enumerate(self.starts):
+                b = int(self.starts[r + 1]) if r + 1 < self.starts.size else self.shape[0]
+                for s in range(int(a), b, _CHUNK):
+                    e = min(s + _CHUNK, b)
+                    self.kern[s:e] *= self.pen[r]
+                    self.kern[s:e] *= self.inv[s:e, None]
+            self.pen = None
+        return self.kern
+
+
 class _NumpyBackend:
     """Array kernels on numpy.
 
@@ -605,10 +675,16 @@ class _NumpyBackend:
         return np.ascontiguousarray(a, dtype=self.dtype)
 
     def to_numpy(self, x: Any) -> np.ndarray:
-        return np.asarray(x)
+        return x.materialise() if isinstance(x, _KernelR) else np.asarray(x)
 
     def empty(self, shape: tuple[int, ...]) -> np.ndarray:
         return np.empty(shape, dtype=self.dtype)
+
+    def assignment(self, N: int, K: int, layout: CellLayout, fast: bool) -> _KernelR | np.ndarray:
+        """Storage for ``R``: on the fast kernel a :class:`_KernelR`, else an N x K array."""
+        if not fast:
+            return self.empty((N, K))
+        return _KernelR(N, K, self.dtype, [r for ranges, _, _ in layout.blocks for r in ranges])
 
     def small(self, a: np.ndarray) -> np.ndarray:
         """A small (K x d, G x K ...) array in the working dtype."""
@@ -679,32 +755,45 @@ class _NumpyBackend:
         np.exp(out, out=out)
         return out
 
-    def _assign(self, R, Z_cos, Ys, offset, a, b, pen, stats: bool = False):
+    def _assign_kernel(self, R: _KernelR, Z_cos, Ys, a, b, pen, stats: bool, fresh: bool):
+        """:meth:`_assign` on a kernel-kept ``R``: with ``fresh`` the kernel rows are computed first
+        (``exp(Z_cos Ys)``, once per Harmony iteration); then the row sums of the kernel times ``pen``
+        (one GEMV) give the reciprocals kept in ``R.inv``, and the column sums of ``R`` are those
+        reciprocals times the kernel (a second GEMV) times ``pen``. With ``stats`` the rows of ``R`` are
+        formed, and the objective's statistics read the exponent back as ``log`` of the kernel."""
+        kern = R.kern[a:b]
+        if fresh:
+            np.matmul(Z_cos[a:b], Ys, out=kern)
+            np.exp(kern, out=kern)
+        if not stats:  # two GEMVs over the kernel rows, no cells x K temporary
+            inv = kern @ pen
+            np.maximum(inv, self.tiny, out=inv)
+            np.reciprocal(inv, out=inv)
+            R.inv[a:b] = inv
+            return (inv @ kern) * pen
+        t = np.multiply(kern, pen)
+        inv = t.sum(axis=1)
+        np.maximum(inv, self.tiny, out=inv)
+        np.reciprocal(inv, out=inv)
+        R.inv[a:b] = inv
+        sums = inv @ t
+        t *= inv[:, None]  # the rows of R
+        S = np.log(kern)
+        np.log(inv, out=inv)
+        return sums, np.einsum("ik,ik->k", t, S, dtype=np.float64), -(inv @ t).astype(np.float64)
+
+    def _assign(self, R, Z_cos, Ys, offset, a, b, pen, stats: bool = False, fresh: bool = True):
         """``R[a:b] = normalise_rows(exp(...) * pen)`` in place; returns the column sums (with ``stats``, on
         the fast path, also ``sum_i R_ik S_ik`` and ``sum_i R_ik log rs_i``: S the exponent before the
         penalty, rs the row sums; see :func:`objective_from_assignment`).
 
-        On the fast path (no ``offset``) ``pen`` (K,) enters the exponent as ``log pen`` (one
-        pass fewer), the rows are scaled by their reciprocal sums and the column sums come from
-        one GEMV of those reciprocals with the kernel.
+        On the fast path (no ``offset``) ``R`` is a :class:`_KernelR` (:meth:`_assign_kernel`; ``fresh``:
+        recompute its kernel rows). Else the kernel is shifted row by row to a maximum of 0 before the
+        exp (the safe path).
         """
+        if isinstance(R, _KernelR):
+            return self._assign_kernel(R, Z_cos, Ys, a, b, pen, stats, fresh)
         t = R[a:b]
-        if offset is None:
-            # the exponent before the penalty: kept apart from t only when its sums are wanted
-            S = np.matmul(Z_cos[a:b], Ys) if stats else np.matmul(Z_cos[a:b], Ys, out=t)
-            with np.errstate(divide="ignore"):  # a penalty that underflowed to 0: log -inf, exp 0, as x 0
-                np.add(S, np.log(pen), out=t)
-            np.exp(t, out=t)
-            inv = t.sum(axis=1)
-            np.maximum(inv, self.tiny, out=inv)
-            np.reciprocal(inv, out=inv)
-            sums = inv @ t
-            t *= inv[:, None]
-            if not stats:
-                return sums
-            # for the objective: sum_i R_ik S_ik and sum_i R_ik log(row sum_i)
-            np.log(inv, out=inv)
-            return sums, np.einsum("ik,ik->k", t, S, dtype=np.float64), -(inv @ t).astype(np.float64)
         self._soft(Z_cos[a:b], Ys, offset, t)
         t *= pen
         rs = t.sum(axis=1, keepdims=True)
@@ -712,14 +801,19 @@ class _NumpyBackend:
         t /= rs
         return t.sum(axis=0)
 
-    def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens, stats: bool = False):
+    def assign_blocks(self, R, Z_cos, Ys, offset, blocks, pens, stats: bool = False, fresh: bool = False):
         """Re-assign the cells of each block (row ranges, one per group) with its per-group
         penalties ``pens[j]`` (groups x K) in one parallel map of cache-sized row pieces; return
         each block's new per-group sums (groups x K, float64) and, with ``stats`` (fast path only), the
-        objective's statistics of :meth:`_assign` summed over the cells (two K vectors; else None)."""
+        objective's statistics of :meth:`_assign` summed over the cells (two K vectors; else None).
+        ``fresh``: the kernel of a kernel-kept ``R`` is recomputed for these rows (the cold start)."""
         off = None if offset is None else self.small(offset)
         stats = stats and offset is None
         pens = [self.small(p) for p in pens]
+        if isinstance(R, _KernelR):
+            for (ranges, _, _), pen in zip(blocks, pens, strict=True):
+                for (a0, _), p in zip(ranges, pen, strict=True):
+                    R.set_penalty(a0, p)
         tasks = [
             (j, i, a, b)
             for j, (ranges, _, _) in enumerate(blocks)
@@ -727,7 +821,7 @@ class _NumpyBackend:
             for a, b in self._pieces(a0, b0, _PIECE)
         ]
         parts = self._map(
-            lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]], stats), tasks
+            lambda t: self._assign(R, Z_cos, Ys, off, t[2], t[3], pens[t[0]][t[1]], stats, fresh), tasks
         )
         sums = [np.zeros((len(ranges), R.shape[1])) for ranges, _, _ in blocks]
         rs_k, lr_k = np.zeros(R.shape[1]), np.zeros(R.shape[1])
@@ -744,7 +838,7 @@ class _NumpyBackend:
         (K,) multiplying the kernel before normalising (the fast path's ``exp(-2 / sigma)``);
         returns each block's per-group sums of the new ``R``."""
         pens = [np.tile(factor, (len(ranges), 1)) for ranges, _, _ in blocks]
-        return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens)[0]
+        return self.assign_blocks(R, Z_cos, Ys, offset, blocks, pens, fresh=True)[0]
 
     def block_update(self, R, Z_cos, Ys, offset, ranges, counts, pen_groups, stats: bool = False):
         """Re-assign the cells of one block (row ranges, one per group) with the per-group penalties;
@@ -776,15 +870,21 @@ class _NumpyBackend:
 
     def ridge_sums(self, R, Z_orig, segments, G) -> tuple[np.ndarray, np.ndarray]:
         """Per group g: ``sum R[g]`` (G x K) and ``Z_orig[g]^T R[g]`` (G x d x K), float64."""
-        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, _PIECE)]
+        tasks = self._row_tasks(R, segments)
 
         def piece(t):
-            _, a, b = t
-            return R[a:b].sum(axis=0), (R[a:b].T @ Z_orig.rows(a, b)).T
+            _, a, b, r = t
+            Z = Z_orig.rows(a, b)
+            if r is None:
+                rows = R[a:b]
+                return rows.sum(axis=0), (rows.T @ Z).T
+            # R = diag(inv) kern diag(pen): scale the piece's Z rows, not its R rows
+            kern, inv, pen = R.kern[a:b], R.inv[a:b], R.pen[r]
+            return (inv @ kern) * pen, ((Z * inv[:, None]).T @ kern) * pen
 
         rsum = np.zeros((G, R.shape[1]))
         zsum = np.zeros((G, Z_orig.shape[1], R.shape[1]))
-        for (g, _, _), (rs, zs) in zip(tasks, self._map(piece, tasks), strict=True):
+        for (g, _, _, _), (rs, zs) in zip(tasks, self._map(piece, tasks), strict=True):
             rsum[g] += rs
             zsum[g] += zs
         return rsum, zsum
@@ -793,11 +893,15 @@ class _NumpyBackend:
         """``Z_orig[seg] - R[seg] @ V[g]`` for every segment of group g (V: G x K x d), row-normalised
         if asked, written to ``out`` (at ``out[rows[a:b]]`` when ``rows`` is given)."""
         V = self.small(V)
-        tasks = [(g, a, b) for a0, b0, g in segments for a, b in self._pieces(a0, b0, _PIECE)]
+        tasks = self._row_tasks(R, segments)
 
         def piece(task):
-            g, a, b = task
-            t = R[a:b] @ V[g]
+            g, a, b, r = task
+            if r is None:
+                t = R[a:b] @ V[g]
+            else:  # diag(inv) kern diag(pen) V[g]
+                t = R.kern[a:b] @ (R.pen[r][:, None] * V[g])
+                t *= R.inv[a:b, None]
             np.subtract(Z_orig.rows(a, b), t, out=t)
             if normalise:
                 self.l2_rows(t, t)
@@ -807,6 +911,13 @@ class _NumpyBackend:
                 out[rows[a:b]] = t
 
         self._map(piece, tasks)
+
+    def _row_tasks(self, R, segments) -> list[tuple[int, int, int, int | None]]:
+        """``(g, a, b, r)``: cache-sized row pieces of every group's rows; with a kernel-kept ``R`` the
+        pieces stay inside one of its row ranges ``r`` (else None)."""
+        if isinstance(R, _KernelR):
+            return [(g, a, b, r) for a0, b0, g in segments for a, b, r in R.pieces(a0, b0, _PIECE)]
+        return [(g, a, b, None) for a0, b0, g in segments for a, b in self._pieces(a0, b0, _PIECE)]
 
     def lloyd_step(self, Z: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Assign rows of Z to the nearest centre (cosine data: max z.c - |c|^2/2); new sums, counts."""
@@ -885,6 +996,10 @@ class _TorchBackend:
 
     def empty(self, shape):
         return self.torch.empty(shape, dtype=self.dtype, device=self.device)
+
+    def assignment(self, N: int, K: int, layout: CellLayout, fast: bool):
+        """Storage for ``R``: an N x K tensor."""
+        return self.empty((N, K))
 
     def small(self, a):
         return self.torch.as_tensor(np.asarray(a), device=self.device).to(self.dtype)
@@ -1384,7 +1499,7 @@ def initialize(
         layout=layout,
         Z_orig=Z_orig,
         Z_cos=cosine_normalize(be, Z_orig),
-        R=be.empty((N, params.nclust)),
+        R=be.assignment(N, params.nclust, layout, fast=offset is None),
         theta=np.asarray(params.theta, dtype=np.float64),
         sigma=sigma,
         Pr_b=N_b / N,
