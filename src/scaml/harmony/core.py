@@ -51,12 +51,18 @@ cell subsets stratified by group (a group's cells are dealt round-robin to the b
 the run and visited in a new random order every round (R reshuffles the cells every round; the
 difference is immaterial for 5% blocks). Each block's previous per-group sums of ``R`` are cached,
 so taking a block out of ``O`` / ``E`` costs nothing.
-The soft-assignment kernel ``exp(-dist / sigma)`` of a block is recomputed from ``Z_cos`` and ``Y``
-when the block is updated (one GEMM per block, no cells x K distance or kernel matrix is kept),
-the k-means error is ``2 sum(R) - 2 tr(Y^T Z_cos^T R)`` (one small GEMM), the objective is only
-evaluated when a convergence check needs it, and the correction writes the unit-length rows
-straight into ``Z_cos``; ``Z_corr`` itself is only formed at the end, in the caller's cell order.
-Working memory: ``R`` (cells x K) and ``Z_cos`` (cells x d) plus per-block and per-chunk buffers;
+Neither ``Z_cos`` nor ``Y`` moves during an iteration's clustering, so with numpy (on the fast kernel,
+:func:`soft_kernel`) ``R`` is kept as the kernel ``exp(z_i . y_k 2 / sigma_k)``, computed once per
+iteration at the cold start, with one penalty vector per (group, block) row range and the reciprocal
+row sums (:class:`_KernelR`): a block update is then two GEMVs over its kernel rows (no GEMM, no exp),
+and the ridge sums and the correction scale ``Z`` or ``V`` instead of forming ``R``. (R harmony keeps
+the kernel too, as a cells x K matrix next to ``R`` and the distances.) The torch backend recomputes a
+block's kernel from ``Z_cos`` and ``Y`` at its update (one GEMM per block, no kernel matrix). The
+k-means error is ``2 sum(R) - 2 tr(Y^T Z_cos^T R)``, the objective is only evaluated when a
+convergence check needs it (with numpy from sums gathered during the assignment), and the correction
+writes the unit-length rows straight into ``Z_cos``; ``Z_corr`` itself is only formed at the end, in
+the caller's cell order.
+Working memory: ``R`` or its kernel (cells x K) and ``Z_cos`` (cells x d) plus per-block and per-chunk buffers;
 with numpy the input is read in place (rows gathered per chunk) rather than copied, and ``Z_cos``
 is freed before the output ``Z_corr`` is written.
 """
@@ -936,7 +942,7 @@ class _NumpyBackend:
             used = np.flatnonzero(counts)
             starts = np.concatenate([[0], np.cumsum(counts[used])[:-1]])
             sums = np.zeros((K, Z.shape[1]))
-            sums[used] = np.add.reduceat(Z[a:b][order], starts, axis=0)
+            sums[used] = np.add.reduceat(np.take(Z[a:b], order, axis=0), starts, axis=0)
             return sums, counts, inertia
 
         parts = self._map(
@@ -955,7 +961,10 @@ class _Rows:
         self.shape = (order.size, Z.shape[1])
 
     def rows(self, a: int, b: int) -> np.ndarray:
-        return np.asarray(self.Z[self.order[a:b]], dtype=self.dtype)
+        # np.take copies whole rows (about 5x faster than fancy indexing on 50-column rows)
+        idx = self.order[a:b]
+        rows = np.take(self.Z, idx, axis=0) if isinstance(self.Z, np.ndarray) else self.Z[idx]
+        return np.asarray(rows, dtype=self.dtype)
 
 
 class _DeviceRows:
@@ -1716,18 +1725,22 @@ def ridge_regressions(
     return Y, V
 
 
-def moe_correct_ridge(fit: HarmonyFit, design: Design, params: ResolvedHarmonyParams) -> None:
+def moe_correct_ridge(
+    fit: HarmonyFit, design: Design, params: ResolvedHarmonyParams, last: bool = False
+) -> None:
     """The correction step: ``Z_corr = Z_orig - sum_k R_k (Phi W_k)`` (intercept excluded).
 
     The ridge regressions (:func:`ridge_regressions`) give the new ``Y`` and ``V``; the unit-length
     rows of ``Z_corr`` are written straight into ``Z_cos`` (``Z_corr`` itself is only formed at the
-    end, by :func:`corrected_embedding`).
+    end, by :func:`corrected_embedding`), except after the ``last`` iteration, where no ``Z_cos`` is
+    needed.
     """
     be, layout = fit.be, fit.layout
     rsum, zsum = be.ridge_sums(fit.R, fit.Z_orig, layout.segments, layout.G)  # G x K, G x d x K
     Y, fit.V = ridge_regressions(rsum, zsum, fit, design, params)
     fit.set_Y(Y)
-    be.correct(fit.R, fit.Z_orig, layout.segments, fit.V, fit.Z_cos, normalise=True)
+    if not last:
+        be.correct(fit.R, fit.Z_orig, layout.segments, fit.V, fit.Z_cos, normalise=True)
 
 
 def corrected_embedding(fit: HarmonyFit, dtype: str) -> np.ndarray:
@@ -1795,11 +1808,12 @@ def harmonize(
                 clock.lap("kernel")
             state.kmeans_rounds.append(cluster(fit, params, rng, obj_k, clock))
             obj_h.append(obj_k[-1])
-            moe_correct_ridge(fit, design, params)
+            converged = (obj_h[-2] - obj_h[-1]) / abs(obj_h[-2]) < params.epsilon_harmony
+            moe_correct_ridge(fit, design, params, last=converged or it == params.max_iter_harmony)
             clock.lap("correction")
             if callback is not None:
                 callback(it, obj_h[-1])
-            if (obj_h[-2] - obj_h[-1]) / abs(obj_h[-2]) < params.epsilon_harmony:
+            if converged:
                 state.converged = True
                 break
         state.Z_corr = corrected_embedding(fit, params.dtype)
