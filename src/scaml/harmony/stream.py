@@ -511,7 +511,7 @@ def ridge_stats(
     K, d = t.shape[1], Zo.shape[1]
     rsum, zsum = np.zeros((G, K)), np.zeros((G, d, K))
     perm, runs = _group_runs(g)
-    tp, zp = (t, Zo) if perm is None else (t[perm], Zo[perm])
+    tp, zp = (t, Zo) if perm is None else (np.take(t, perm, axis=0), np.take(Zo, perm, axis=0))
     for k, s, e in runs:
         rsum[k] += tp[s:e].sum(axis=0, dtype=np.float64)
         zsum[k] += (tp[s:e].T @ zp[s:e]).T
@@ -525,8 +525,11 @@ def corrected_rows(
     t = kern.assign(Zc, pen_rows)
     perm, runs = _group_runs(g)
     for k, s, e in runs:
-        rows = slice(s, e) if perm is None else perm[s:e]
-        Zo[rows] -= t[rows] @ Vw[k]
+        if perm is None:
+            Zo[s:e] -= t[s:e] @ Vw[k]
+        else:
+            rows = perm[s:e]
+            Zo[rows] -= np.take(t, rows, axis=0) @ Vw[k]
     return Zo
 
 
@@ -723,7 +726,7 @@ class _StreamFit:
             order, counts = self.ofile.read(a, b)[:, 0], lay.counts[c]
             blk = np.repeat(np.arange(lay.n_blocks), counts)
             g = lay.gcode[a:b][order]
-            Zo = np.asarray(self.src.raw(a, b), dtype=self.wd)[order]
+            Zo = np.take(np.asarray(self.src.raw(a, b), dtype=self.wd), order, axis=0)
             yield c, (a, b), order, counts, blk, g, Zo, self.read_runs(c, counts, self.zfile)
 
     # ------------------------------------------------------------------ the passes over the cells
@@ -739,7 +742,7 @@ class _StreamFit:
                 order, counts = lay.chunk_map(c)
                 self.ofile.write(a, order[:, None].astype(np.int32))
                 Zc = self.be.l2_rows(
-                    np.asarray(raw, dtype=self.wd)[order], self.be.empty((b - a, self.d))
+                    np.take(np.asarray(raw, dtype=self.wd), order, axis=0), self.be.empty((b - a, self.d))
                 )
                 self.write_runs(c, counts, self.zfile, Zc)
                 self.write_runs(
