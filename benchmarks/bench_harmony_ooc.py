@@ -4,7 +4,8 @@ Threads: 2 (``BENCH_THREADS``), set before numpy is imported. Simulated data as 
 written chunk by chunk to a ``.npy`` file in a temporary folder (``--tmp``, default the system's)
 and opened with ``np.load(mmap_mode="r")``. R harmony 2.x defaults (theta 2, sigma 0.1, lambda
 estimated, 4 clustering rounds, nclust min(N/30, 100)) and a fixed number of Harmony iterations
-(``epsilon_harmony = epsilon_cluster = -inf``).
+(``epsilon_harmony = epsilon_cluster = -inf``; ``--early-stop`` keeps the default convergence checks and
+prints the iterations made).
 
 * ``--sizes``: in memory (the ``.npy`` loaded into RAM first) and streaming (memmap in, ``Z_corr``
   to a zarr array), one after the other in one process: seconds, peak RSS increase over the RSS
@@ -18,6 +19,7 @@ Usage::
 
     python benchmarks/bench_harmony_ooc.py                          # 1M in memory vs streaming
     python benchmarks/bench_harmony_ooc.py --sizes 1000000 --big 10000000 --max-memory 1GB
+    python benchmarks/bench_harmony_ooc.py --sizes --big 100000000 --early-stop   # 100M, default convergence
 """
 
 from __future__ import annotations
