@@ -623,14 +623,10 @@ class _KernelR:
         if step != 1:
             raise TypeError("rows of a kernel-kept R are taken as a contiguous slice")
         out = np.empty((max(b - a, 0), self.shape[1]), dtype=self.dtype)
-        r = int(np.searchsorted(self.starts, a, side="right")) - 1
-        s = a
-        while s < b:
-            e = min(int(self.starts[r + 1]) if r + 1 < self.starts.size else self.shape[0], b)
+        for s, e, r in self.pieces(a, b, b - a):
             piece = out[s - a : e - a]
             np.multiply(self.kern[s:e], self.pen[r], out=piece)
             piece *= self.inv[s:e, None]
-            s, r = e, r + 1
         return out
 
     def pieces(self, a0: int, b0: int, size: int) -> list[tuple[int, int, int]]:
@@ -648,12 +644,9 @@ class _KernelR:
     def materialise(self) -> np.ndarray:
         """Turn the kernel into ``R`` in place (range by range) and return it."""
         if self.pen is not None:
-            for r, a in enumerate(self.starts):
-                b = int(self.starts[r + 1]) if r + 1 < self.starts.size else self.shape[0]
-                for s in range(int(a), b, _CHUNK):
-                    e = min(s + _CHUNK, b)
-                    self.kern[s:e] *= self.pen[r]
-                    self.kern[s:e] *= self.inv[s:e, None]
+            for s, e, r in self.pieces(0, self.shape[0], _CHUNK):
+                self.kern[s:e] *= self.pen[r]
+                self.kern[s:e] *= self.inv[s:e, None]
             self.pen = None
         return self.kern
 
