@@ -764,18 +764,14 @@ class _NumpyBackend:
         if fresh:
             np.matmul(Z_cos[a:b], Ys, out=kern)
             np.exp(kern, out=kern)
-        if not stats:  # two GEMVs over the kernel rows, no cells x K temporary
-            inv = kern @ pen
-            np.maximum(inv, self.tiny, out=inv)
-            np.reciprocal(inv, out=inv)
-            R.inv[a:b] = inv
-            return (inv @ kern) * pen
-        t = np.multiply(kern, pen)
-        inv = t.sum(axis=1)
+        inv = kern @ pen  # two GEMVs over the kernel rows, no cells x K temporary
         np.maximum(inv, self.tiny, out=inv)
         np.reciprocal(inv, out=inv)
         R.inv[a:b] = inv
-        sums = inv @ t
+        sums = (inv @ kern) * pen
+        if not stats:
+            return sums
+        t = np.multiply(kern, pen)
         t *= inv[:, None]  # the rows of R
         S = np.log(kern)
         np.log(inv, out=inv)
