@@ -169,3 +169,6 @@ def test_reference_build_and_map_at_20k_cells(big, method):
     metrics = _json(mapped_dir / "metrics.json")
     # simulated types with strong markers: a few epochs transfer most labels
     assert metrics["weighted_knn_no_unknown"]["accuracy"] > 0.8, metrics
+    # the reference's expression classifier was fitted on the 20k cells and averaged into the calls
+    assert manifest["expression_classifier"]["n_cells"] >= 20_000
+    assert metrics["expression_classifier"]["accuracy"] > 0.8 and "knn_only" in metrics, metrics

@@ -262,6 +262,16 @@ def write_h5ad(adata: ad.AnnData, path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda tmp: adata.write_h5ad(tmp))
 
 
+def write_npz(arrays: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write named arrays as a compressed ``.npz`` atomically (no pickled objects: read with ``allow_pickle=False``)."""
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+
+    return write_atomic(path, _write)
+
+
 def write_json(data: Any, path: str | os.PathLike) -> Path:
     """Write JSON (numpy values converted, NaN as null) atomically."""
     text = json.dumps(jsonable(data), indent=2, sort_keys=False)

@@ -668,6 +668,10 @@ def map_verdict(outdir: Path, run: dict[str, Any]) -> Verdict:
             if voted_unknown:
                 parts += [", ", voted_unknown, " Unknown"]
             verdict.lines.append(Line("majority voting over query clusters", parts))
+        knn = _json_number(metrics, source, "knn_only", "accuracy")
+        expression = _json_number(metrics, source, "expression_classifier", "accuracy")
+        if knn and expression:
+            verdict.lines.append(Line("kNN / expression classifier alone", ["accuracy ", knn, " / ", expression]))
         scanvi = _json_number(metrics, source, "scanvi_classifier", "accuracy")
         if scanvi:
             verdict.lines.append(Line("scANVI classifier", ["accuracy ", scanvi]))

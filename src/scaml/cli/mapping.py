@@ -108,6 +108,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                       help="tune the VAE's hyperparameters with N trials before building (not for symphony)")
     tune.add_argument("--tune-timeout", type=float, default=None, metavar="SECONDS",
                       help="with --tune: start no new trial after SECONDS (the running one finishes)")
+    b.add_argument("--no-expression-classifier", action="store_true",
+                   help="do not fit the CellTypist-style logistic regression on the reference's expression that a "
+                        "labelled scvi / trvae / scanvi / symphony reference keeps by default (`scaml map` averages "
+                        "its probabilities with the kNN's)")
     b.add_argument("--random-state", type=int, default=0, help="seed (default 0)")
     b.set_defaults(func=run_build)
     ref.set_defaults(func=_reference_help(ref))
@@ -117,8 +121,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         help="map a query onto a reference, transfer labels with uncertainty, draw a joint UMAP",
         description=(
             "Map query cells onto a reference built with `scaml reference build` (architecture surgery for VAE "
-            "references, Symphony-style mapping otherwise), transfer the reference labels by weighted kNN with "
-            "a per-cell uncertainty and an 'Unknown' call. Writes DIR/mapped.h5ad, DIR/predictions.csv, "
+            "references, Symphony-style mapping otherwise), transfer the reference labels by weighted kNN (averaged "
+            "with the reference's expression classifier when it keeps one) with a per-cell uncertainty and an "
+            "'Unknown' call. Writes DIR/mapped.h5ad, DIR/predictions.csv, "
             "DIR/figures/joint_umap.png, DIR/metrics.json and DIR/confusion_matrix.csv (when --label-key), "
             "DIR/run.json and DIR/report.html."
         ),
@@ -155,6 +160,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                    help="CPU threads for query training (default: torch's; 1 is often fastest on a busy machine)")
     m.add_argument("--force", action="store_true", help="map even when the query holds < 50%% of the reference genes")
     m.add_argument("--no-umap", action="store_true", help="skip the joint UMAP")
+    m.add_argument("--no-expression-classifier", action="store_true",
+                   help="call labels from the kNN alone, even when the reference keeps an expression classifier "
+                        "(default: the mean of the kNN's and the classifier's probabilities; both calls are kept "
+                        "in obs predicted_<label>_knn / _lr)")
     at = m.add_argument_group(
         "scATAC-seq query onto an RNA reference (--modality atac)",
         "The ATAC cells' gene activity (peak counts, or fragments with --fragments, over each gene body + 2 kb "
@@ -210,7 +219,8 @@ def run_build(args: argparse.Namespace) -> int:
         return _run_tune(args)
     build_reference(
         resolve_input(args), args.method, args.batch_key, args.label_key, args.out, overwrite=args.overwrite,
-        random_state=args.random_state, n_hvg=args.n_hvg or None, **_given(args, _BUILD_OPTIONS),
+        random_state=args.random_state, n_hvg=args.n_hvg or None,
+        expression_classifier=False if args.no_expression_classifier else None, **_given(args, _BUILD_OPTIONS),
     )
     return 0
 
@@ -225,7 +235,8 @@ def _run_tune(args: argparse.Namespace) -> int:
     tune_reference(
         resolve_input(args), args.method, args.batch_key, args.label_key, args.out, args.tune,
         timeout=args.tune_timeout, overwrite=args.overwrite, random_state=args.random_state,
-        n_hvg=args.n_hvg or None, **_given(args, _BUILD_OPTIONS),
+        n_hvg=args.n_hvg or None, expression_classifier=False if args.no_expression_classifier else None,
+        **_given(args, _BUILD_OPTIONS),
     )
     return 0
 
@@ -240,6 +251,7 @@ def run_map(args: argparse.Namespace) -> int:
         allow_existing_conditions=args.allow_existing_conditions, random_state=args.random_state,
         unknown_threshold=args.unknown_threshold, n_neighbors=args.n_neighbors, force=args.force,
         train_params=_given(args, _MAP_OPTIONS), umap=not args.no_umap,
+        expression_classifier=not args.no_expression_classifier,
         modality=args.modality, genes=args.genes, fragments=args.fragments,
         atac_options={key: value for key, value in (("smooth_neighbors", args.smooth_neighbors),
                                                     ("graph_embedding", args.smooth_embedding),

@@ -18,10 +18,11 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .._utils import info
+from .._utils import info, warn
 from ..errors import ScamlError
 from ..io import check_obs_key, prepare_outdir, read_input, write_csv, write_h5ad, write_json
 from ..runinfo import RunRecord
+from .expression_classifier import CLASSIFIER_DIR, ExpressionClassifier, fit_expression_classifier
 from .figures import LATENT_KEY, joint_umap
 from .methods import METHODS, MappedQuery, MappingMethod, MapSettings, get_method
 from .refdir import ReferenceDir, open_reference, reference_manifest, reference_obs, write_reference
@@ -60,6 +61,7 @@ def build_reference(
     unlabeled_category: str | None = None,
     train_params: dict | None = None,
     tuning: dict | None = None,
+    expression_classifier: bool | None = None,
     **model_params: Any,
 ) -> Path:
     """Build a mapping reference and save it as a directory.
@@ -101,6 +103,11 @@ def build_reference(
         The record of a hyperparameter search (:func:`scaml.mapping.tune.tune_reference`):
         ``settings`` go to ``run.json``'s ``parameters.tuning``, ``result`` to ``data.tuning``
         and to the manifest's ``tuning``.
+    expression_classifier
+        Also fit a CellTypist-style logistic regression on the reference's log-normalised expression
+        of every gene (:mod:`scaml.mapping.expression_classifier`), which :func:`map_query` averages
+        with the kNN's probabilities. None (default): when the reference has labels and the method
+        models RNA (scvi, trvae, scanvi, symphony). False: never.
     **model_params
         Options of the method: the model's (``n_latent``, ``hidden_layers``, ``gene_likelihood``,
         ``dropout_rate``, ``beta``...) and training's (as ``train_params``) for a VAE;
@@ -117,9 +124,11 @@ def build_reference(
     ------
     ScamlError
         Unknown method or option, missing keys, no labels for scANVI, non-count data for an
-        NB / ZINB model, or an existing output directory.
+        NB / ZINB model, an expression classifier asked for without labels or on a non-RNA method,
+        or an existing output directory.
     """
     chosen = get_method(method)
+    classifier = _wants_expression_classifier(chosen, label_key, expression_classifier)
     record = RunRecord("reference build")  # first: warnings from here on are kept in run.json
     adata, input_path = _load_adata(adata, "the reference", chosen)
     check_obs_key(adata, batch_key, flag="--batch-key")
@@ -131,7 +140,8 @@ def build_reference(
     prepared = chosen.prepare_reference(adata, batch_key, label_key, options)
     outdir = prepare_outdir(out, overwrite=overwrite, protect=[input_path] if input_path else [])
     record.parameters = {"method": chosen.name, "batch_key": batch_key, "label_key": label_key,
-                         "random_state": random_state, "n_hvg": n_hvg, "options": prepared.options}
+                         "random_state": random_state, "n_hvg": n_hvg, "options": prepared.options,
+                         "expression_classifier": classifier}
     record.inputs = {"reference": input_path} if input_path else {}
     record.data = {"n_cells": int(adata.n_obs), "n_genes": int(adata.n_vars)}
     if tuning is not None:
@@ -143,6 +153,14 @@ def build_reference(
                          outdir=outdir, record=record)
     manifest = reference_manifest(adata, chosen.name, batch_key, label_key)
     manifest.update(built.manifest)
+    if classifier:
+        with record.timer("expression_classifier"):
+            fitted = fit_expression_classifier(adata, adata.obs[label_key],
+                                               unknown_label=unlabeled_category or "Unknown",
+                                               random_state=random_state)
+            fitted.save(outdir / CLASSIFIER_DIR)
+        manifest["expression_classifier"] = {"dir": CLASSIFIER_DIR, **fitted.settings}
+        record.data["expression_classifier"] = fitted.settings
     manifest["n_genes"] = len(built.genes)
     if tuning is not None:
         manifest["tuning"] = tuning.get("result", {})
@@ -153,6 +171,19 @@ def build_reference(
     info(f"reference written to {outdir}")
     _write_report(outdir)
     return outdir
+
+
+def _wants_expression_classifier(method: MappingMethod, label_key: str | None, asked: bool | None) -> bool:
+    """Whether the reference fits its expression classifier (None: when it can)."""
+    if asked is None:
+        return method.expression_classifier and label_key is not None
+    if asked and not method.expression_classifier:
+        raise ScamlError(f"method {method.name!r} does not take an expression classifier (only scvi, trvae, "
+                         "scanvi and symphony: RNA); drop --expression-classifier.")
+    if asked and label_key is None:
+        raise ScamlError("an expression classifier needs the reference's labels; pass --label-key KEY "
+                         "(label_key=...), or drop --expression-classifier.")
+    return bool(asked)
 
 
 def load_reference_manifest(reference_dir: str | os.PathLike) -> dict:
@@ -192,6 +223,7 @@ def map_query(
     genes: str | os.PathLike | pd.DataFrame | None = None,
     fragments: str | os.PathLike | None = None,
     atac_options: dict | None = None,
+    expression_classifier: bool = True,
 ) -> ad.AnnData:
     """Map a query dataset onto a reference, transfer labels, and write the results.
 
@@ -252,6 +284,12 @@ def map_query(
         (:mod:`scaml.mapping.atac_query`; ``atac_options``: ``upstream``, ``smooth_neighbors``,
         ``graph_embedding``, ``graph_components``, ``neighbour_vote``); also writes ``gene_activity.h5ad``. None / ``"rna"``:
         the query is mapped as it is.
+    expression_classifier
+        When the reference keeps an expression classifier (:func:`build_reference`), call each cell
+        from the mean of its kNN and classifier probabilities (the kNN's and the classifier's own calls
+        are kept in ``obs["predicted_<label>_knn"]`` / ``obs["predicted_<label>_lr"]``). Not used for
+        ATAC queries, nor when the query holds less than half of the classifier's genes (a warning).
+        False: the kNN alone.
 
     Returns
     -------
@@ -311,8 +349,9 @@ def map_query(
               else map_atac_query(atac, method, reference, prepared, settings, outdir, record))
     mapped = _mapped_adata(query, result)
     vote_neighbors = atac.neighbors if atac is not None and atac.vote else None
+    probabilities = _classifier_probabilities(reference, query, expression_classifier, atac is not None, record)
     predicted_key, metrics = _transfer_and_score(mapped, reference, ref_latent, ref_obs, result, label_key,
-                                                 transfer, outdir, record, vote_neighbors)
+                                                 transfer, outdir, record, vote_neighbors, probabilities)
     mapped.uns["scaml_mapping"] = {
         "method": method.name, "reference": reference.path.name, "latent_key": LATENT_KEY,
         "reference_batch_key": reference.batch_key, "query_batch_key": settings.batch_key or "",
@@ -395,11 +434,38 @@ def _transfer_settings(reference: ReferenceDir, ref_obs: pd.DataFrame, n_neighbo
     return settings
 
 
+def _classifier_probabilities(reference: ReferenceDir, query: ad.AnnData, wanted: bool, atac: bool,
+                              record: RunRecord) -> pd.DataFrame | None:
+    """The reference's expression-classifier probabilities of the query cells, or None (and why, in run.json)."""
+    entry = reference.manifest.get("expression_classifier")
+    if not entry or reference.label_key is None:
+        return None
+    why = ("not used (--no-expression-classifier)" if not wanted else
+           "not used: an ATAC query is called from its gene activity by the kNN alone" if atac else None)
+    if why is None:
+        with record.timer("expression_classifier"):
+            classifier = ExpressionClassifier.load(reference.path / str(entry.get("dir", CLASSIFIER_DIR)))
+            overlap = classifier.gene_overlap(query)
+            if overlap < 0.5:
+                why = (f"not used: the query holds {overlap:.0%} of its {len(classifier.genes)} genes "
+                       "(less than half)")
+                warn(f"the reference's expression classifier is {why}; labels come from the kNN alone")
+            else:
+                probabilities = classifier.predict_proba(query)
+                record.data["expression_classifier"] = {"used": True, "gene_overlap": round(overlap, 4)}
+                return probabilities
+    record.data["expression_classifier"] = {"used": False, "why": why}
+    info(f"the reference's expression classifier is {why}")
+    return None
+
+
 def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent: np.ndarray, ref_obs: pd.DataFrame,
                         result: MappedQuery, label_key: str | None, transfer: dict[str, Any], outdir: Path,
-                        record: RunRecord, vote_neighbors: np.ndarray | None = None) -> tuple[str | None, dict[str, Any]]:
-    """Transfer the reference labels to ``mapped`` (weighted kNN; with ``vote_neighbors``, the probabilities
-    averaged over each query cell's own neighbours) and score them; the predicted key and metrics."""
+                        record: RunRecord, vote_neighbors: np.ndarray | None = None,
+                        classifier_probabilities: pd.DataFrame | None = None) -> tuple[str | None, dict[str, Any]]:
+    """Transfer the reference labels to ``mapped`` (weighted kNN, averaged with ``classifier_probabilities``
+    when given; with ``vote_neighbors``, the probabilities averaged over each query cell's own neighbours) and
+    score them; the predicted key and metrics."""
     from .transfer import AUTO_K_RULE, transfer_labels
 
     if reference.label_key is None or "label" not in ref_obs.columns:
@@ -412,12 +478,17 @@ def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent:
                                 n_neighbors=transfer["n_neighbors"], threshold=threshold,
                                 majority_voting=transfer["majority_voting"], resolution=transfer["resolution"],
                                 query_index=mapped.obs_names, random_state=transfer["random_state"],
-                                vote_neighbors=vote_neighbors)
+                                vote_neighbors=vote_neighbors, classifier_probabilities=classifier_probabilities)
     k = int(calls.attrs["n_neighbors"])
     mapped.obs[predicted_key] = pd.Categorical(calls["label"].astype(str))
     mapped.obs[f"{predicted_key}_uncertainty"] = calls["uncertainty"].to_numpy()
     mapped.obs[f"{predicted_key}_probability"] = calls["probability"].to_numpy()
+    for source, suffix in (("knn", "knn"), ("classifier", "lr")):
+        if f"{source}_label" in calls.columns:
+            mapped.obs[f"{predicted_key}_{suffix}"] = pd.Categorical(calls[f"{source}_label"].astype(str))
+            mapped.obs[f"{predicted_key}_{suffix}_uncertainty"] = 1.0 - calls[f"{source}_probability"].to_numpy()
     summary: dict[str, Any] = {
+        "label_source": calls.attrs["label_source"],
         "n_neighbors": k, "n_neighbors_requested": str(calls.attrs["n_neighbors_requested"]),
         "n_labelled_reference_cells": int(calls.attrs["n_labelled"]),
         "smallest_reference_label": int(calls.attrs["smallest_class"]),
@@ -431,7 +502,8 @@ def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent:
            f"{calls.attrs['smallest_class']}" if summary["n_neighbors_requested"] == "auto" else "as given")
     vote = ("" if vote_neighbors is None else
             f", probabilities averaged over each cell's {vote_neighbors.shape[1]} nearest query cells")
-    info(f"label transfer (weighted kNN, k={k}, {how}{vote}): {n_unknown} of {len(calls)} query cells "
+    source = "" if classifier_probabilities is None else ", averaged with the expression classifier"
+    info(f"label transfer (weighted kNN, k={k}, {how}{vote}{source}): {n_unknown} of {len(calls)} query cells "
          f"called 'Unknown' (uncertainty > {threshold})")
     record.data["n_unknown"] = n_unknown
     if "majority_voting" in calls.columns:

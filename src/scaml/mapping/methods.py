@@ -103,6 +103,9 @@ class MappingMethod:
     name: str = ""
     #: The reference's model sub-directory.
     model_dir: str = "model"
+    #: Whether a labelled reference also keeps a classifier on the cells' expression
+    #: (:mod:`scaml.mapping.expression_classifier`; the RNA methods).
+    expression_classifier: bool = False
 
     def options(self, stage: Stage) -> frozenset[str]:
         """Names of the options the method takes when building (``"build"``) or mapping (``"map"``)."""
@@ -230,6 +233,7 @@ class VAEMethod(MappingMethod):
         self.model = model
         self.needs_labels = needs_labels
         self.peaks = peaks
+        self.expression_classifier = not peaks and model in ("SCVI", "TRVAE", "SCANVI")
         self._names: dict[str, frozenset[str]] = {}
 
     def _model_class(self) -> type:
@@ -549,6 +553,7 @@ class SymphonyMethod(MappingMethod):
     """A Symphony-style reference on scaml's Harmony (:mod:`scaml.mapping.symphony`): no training, one-step mapping."""
 
     name = "symphony"
+    expression_classifier = True
     model_dir = "symphony"
 
     def options(self, stage: Stage) -> frozenset[str]:

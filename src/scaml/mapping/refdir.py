@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ScamlError
-from ..io import write_atomic, write_csv, write_json
+from ..io import write_csv, write_json, write_npz
 from ..manifest import manifest_header, read_manifest
 
 MANIFEST_FILE = "reference.json"
@@ -171,11 +171,6 @@ def write_reference(outdir: Path, manifest: dict[str, Any], latent: np.ndarray, 
     manifest = dict(manifest)
     manifest["n_latent"] = int(latent.shape[1])
     arrays = {"latent": np.asarray(latent, dtype=np.float32), "cells": obs.index.to_numpy(dtype=str)}
-
-    def _write(tmp: str) -> None:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-
-    write_atomic(outdir / LATENT_FILE, _write)
+    write_npz(arrays, outdir / LATENT_FILE)
     write_csv(obs, outdir / OBS_FILE)
     write_json(manifest, outdir / MANIFEST_FILE)

@@ -84,7 +84,9 @@ def score_transfer(
         (``predicted_key``; an Unknown call is a miss), ``weighted_knn_no_unknown`` the most
         probable label of every cell; with majority voting, ``majority_voting`` scores the
         cluster calls (``predicted_key + "_majority_voting"``). ``scored`` names the column behind
-        each, and ``n_neighbors`` is the ``k`` used. The confusion matrix is of the per-cell calls
+        each, and ``n_neighbors`` is the ``k`` used. When the calls average the kNN with the
+        reference's expression classifier, ``knn_only`` and ``expression_classifier`` score each one's
+        own calls, and ``label_source`` says so. The confusion matrix is of the per-cell calls
         (``confusion_matrix_majority_voting.csv``: of the cluster calls).
     """
     true_col = mapped.obs[label_key]
@@ -114,11 +116,20 @@ def score_transfer(
     if not_in_ref:
         metrics["query_labels_not_in_reference"] = not_in_ref
         info(f"query labels absent from the reference (can only be right as 'Unknown'): {not_in_ref}")
+    if "knn_label" in calls.columns:
+        metrics["label_source"] = calls.attrs.get("label_source")
+        metrics["knn_only"] = label_metrics(true, calls["knn_label"].astype(str).to_numpy()[known])
+        metrics["expression_classifier"] = label_metrics(true, calls["classifier_label"].astype(str).to_numpy()[known])
+        metrics["scored"]["knn_only"] = f"{predicted_key}_knn"
+        metrics["scored"]["expression_classifier"] = f"{predicted_key}_lr"
     if classifier is not None:
         metrics["scanvi_classifier"] = label_metrics(true, np.asarray(classifier[0], dtype=str)[known])
     info("label transfer vs the query's " + repr(label_key) + ": " + ", ".join(
         f"{k}={v}" for k, v in metrics["weighted_knn"].items() if k != "n_cells"))
     record.data["metrics"] = {k: v for k, v in metrics["weighted_knn"].items()}
+    if "knn_only" in metrics:
+        info("kNN alone: accuracy={knn_only[accuracy]}; expression classifier alone: "
+             "accuracy={expression_classifier[accuracy]}".format(**metrics))
     if voted is not None:
         record.data["metrics_majority_voting"] = dict(metrics["majority_voting"])
         info("majority voting vs the query's " + repr(label_key) + ": " + ", ".join(

@@ -350,18 +350,13 @@ class SymphonyReference:
     def save(self, directory: str | Path) -> Path:
         """Write the reference to ``directory`` (``reference.npz``, ``reference.json``, ``obs.csv``),
         each file atomically. Returns the directory."""
-        from ..io import write_atomic, write_csv, write_json
+        from ..io import write_csv, write_json, write_npz
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = dict(self._arrays)
         arrays["embedding"] = self.embedding
-
-        def _write_npz(tmp: str) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **arrays)
-
-        write_atomic(directory / _ARRAYS, _write_npz)
+        write_npz(arrays, directory / _ARRAYS)
         write_csv(self.obs, directory / _OBS)
         write_json(
             {

@@ -298,6 +298,33 @@ def neighbour_vote(probabilities: pd.DataFrame | np.ndarray, neighbors: np.ndarr
     return (P + P[neighbors].sum(axis=1)) / (neighbors.shape[1] + 1)
 
 
+#: What the calls come from (``calls.attrs["label_source"]``), without / with a classifier.
+LABEL_SOURCES = {False: "weighted kNN",
+                 True: "mean of the weighted kNN's and the expression classifier's probabilities"}
+
+
+def _with_classifier(proba: np.ndarray, classes: np.ndarray,
+                     classifier: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The mean of the kNN and classifier probabilities over the union of their labels, and each one's call."""
+    if not isinstance(classifier, pd.DataFrame):
+        raise ScamlError("classifier_probabilities must be a DataFrame of query cells x labels.")
+    if len(classifier) != proba.shape[0]:
+        raise ScamlError(f"classifier_probabilities has {len(classifier)} rows for {proba.shape[0]} query cells; "
+                         "pass one row per query cell, in the query's order.")
+    union = np.asarray(sorted(set(map(str, classes)) | set(map(str, classifier.columns))), dtype=object)
+    knn = pd.DataFrame(proba, columns=[str(c) for c in classes]).reindex(columns=union, fill_value=0.0)
+    other = classifier.set_axis(range(len(classifier)), axis=0)
+    other = other.set_axis([str(c) for c in other.columns], axis=1).reindex(columns=union, fill_value=0.0)
+    knn_values = knn.to_numpy(dtype=np.float64)
+    other_values = np.nan_to_num(other.to_numpy(dtype=np.float64))
+    sources: dict[str, np.ndarray] = {}
+    for name, values in (("knn", knn_values), ("classifier", other_values)):
+        best = values.argmax(axis=1) if values.shape[0] else np.zeros(0, dtype=int)
+        sources[f"{name}_label"] = union[best] if values.shape[0] else np.zeros(0, dtype=object)
+        sources[f"{name}_probability"] = values[np.arange(values.shape[0]), best].astype(np.float32)
+    return (knn_values + other_values) / 2.0, union, sources
+
+
 def transfer_labels(
     ref_embedding: Any,
     ref_labels: Any,
@@ -314,6 +341,7 @@ def transfer_labels(
     resolution: float = MAJORITY_VOTING_RESOLUTION,
     random_state: int = 0,
     vote_neighbors: np.ndarray | None = None,
+    classifier_probabilities: pd.DataFrame | None = None,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Transfer labels from reference cells to query cells by weighted kNN.
 
@@ -359,6 +387,11 @@ def transfer_labels(
         Query cells x k indices of each cell's neighbours among the query cells: each cell's per-label
         probabilities are averaged with theirs before the call (:func:`neighbour_vote`; ``scaml map
         --modality atac`` passes the ATAC cells' own neighbours). None: each cell on its own.
+    classifier_probabilities
+        Query cells x labels probabilities of a classifier (rows in the query's order; e.g. the
+        reference's expression classifier, :mod:`scaml.mapping.expression_classifier`). Each cell
+        is then called from the mean of these and its kNN probabilities, and the result also holds
+        the kNN's and the classifier's own calls. None: the kNN alone.
 
     Returns
     -------
@@ -366,7 +399,9 @@ def transfer_labels(
         Per query cell: ``label`` (the call, ``unknown_label`` when uncertain),
         ``best_label`` (the most probable reference label, even when uncertain),
         ``probability`` (of ``best_label``) and ``uncertainty`` (``1 - probability``); with
-        majority voting also ``cluster`` and ``majority_voting``. ``attrs`` holds ``n_neighbors``
+        majority voting also ``cluster`` and ``majority_voting``; with ``classifier_probabilities`` also
+        ``knn_label`` / ``knn_probability`` and ``classifier_label`` / ``classifier_probability`` (each
+        source's most probable label). ``attrs`` holds ``label_source``, ``n_neighbors``
         (the ``k`` used), ``n_neighbors_requested``, ``n_labelled`` and ``smallest_class``.
         With ``return_probabilities``, a tuple ``(calls, probabilities)``.
 
@@ -422,8 +457,11 @@ def transfer_labels(
         flat = rows * classes.size + neighbour_codes.ravel()
         proba = np.bincount(flat, weights=weights.ravel(), minlength=query.shape[0] * classes.size)
         proba = proba.reshape(query.shape[0], classes.size)
-        if vote_neighbors is not None:
-            proba = neighbour_vote(proba, vote_neighbors)
+    sources: dict[str, np.ndarray] = {}
+    if classifier_probabilities is not None:
+        proba, classes, sources = _with_classifier(proba, classes, classifier_probabilities)
+    if query.shape[0] and vote_neighbors is not None:
+        proba = neighbour_vote(proba, vote_neighbors)
     best = proba.argmax(axis=1) if proba.shape[0] else np.zeros(0, dtype=int)
     best_prob = proba[np.arange(proba.shape[0]), best] if proba.shape[0] else np.zeros(0)
     uncertainty = np.clip(1.0 - best_prob, 0.0, 1.0)
@@ -438,13 +476,16 @@ def transfer_labels(
         },
         index=index,
     )
+    for column, values in sources.items():
+        calls[column] = values
     if majority_voting or clusters is not None:
         if clusters is None:
             clusters = query_clusters(query, resolution=resolution, random_state=random_state)
         calls["cluster"] = np.asarray(clusters, dtype=object).astype(str)
         calls["majority_voting"] = majority_vote(call, calls["cluster"].to_numpy(), best_prob)
     is_auto = isinstance(n_neighbors, str) and n_neighbors.strip().lower() == "auto"
-    calls.attrs.update({"n_neighbors": k, "n_neighbors_requested": "auto" if is_auto else k,
+    calls.attrs.update({"label_source": LABEL_SOURCES[bool(sources)], "n_neighbors": k,
+                        "n_neighbors_requested": "auto" if is_auto else k,
                         "n_labelled": int(ref.shape[0]), "smallest_class": smallest})
     if return_probabilities:
         return calls, pd.DataFrame(proba.astype(np.float32), index=index, columns=list(classes))

@@ -472,6 +472,7 @@ def tune_reference(
     n_hvg: int | None = 2000,
     unlabeled_category: str | None = None,
     train_params: dict | None = None,
+    expression_classifier: bool | None = None,
     **model_params: Any,
 ) -> TuningResult:
     """Tune a VAE reference's hyperparameters, then build the reference with the best ones.
@@ -480,7 +481,7 @@ def tune_reference(
 
     Parameters
     ----------
-    adata, method, batch_key, label_key, out, overwrite, n_hvg, unlabeled_category
+    adata, method, batch_key, label_key, out, overwrite, n_hvg, unlabeled_category, expression_classifier
         As in :func:`scaml.mapping.build_reference` (``method``: a VAE method, e.g. scvi, trvae or scanvi; ``label_key``
         is required).
     n_trials
@@ -583,7 +584,7 @@ def tune_reference(
         source, chosen.name, batch_key, label_key, out, overwrite=overwrite, random_state=random_state,
         max_epochs=epochs, n_hvg=n_hvg, unlabeled_category=unlabeled_category,
         train_params={**train_params, **extra_train}, tuning={"settings": settings, "result": result},
-        **model_kwargs,
+        expression_classifier=expression_classifier, **model_kwargs,
     )
     write_csv(table, reference / TUNING_DIR / "trials.csv", index=False)
     plot_trials(table, reference / TUNING_DIR / "trials.png", label_metric=label_metric,
