@@ -257,6 +257,14 @@ def launch(mode: str, path: Path, result: Path, args: argparse.Namespace, worker
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def add_child_options(parser: argparse.ArgumentParser) -> None:
+    """``--tmp`` and the hidden options a child process of the script gets (also used by bench_pipeline.py)."""
+    parser.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", type=int, default=200_000)
@@ -277,10 +285,7 @@ def main() -> None:
                    help="atac: also a fragments file and genes; both paths run the fragments QC")
     p.add_argument("--atac-embedding", choices=["lsi", "spectral"], default="lsi",
                    help="atac: LSI (default) or the spectral embedding (chunked: 50,000 landmarks + Nystrom)")
-    p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--path", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    add_child_options(p)
     args = p.parse_args()
     if args.child:
         child(args)

@@ -47,6 +47,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_chunked import add_child_options, write_simulation  # noqa: E402
 
 MODES = {"scanpy": "scanpy + harmonypy", "memory": "scaml integrate", "chunked": "scaml integrate --chunked"}
 
@@ -174,15 +175,11 @@ def main() -> None:
     p.add_argument("--peer-python", default=None,
                    help="python of a venv with scanpy, harmonypy, igraph and leidenalg for the scanpy pipeline "
                         "(default: this one)")
-    p.add_argument("--tmp", default=None, help="folder for the simulated file (default: the system's temp)")
-    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--path", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    add_child_options(p)
     args = p.parse_args()
     if args.child:
         child(args)
         return
-    from bench_chunked import write_simulation
 
     folder = Path(tempfile.mkdtemp(prefix="bench_pipeline_", dir=args.tmp))
     try:
