@@ -55,6 +55,9 @@ def test_save_load_round_trip_and_missing_genes(cells, tmp_path):
     model = fit_expression_classifier(ref, ref.obs["cell_type"])
     loaded = ExpressionClassifier.load(model.save(tmp_path / "clf"))
     pd.testing.assert_frame_equal(model.predict_proba(query), loaded.predict_proba(query))
+    # the query's gene order does not matter
+    shuffled = query[:, np.random.default_rng(0).permutation(query.n_vars)].copy()
+    pd.testing.assert_frame_equal(model.predict_proba(query), loaded.predict_proba(shuffled), atol=1e-6)
     # a query without a third of the genes: those count as not expressed, the rest still call the cells
     part = query[:, query.var_names[100:]].copy()
     assert loaded.gene_overlap(part) == pytest.approx(200 / 300, abs=0.01)

@@ -89,12 +89,12 @@ class ExpressionClassifier:
                 f"(e.g. {list(self.genes[:3])}); use the reference's gene names, or map with "
                 "--no-expression-classifier."
             )
-        columns = np.flatnonzero(present)
-        picked = X[:, position[present]]
-        # put the picked genes at their classifier positions (absent genes stay empty columns)
-        select = sp.csr_matrix((np.ones(columns.size, dtype=np.float32), (np.arange(columns.size), columns)),
-                               shape=(columns.size, len(self.genes)))
-        return _scale_and_clip(sp.csr_matrix(picked @ select), self.scale)
+        picked = sp.csr_matrix(X[:, position[present]])
+        # renumber the picked genes to their classifier columns (increasing, so each row stays sorted);
+        # the genes the query lacks stay empty columns
+        columns = np.flatnonzero(present)[picked.indices]
+        placed = sp.csr_matrix((picked.data, columns, picked.indptr), shape=(picked.shape[0], len(self.genes)))
+        return _scale_and_clip(placed, self.scale)
 
     def gene_overlap(self, adata: ad.AnnData) -> float:
         """Fraction of the classifier's genes that ``adata`` holds."""
@@ -200,8 +200,8 @@ def fit_expression_classifier(
         raise ScamlError(f"the expression classifier needs at least two labels; the reference has "
                          f"{len(classes)} ({list(classes)}). Build it with --no-expression-classifier.")
     start = time.perf_counter()
-    rows = np.flatnonzero(labelled)[training_cells(codes, int(max_cells), random_state)]
-    codes = codes[np.searchsorted(np.flatnonzero(labelled), rows)]
+    chosen = training_cells(codes, int(max_cells), random_state)
+    rows, codes = np.flatnonzero(labelled)[chosen], codes[chosen]
     X, found = lognormalized(adata[rows])
     X = sp.csr_matrix(X, dtype=np.float32)
     mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
