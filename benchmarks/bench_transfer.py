@@ -8,7 +8,10 @@ combination of
 - k: 5, 10, 15, 30, 50 and ``auto`` (the rule of :func:`scaml.mapping.transfer.auto_n_neighbors`;
   the k it chose is printed next to it);
 - the Unknown threshold: 0.3 ... 0.9, and none (1.0, never Unknown);
-- majority voting over the query's own Leiden clusters: off, or on at each ``--resolutions`` value.
+- majority voting over the query's own Leiden clusters: off, or on at each ``--resolutions`` value;
+- the labels: the kNN alone, or ``kNN + LR`` (``map``'s default for a reference that keeps an expression
+  classifier: the mean of the kNN's and the classifier's probabilities,
+  :mod:`scaml.mapping.expression_classifier`).
 
 and prints accuracy, macro F1 (an Unknown call counts as a miss of the cell's true class), the
 percentage of cells called Unknown and the accuracy of the cells not called Unknown (``acc_called``:
@@ -62,8 +65,10 @@ def _splits(names: list[str]):
 
 
 def _embed(ref, query, workdir: Path, seed: int):
-    """Symphony reference + mapping; the reference and query embeddings and labels."""
+    """Symphony reference + mapping; the reference and query embeddings and labels, and the reference's
+    expression-classifier probabilities of the query cells."""
     from scaml.mapping import LATENT_KEY, METHODS, build_reference, map_query
+    from scaml.mapping.expression_classifier import CLASSIFIER_DIR, ExpressionClassifier
     from scaml.mapping.refdir import open_reference
 
     start = time.perf_counter()
@@ -71,29 +76,43 @@ def _embed(ref, query, workdir: Path, seed: int):
     mapped = map_query(ref_dir, query, workdir / "map", label_key="cell_type", unknown_threshold=1.0,
                        random_state=seed, umap=False)
     ref_latent, ref_obs = open_reference(ref_dir, METHODS).cells()
+    classifier = ExpressionClassifier.load(ref_dir / CLASSIFIER_DIR).predict_proba(query)
     seconds = time.perf_counter() - start
     return (ref_latent, ref_obs["label"].astype(str).to_numpy(), mapped.obsm[LATENT_KEY],
-            mapped.obs["cell_type"].astype(str).to_numpy(), seconds)
+            mapped.obs["cell_type"].astype(str).to_numpy(), classifier, seconds)
 
 
-def _sweep(name: str, ref_latent, ref_labels, query_latent, true, resolutions: list[float], seed: int) -> list[dict]:
-    import numpy as np
+def _sweep(name: str, ref_latent, ref_labels, query_latent, true, classifier, resolutions: list[float],
+           seed: int) -> list[dict]:
 
-    from scaml.mapping.scoring import label_metrics
-    from scaml.mapping.transfer import query_clusters, transfer_labels
+    from scaml.mapping.transfer import query_clusters
 
     clusters = {res: query_clusters(query_latent, resolution=res, random_state=seed) for res in resolutions}
     rows = []
+    for source, probabilities in (("kNN", None), ("kNN + LR", classifier)):
+        rows += _grid(name, source, probabilities, ref_latent, ref_labels, query_latent, true, clusters, seed)
+    return rows
+
+
+def _grid(name: str, source: str, probabilities, ref_latent, ref_labels, query_latent, true, clusters: dict,
+          seed: int) -> list[dict]:
+    import numpy as np
+
+    from scaml.mapping.scoring import label_metrics
+    from scaml.mapping.transfer import transfer_labels
+
+    rows = []
     for k in K_VALUES:
         for threshold in THRESHOLDS:
-            for res in [None, *resolutions]:
+            for res in [None, *clusters]:
                 calls = transfer_labels(ref_latent, ref_labels, query_latent, n_neighbors=k, threshold=threshold,
-                                        clusters=None if res is None else clusters[res], random_state=seed)
+                                        clusters=None if res is None else clusters[res], random_state=seed,
+                                        classifier_probabilities=probabilities)
                 predicted = calls["label" if res is None else "majority_voting"].astype(str).to_numpy()
                 m = label_metrics(true, predicted)
                 called = predicted != "Unknown"
                 rows.append({
-                    "split": name, "k": str(k), "k_used": int(calls.attrs["n_neighbors"]),
+                    "split": name, "labels": source, "k": str(k), "k_used": int(calls.attrs["n_neighbors"]),
                     "threshold": "none" if threshold >= 1.0 else f"{threshold:g}",
                     "majority_voting": "off" if res is None else f"res {res:g} ({len(set(clusters[res]))} cl.)",
                     "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
@@ -119,7 +138,7 @@ def _mean_over(rows: list[dict], prefix: str) -> list[dict]:
     frame = pd.DataFrame([r for r in rows if r["split"].startswith(prefix)])
     if frame.empty:
         return []
-    keys = ["k", "threshold", "majority_voting"]
+    keys = ["labels", "k", "threshold", "majority_voting"]
     mv = frame["majority_voting"].str.replace(r" \(.*\)", "", regex=True)
     frame = frame.assign(majority_voting=mv)
     out = frame.groupby(keys, sort=False).agg(
@@ -154,11 +173,13 @@ def main() -> int:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, ref, query) in enumerate(_splits(args.splits)):
-            ref_latent, ref_labels, query_latent, true, seconds = _embed(ref, query, Path(tmp) / str(i), args.seed)
+            ref_latent, ref_labels, query_latent, true, classifier, seconds = _embed(ref, query, Path(tmp) / str(i),
+                                                                                     args.seed)
             print(f"{name}: reference {ref.n_obs} cells, query {query.n_obs} cells, mapped in {seconds:.1f} s",
                   flush=True)
-            rows += _sweep(name, ref_latent, ref_labels, query_latent, true, args.resolutions, args.seed)
-    columns = ["split", "k", "k_used", "threshold", "majority_voting", "accuracy", "macro_f1", "pct_unknown",
+            rows += _sweep(name, ref_latent, ref_labels, query_latent, true, classifier, args.resolutions,
+                           args.seed)
+    columns = ["split", "labels", "k", "k_used", "threshold", "majority_voting", "accuracy", "macro_f1", "pct_unknown",
                "acc_called"]
     print(_table(rows, columns))
     summary = _mean_over(rows, "panc8")
