@@ -84,7 +84,6 @@ def _embed(ref, query, workdir: Path, seed: int):
 
 def _sweep(name: str, ref_latent, ref_labels, query_latent, true, classifier, resolutions: list[float],
            seed: int) -> list[dict]:
-
     from scaml.mapping.transfer import query_clusters
 
     clusters = {res: query_clusters(query_latent, resolution=res, random_state=seed) for res in resolutions}

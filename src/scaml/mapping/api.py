@@ -442,23 +442,22 @@ def _classifier_probabilities(reference: ReferenceDir, query: ad.AnnData, wanted
     entry = reference.manifest.get("expression_classifier")
     if not entry or reference.label_key is None:
         return None
-    why = ("not used (--no-expression-classifier)" if not wanted else
-           "not used: an ATAC query is called from its gene activity by the kNN alone" if atac else None)
-    if why is None:
-        with record.timer("expression_classifier"):
-            classifier = ExpressionClassifier.load(reference.path / str(entry.get("dir", CLASSIFIER_DIR)))
-            overlap = classifier.gene_overlap(query)
-            if overlap < 0.5:
-                why = (f"not used: the query holds {overlap:.0%} of its {len(classifier.genes)} genes "
-                       "(less than half)")
-                warn(f"the reference's expression classifier is {why}; labels come from the kNN alone")
-            else:
-                probabilities = classifier.predict_proba(query)
-                record.data["expression_classifier"] = {"used": True, "gene_overlap": round(overlap, 4)}
-                return probabilities
-    record.data["expression_classifier"] = {"used": False, "why": why}
-    info(f"the reference's expression classifier is {why}")
-    return None
+    if not wanted or atac:
+        why = ("not used (--no-expression-classifier)" if not wanted else
+               "not used: an ATAC query is called from its gene activity by the kNN alone")
+        info(f"the reference's expression classifier is {why}")
+        record.data["expression_classifier"] = {"used": False, "why": why}
+        return None
+    with record.timer("expression_classifier"):
+        classifier = ExpressionClassifier.load(reference.path / str(entry.get("dir", CLASSIFIER_DIR)))
+        overlap = classifier.gene_overlap(query)
+        if overlap < 0.5:
+            why = f"not used: the query holds {overlap:.0%} of its {len(classifier.genes)} genes (less than half)"
+            warn(f"the reference's expression classifier is {why}; labels come from the kNN alone")
+            record.data["expression_classifier"] = {"used": False, "why": why}
+            return None
+        record.data["expression_classifier"] = {"used": True, "gene_overlap": round(overlap, 4)}
+        return classifier.predict_proba(query)
 
 
 def _transfer_and_score(mapped: ad.AnnData, reference: ReferenceDir, ref_latent: np.ndarray, ref_obs: pd.DataFrame,

@@ -313,16 +313,22 @@ def _with_classifier(proba: np.ndarray, classes: np.ndarray,
                          "pass one row per query cell, in the query's order.")
     union = np.asarray(sorted(set(map(str, classes)) | set(map(str, classifier.columns))), dtype=object)
     knn = pd.DataFrame(proba, columns=[str(c) for c in classes]).reindex(columns=union, fill_value=0.0)
-    other = classifier.set_axis(range(len(classifier)), axis=0)
-    other = other.set_axis([str(c) for c in other.columns], axis=1).reindex(columns=union, fill_value=0.0)
+    other = classifier.rename(columns=str).reindex(columns=union, fill_value=0.0)
     knn_values = knn.to_numpy(dtype=np.float64)
     other_values = np.nan_to_num(other.to_numpy(dtype=np.float64))
     sources: dict[str, np.ndarray] = {}
     for name, values in (("knn", knn_values), ("classifier", other_values)):
-        best = values.argmax(axis=1) if values.shape[0] else np.zeros(0, dtype=int)
-        sources[f"{name}_label"] = union[best] if values.shape[0] else np.zeros(0, dtype=object)
-        sources[f"{name}_probability"] = values[np.arange(values.shape[0]), best].astype(np.float32)
+        sources[f"{name}_label"], probability = _most_probable(values, union)
+        sources[f"{name}_probability"] = probability.astype(np.float32)
     return (knn_values + other_values) / 2.0, union, sources
+
+
+def _most_probable(proba: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's most probable class and its probability (empty arrays for no rows)."""
+    if not proba.shape[0]:
+        return np.zeros(0, dtype=object), np.zeros(0)
+    best = proba.argmax(axis=1)
+    return classes[best], proba[np.arange(proba.shape[0]), best]
 
 
 def transfer_labels(
@@ -462,10 +468,8 @@ def transfer_labels(
         proba, classes, sources = _with_classifier(proba, classes, classifier_probabilities)
     if query.shape[0] and vote_neighbors is not None:
         proba = neighbour_vote(proba, vote_neighbors)
-    best = proba.argmax(axis=1) if proba.shape[0] else np.zeros(0, dtype=int)
-    best_prob = proba[np.arange(proba.shape[0]), best] if proba.shape[0] else np.zeros(0)
+    best_label, best_prob = _most_probable(proba, classes)
     uncertainty = np.clip(1.0 - best_prob, 0.0, 1.0)
-    best_label = classes[best] if proba.shape[0] else np.zeros(0, dtype=object)
     call = np.where(uncertainty > float(threshold), str(unknown_label), best_label).astype(object)
     calls = pd.DataFrame(
         {
