@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "scaml"
 #: Layers, bottom first: a module may import its own layer and those below it, never those above.
 LAYERS = [
     {"errors", "_utils", "io", "manifest", "style", "runinfo", "datasets"},
-    {"neighbors", "umap_sample", "preprocess", "hvg", "plotting", "report", "report_verdicts"},
+    {"neighbors", "umap_sample", "preprocess", "hvg", "markers", "plotting", "report", "report_verdicts"},
     {"harmony", "vae", "metrics", "atac", "cite", "tcr", "chunked"},
     {"mapping", "classify", "pipeline"},
     {"demo"},

@@ -504,13 +504,14 @@ def _leiden(adata: ad.AnnData, record: RunRecord, resolutions: list[float], chos
 
 
 def _markers(adata: ad.AnnData, record: RunRecord) -> list[str]:
-    """Wilcoxon marker genes per Leiden cluster (``uns["rank_genes_groups"]``); returns the top ones."""
-    import scanpy as sc
+    """Wilcoxon marker genes per Leiden cluster (``uns["rank_genes_groups"]``, scanpy's numbers and layout from
+    :func:`scaml.markers.rank_markers`); returns the top ones."""
+    from .markers import rank_markers
 
     marker_genes: list[str] = []
     with record.timer("markers"):
         if adata.obs["leiden"].nunique() >= 2:
-            sc.tl.rank_genes_groups(adata, "leiden", method="wilcoxon", use_raw=False)
+            rank_markers(adata, "leiden")
             marker_genes = _top_markers(adata)
         else:
             warn("only one Leiden cluster: marker genes are not computed; try a higher --resolution")
