@@ -440,6 +440,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peers", nargs="+", default=["scvi", "scanvi", "celltypist", "symphonypy"])
     parser.add_argument("--methods", nargs="+", default=["scvi", "scanvi", "symphony"])
     parser.add_argument("--splits", nargs="+", default=["panc8", "kang"])
+    parser.add_argument("--panc8-queries", nargs="+", default=None, metavar="TECH",
+                        help="only these panc8 hold-outs (e.g. celseq2 indrop; default: every technology)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                         help="seeds of the VAE runs (each VAE method runs once per seed; default 0 1 2)")
     parser.add_argument("--data", default=str(DATA), help="folder of the h5ad files (default ../shared/data/h5ad)")
@@ -474,6 +476,8 @@ def main(argv=None) -> int:
     if "panc8" in args.splits:
         panc8 = ad.read_h5ad(data / "panc8_small.h5ad")
         for tech in sorted(panc8.obs["batch"].astype(str).unique()):
+            if args.panc8_queries is not None and tech not in args.panc8_queries:
+                continue
             splits.append((f"panc8 {tech}", panc8, (panc8.obs["batch"].astype(str) == tech).to_numpy()))
     if "kang" in args.splits:
         kang = ad.read_h5ad(data / "kang_ifnb1k.h5ad")
