@@ -100,8 +100,9 @@ def with_classifier(refdir: Path, rna, atac, mapped) -> np.ndarray:
     probabilities = ExpressionClassifier.load(refdir / CLASSIFIER_DIR).predict_proba(query.aligned)
     probabilities.index = mapped.obs_names
     ref_latent, ref_obs = open_reference(refdir, ["symphony"]).cells()
-    calls = transfer_labels(ref_latent, ref_obs["label"].to_numpy(dtype=object), mapped.obsm["X_scaml_latent"], vote_neighbors=query.neighbors,
-                            classifier_probabilities=probabilities, query_index=mapped.obs_names)
+    calls = transfer_labels(ref_latent, ref_obs["label"].to_numpy(dtype=object), mapped.obsm["X_scaml_latent"],
+                            vote_neighbors=query.neighbors, classifier_probabilities=probabilities,
+                            query_index=mapped.obs_names)
     return calls["label"].astype(str).to_numpy()
 
 
