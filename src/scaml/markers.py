@@ -123,19 +123,19 @@ def rank_markers(adata: ad.AnnData, groupby: str, *, key_added: str = KEY) -> No
         return
     categories = [str(c) for c in groups.cat.categories]
     codes = groups.cat.codes.to_numpy().astype(np.int64)
-    present = np.bincount(codes, minlength=len(categories)) > 0
-    n_cells, n_features = X.shape
+    sizes = np.bincount(codes, minlength=len(categories))
+    n_cells = X.shape[0]
     csc = sp.csc_matrix(X)
     sums = _column_rank_sums(csc.indptr, csc.indices, csc.data, codes, len(categories), n_cells)
-    means, rest_means = _group_means(sp.csr_matrix(X), codes, len(categories))
+    means, rest_means = _group_means(X, codes, len(categories))
     expm1 = _expm1_of(adata)
     var_names = adata.var_names.to_numpy()
     columns: dict[str, dict[str, np.ndarray]] = {k: {} for k in ("names", "scores", "pvals", "pvals_adj",
                                                                   "logfoldchanges")}
     for g, name in enumerate(categories):
-        if not present[g]:
+        if sizes[g] == 0:
             continue
-        n_active = float((codes == g).sum())
+        n_active = float(sizes[g])
         std = np.sqrt(n_active * (n_cells - n_active) * (n_cells + 1) / 12.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             scores = (sums[g] - n_active * (n_cells + 1) / 2.0) / std
@@ -144,7 +144,7 @@ def rank_markers(adata: ad.AnnData, groupby: str, *, key_added: str = KEY) -> No
         pvals[np.isnan(pvals)] = 1.0
         adjusted = _benjamini_hochberg(pvals)
         fold = (expm1(means[g]) + 1e-9) / (expm1(rest_means[g]) + 1e-9)
-        top = np.argsort(scores, kind="stable")[::-1][:n_features]
+        top = np.argsort(scores, kind="stable")[::-1]
         columns["names"][name] = var_names[top]
         columns["scores"][name] = scores[top]
         columns["pvals"][name] = pvals[top]
@@ -161,7 +161,8 @@ def rank_markers(adata: ad.AnnData, groupby: str, *, key_added: str = KEY) -> No
 
 def _expm1_of(adata: ad.AnnData):
     """The inverse of the data's log1p (its base when ``uns["log1p"]`` names one), as scanpy's fold changes."""
-    base = (adata.uns.get("log1p") or {}).get("base") if isinstance(adata.uns.get("log1p"), dict) else None
+    log1p = adata.uns.get("log1p")
+    base = log1p.get("base") if isinstance(log1p, dict) else None
     if base is None:
         return np.expm1
     return lambda x: np.expm1(x * np.log(base))
